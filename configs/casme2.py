@@ -1,0 +1,14 @@
+"""CASME II, 5-class (happiness, surprise, disgust, repression, others), LOSO over 26 subjects.
+
+Reproduces the CASME II column of the paper's Table II (Acc / F1). Prepare the data first:
+``python main.py --mode=prepare --config=configs/casme2.py --config.data.manual_dir=/path/to/CASME2``.
+``configs/casme2.py:smoke`` is a tiny CPU variant used by tests.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.dataset_config('casme2', 5, '5class', arg, smoke_subjects=('sub01', 'sub02'))
+  # The default sheet is whichever coding sheet the dataset folder holds (20190701 preferred).
+  return config

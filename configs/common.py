@@ -1,0 +1,119 @@
+"""The common MPT configuration; every dataset config starts from :func:`get_config`.
+
+Every field is commented. Dataset configs (``configs/casme2.py`` ...) set ``config.data`` and may take
+an argument such as ``:smoke`` (tiny ViT, few subjects, few steps) for tests and quick checks.
+"""
+
+import ml_collections
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  """The model part of the config (SPEC §2-7 defaults)."""
+  m = ml_collections.ConfigDict()
+  m.vit = 'B_16'  # Backbone variant: 'B_16' | 'B_32' (Table IX) | 'S_16' | 'Ti_16' | 'tiny'.
+  m.pretrained_path = ''  # Local ViT checkpoint (.npz or .safetensors); '' = random init.
+  m.image_size = 224  # Frame side length fed to the model (frames are resized to it).
+  m.num_frames = 16  # T: frames after temporal resampling.
+  m.input_modality = 'dynamic_image'  # RGB branch: dynamic_image | apex | apex_minus_onset | mesti.
+  m.input_norm = 'minus_one_one'  # Backbone normalisation: minus_one_one (in21k ViT) | imagenet.
+  m.prompt_type = 'motion'  # Prompts (Table VII): motion | vpt_shallow | vpt_deep | none.
+  m.num_prompts = 5  # K: motion prompt tokens (Fig. 5).
+  m.adapter_type = 'group'  # Adapters (Table VIII): group | shared | none.
+  m.adapter_reduction = 8  # r: adapter bottleneck is hidden_size / r (Table XI).
+  m.tokenizer_dim = 64  # C: channels of the tokenizer's per-frame conv.
+  m.tokenizer_patch = 16  # Kernel size and stride of the tokenizer's per-frame conv.
+  m.training_strategy = 'mpt'  # What trains (Table VI): mpt | scratch | full_finetune |
+  #                              linear_probe | prompt_only | adapter_only.
+  m.magnification = ml_collections.ConfigDict()
+  m.magnification.alpha = 20.0  # Amplification factor alpha (Table X).
+  m.magnification.lambda_c = 16.0  # EVM cut-off wavelength in pixels (at image_size).
+  m.magnification.low_hz = 0.4  # Band-pass low cut-off (Hz).
+  m.magnification.high_hz = 4.0  # Band-pass high cut-off (Hz).
+  m.magnification.fs = 30.0  # Sampling rate assumed for the resampled clip (SPEC §3).
+  m.magnification.order = 1  # Butterworth order.
+  m.magnification.levels = 0  # Pyramid levels incl. residual; 0 = as deep as the image allows.
+  m.magnification.amplification = 'evm'  # evm (per-level schedule) | uniform (comparison only).
+  m.magnification.color_space = 'rgb'  # rgb (per channel) | yiq.
+  m.magnification.chroma_attenuation = 1.0  # Factor on I/Q motion when color_space is yiq.
+  return m
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The full default config (paper settings: Adam 3e-4, batch 16, alpha 20, r 8, K 5, T 16, 224 px)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seed of parameter init, data order and augmentation (same for every fold).
+  config.num_seeds = 1  # Repeat the whole LOSO run with seeds seed..seed+num_seeds-1.
+  config.model = get_model_config()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'synthetic'  # TFDS dataset name (registered by tfds_builders).
+  config.data.builder_config = ''  # TFDS builder config (class protocol), '' = the default.
+  config.data.data_dir = '~/tensorflow_datasets'  # Where prepared TFDS datasets live.
+  config.data.manual_dir = ''  # The dataset folder as unpacked (used by --mode=prepare).
+  config.data.subjects = ()  # Restrict LOSO to these subjects (empty = every subject).
+  config.data.hflip = True  # Training augmentation: random horizontal flip of the whole clip.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.optimizer = 'adam'  # adam | adamw | sgd.
+  config.train.learning_rate = 3e-4  # Peak learning rate.
+  config.train.weight_decay = 0.0  # Weight decay (adamw only).
+  config.train.schedule = 'constant'  # constant | cosine (with linear warm-up).
+  config.train.warmup_epochs = 0  # Warm-up length for the cosine schedule.
+  config.train.batch_size = 16  # Global batch size (split across devices).
+  config.train.num_epochs = 20  # Epochs per fold.
+  config.train.eval_every_epochs = 1  # Evaluate the held-out subject every N epochs (for curves).
+  config.train.oracle_best_epoch = False  # Also report the best epoch per held-out subject
+  #                                         (test-set peeking; always labelled "oracle").
+  config.train.checkpoint_every_epochs = 1  # Save a resumable Orbax checkpoint every N epochs.
+  config.train.log_every_steps = 10  # Scalar logging period.
+  config.train.eval_batch_size = 16  # Batch size of evaluation and prediction.
+  return config
+
+
+def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The ``:smoke`` variant: tiny ViT trained from scratch, small frames, few subjects and steps."""
+  config.model.vit = 'tiny'
+  config.model.pretrained_path = ''
+  config.model.image_size = 32
+  config.model.num_frames = 8
+  config.model.tokenizer_dim = 8
+  config.model.tokenizer_patch = 8
+  config.model.magnification.lambda_c = 4.0  # Scaled with the 7x smaller frames.
+  config.train.batch_size = 4
+  config.train.eval_batch_size = 4
+  config.train.num_epochs = 2
+  config.train.log_every_steps = 1
+  return config
+
+
+def parse_arg(arg):
+  """Splits a ``get_config`` argument such as ``smoke`` or ``smoke,alpha=10`` into (flags, dict)."""
+  flags, values = set(), {}
+  for part in (arg or '').split(','):
+    part = part.strip()
+    if not part:
+      continue
+    if '=' in part:
+      key, value = part.split('=', 1)
+      values[key.strip()] = value.strip()
+    else:
+      flags.add(part)
+  return flags, values
+
+
+def dataset_config(name: str, num_classes: int, builder_config: str, arg=None,
+                   smoke_subjects=()) -> ml_collections.ConfigDict:
+  """A dataset config on top of :func:`get_config`; ``arg`` may be ``smoke``."""
+  config = get_config()
+  config.data.name = name
+  config.data.builder_config = builder_config
+  config.data.num_classes = num_classes  # Classes of the protocol (checked against the dataset).
+  flags, values = parse_arg(arg)
+  unknown = flags - {'smoke'}
+  if unknown or values:
+    raise ValueError(f'Unknown config argument(s) {sorted(unknown) + sorted(values)}; '
+                     'this config takes only "smoke".')
+  if 'smoke' in flags:
+    apply_smoke(config)
+    config.data.subjects = tuple(smoke_subjects)
+  return config

@@ -1,0 +1,75 @@
+"""The group adapter (SPEC §6, eqs. 13-16).
+
+A Pfeiffer-style bottleneck adapter sits on the MLP output of every encoder block, before the MLP's
+residual add. MPT's "group adapter" keeps one bottleneck branch per token group: the class token,
+the motion prompt tokens and the patch tokens, so each group is adapted with its own weights.
+
+Initialisation follows AIM (random ``down``, zero ``up``), not VPT (which zeroes both and thereby
+freezes the adapter: with GELU(0) = 0 neither weight matrix ever receives a gradient). With ``up``
+zeroed the untrained adapter is the identity, so the untrained MPT equals the pretrained backbone.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ADAPTER_TYPES = ('group', 'shared', 'none')
+GROUP_NAMES = ('cls', 'motion', 'patch')
+
+
+class Bottleneck(nn.Module):
+  """One adapter branch: ``h + Up(GELU(Down(h)))``.
+
+  Attributes:
+    reduction: ``r``; the bottleneck width is ``hidden // r``.
+  """
+  reduction: int = 8
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+    hidden = h.shape[-1]
+    width = max(1, hidden // self.reduction)
+    y = nn.Dense(width, kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=nn.initializers.zeros, name='down')(h)
+    y = nn.gelu(y, approximate=True)
+    y = nn.Dense(hidden, kernel_init=nn.initializers.zeros,
+                 bias_init=nn.initializers.zeros, name='up')(y)
+    return h + y
+
+
+class GroupAdapter(nn.Module):
+  """Adapts the token groups of a sequence ``[cls, prompts..., patches...]``.
+
+  Attributes:
+    adapter_type: ``group`` (one branch per group), ``shared`` (one branch for all tokens, the
+      paper's "primitive adapter") or ``none`` (identity, no parameters).
+    reduction: bottleneck reduction ``r``.
+    num_prompts: number of prompt tokens directly after the class token (0 without prompts).
+  """
+  adapter_type: str = 'group'
+  reduction: int = 8
+  num_prompts: int = 0
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+    if self.adapter_type == 'none':
+      return h
+    if self.adapter_type == 'shared':
+      return Bottleneck(self.reduction, name='shared')(h)
+    if self.adapter_type != 'group':
+      raise ValueError(f'adapter_type must be one of {ADAPTER_TYPES}, got {self.adapter_type!r}')
+    k = self.num_prompts
+    # Every group gets its branch even when it is empty (no prompts), so the parameter tree and
+    # count do not depend on the prompt type. An empty slice costs nothing.
+    splits: Sequence[jnp.ndarray] = (h[:, :1], h[:, 1:1 + k], h[:, 1 + k:])
+    outs = []
+    for name, part in zip(GROUP_NAMES, splits):
+      branch = Bottleneck(self.reduction, name=name)
+      if part.shape[1] == 0:
+        # Create the parameters (so the tree is the same for every prompt type) but skip compute.
+        branch(jnp.zeros((h.shape[0], 1, h.shape[-1]), h.dtype))
+        outs.append(part)
+      else:
+        outs.append(branch(part))
+    return jnp.concatenate(outs, axis=1)

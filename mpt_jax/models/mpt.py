@@ -1,0 +1,172 @@
+"""The MPT model: dynamic image tokens + motion prompt tokens through an adapted, frozen ViT.
+
+Forward pass for a batch of clips (B, T, H, W, 3) in [0, 1] (all inside one jitted function):
+
+1. RGB branch (SPEC §2): the dynamic image (or another input modality), min-max to [0, 1], the
+   backbone's input normalisation, the ``embedding`` conv and the ``cls`` token.
+2. Motion branch (SPEC §3-4): Eulerian magnification extracts the motion sequence ``M`` and the
+   temporal Gaussian tokenizer turns it into K prompt tokens.
+3. Sequence ``[cls + pos_0, p_1..p_K, patches + pos_1..N]`` through the encoder, whose every block
+   carries a group adapter (SPEC §5-6).
+4. ``head`` on the final class token (SPEC §7).
+
+Parameter tree (top level): ``embedding``, ``cls``, ``Transformer`` (the checkpoint's names plus
+``encoderblock_i/adapter``), ``tokenizer`` or ``prompt``/``deep_prompt``, and ``head``.
+"""
+
+from typing import Any, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mpt_jax.models import dynamic_image
+from mpt_jax.models import magnification
+from mpt_jax.models import tokenizer as tokenizer_lib
+from mpt_jax.models import vit
+
+PROMPT_TYPES = ('motion', 'vpt_shallow', 'vpt_deep', 'none')
+INPUT_NORMS = ('minus_one_one', 'imagenet')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalise_input(x: jnp.ndarray, mode: str) -> jnp.ndarray:
+  """Backbone input normalisation of [0, 1] images: ``minus_one_one`` (in21k ViT) or ``imagenet``."""
+  if mode == 'minus_one_one':
+    return (x - 0.5) / 0.5
+  if mode == 'imagenet':
+    return (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
+  raise ValueError(f'input_norm must be one of {INPUT_NORMS}, got {mode!r}')
+
+
+class MPT(nn.Module):
+  """Motion Prompt Tuning classifier.
+
+  Attributes:
+    num_classes: output classes.
+    patch_size: ViT patch size.
+    hidden_size: ViT width D.
+    mlp_dim: ViT MLP width.
+    num_heads: ViT heads.
+    num_layers: ViT blocks.
+    image_size: frame side length in pixels.
+    input_modality: RGB-branch input (see :mod:`mpt_jax.models.dynamic_image`).
+    input_norm: backbone input normalisation.
+    prompt_type: ``motion`` | ``vpt_shallow`` | ``vpt_deep`` | ``none``.
+    num_prompts: K.
+    adapter_type: ``group`` | ``shared`` | ``none``.
+    adapter_reduction: r.
+    tokenizer_dim: C of the tokenizer's per-frame conv.
+    tokenizer_patch: kernel size and stride of that conv.
+    magnifier: the (parameter-free) motion extractor.
+  """
+  num_classes: int
+  patch_size: int = 16
+  hidden_size: int = 768
+  mlp_dim: int = 3072
+  num_heads: int = 12
+  num_layers: int = 12
+  image_size: int = 224
+  input_modality: str = 'dynamic_image'
+  input_norm: str = 'minus_one_one'
+  prompt_type: str = 'motion'
+  num_prompts: int = 5
+  adapter_type: str = 'group'
+  adapter_reduction: int = 8
+  tokenizer_dim: int = 64
+  tokenizer_patch: int = 16
+  magnifier: Optional[magnification.Magnifier] = None
+
+  @property
+  def effective_prompts(self) -> int:
+    return 0 if self.prompt_type == 'none' else self.num_prompts
+
+  @nn.compact
+  def __call__(self, clips: jnp.ndarray, apex_index: Optional[jnp.ndarray] = None,
+               return_aux: bool = False) -> Any:
+    """Classifies clips.
+
+    Args:
+      clips: (B, T, H, W, 3) float frames in [0, 1].
+      apex_index: optional (B,) apex positions on the T-frame timeline (default: the middle).
+      return_aux: also return a dict of intermediate results (for plots and tests).
+
+    Returns:
+      logits (B, num_classes), or ``(logits, aux)``.
+    """
+    if self.prompt_type not in PROMPT_TYPES:
+      raise ValueError(f'prompt_type must be one of {PROMPT_TYPES}, got {self.prompt_type!r}')
+    b, t_count = clips.shape[:2]
+    if apex_index is None:
+      apex_index = jnp.full((b,), (t_count - 1) // 2, jnp.int32)
+    aux: Dict[str, Any] = {}
+    rgb = dynamic_image.rgb_input(clips, self.input_modality, apex_index)
+    aux['rgb_input'] = rgb
+    x = vit.embed_patches(self, normalise_input(rgb, self.input_norm), self.patch_size,
+                          self.hidden_size)
+    k = self.effective_prompts
+    prompts = deep = None
+    if self.prompt_type == 'motion':
+      magnifier = self.magnifier or magnification.Magnifier(
+          image_size=(self.image_size, self.image_size))
+      motion = magnifier(clips)
+      prompts, tok_aux = tokenizer_lib.GaussianTokenizer(
+          k, self.hidden_size, self.tokenizer_dim, self.tokenizer_patch, name='tokenizer')(motion)
+      aux['motion'] = motion
+      aux.update(tok_aux)
+    elif self.prompt_type in ('vpt_shallow', 'vpt_deep'):
+      # VPT's init: uniform(-v, v) with v = sqrt(6 / (3 * p * p + D)).
+      val = float(np.sqrt(6.0 / (3 * self.patch_size ** 2 + self.hidden_size)))
+      init = lambda key, shape: nn.initializers.uniform(2 * val)(key, shape) - val  # pylint: disable=unnecessary-lambda-assignment
+      prompt = self.param('prompt', init, (1, k, self.hidden_size))
+      prompts = jnp.broadcast_to(prompt, (b, k, self.hidden_size))
+      if self.prompt_type == 'vpt_deep' and self.num_layers > 1:
+        deep = self.param('deep_prompt', init, (self.num_layers - 1, k, self.hidden_size))
+    enc = vit.Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.adapter_type,
+                      self.adapter_reduction, k, name='Transformer')(x, prompts, deep)
+    features = enc[:, 0]
+    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='head')(features)
+    if return_aux:
+      aux['features'] = features
+      return logits, aux
+    return logits
+
+
+def build_magnifier(model_config: ml_collections.ConfigDict) -> magnification.Magnifier:
+  """The motion extractor described by ``config.model.magnification``."""
+  m = model_config.magnification
+  size = int(model_config.image_size)
+  return magnification.Magnifier(
+      image_size=(size, size), alpha=float(m.alpha), lambda_c=float(m.lambda_c),
+      low_hz=float(m.low_hz), high_hz=float(m.high_hz), fs=float(m.fs), order=int(m.order),
+      levels=int(m.levels), amplification=str(m.amplification), color_space=str(m.color_space),
+      chroma_attenuation=float(m.chroma_attenuation))
+
+
+def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MPT:
+  """Builds :class:`MPT` from ``config.model`` (backbone variant, prompts, adapters, motion)."""
+  backbone = vit.vit_config(model_config.vit)
+  for key in ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads', 'num_layers'):
+    override = model_config.get(f'vit_{key}', None)
+    if override:
+      backbone[key] = override
+  if model_config.image_size % backbone.patch_size:
+    raise ValueError(f'image_size {model_config.image_size} is not a multiple of the patch size '
+                     f'{backbone.patch_size}')
+  return MPT(
+      num_classes=num_classes, patch_size=backbone.patch_size, hidden_size=backbone.hidden_size,
+      mlp_dim=backbone.mlp_dim, num_heads=backbone.num_heads, num_layers=backbone.num_layers,
+      image_size=int(model_config.image_size), input_modality=model_config.input_modality,
+      input_norm=model_config.input_norm, prompt_type=model_config.prompt_type,
+      num_prompts=int(model_config.num_prompts), adapter_type=model_config.adapter_type,
+      adapter_reduction=int(model_config.adapter_reduction),
+      tokenizer_dim=int(model_config.tokenizer_dim),
+      tokenizer_patch=int(model_config.tokenizer_patch), magnifier=build_magnifier(model_config))
+
+
+def input_shape(model_config: ml_collections.ConfigDict) -> Tuple[int, ...]:
+  """Shape of one clip: (T, H, W, 3)."""
+  s = int(model_config.image_size)
+  return (int(model_config.num_frames), s, s, 3)

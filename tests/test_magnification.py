@@ -1,0 +1,127 @@
+"""Motion magnification (SPEC §3): pyramid, Butterworth, EVM schedule, band selectivity."""
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.signal
+
+from mpt_jax.models import magnification as mag
+
+
+def test_butterworth_matches_scipy_lfilter_with_steady_state():
+  b, a = mag.butterworth_coefficients(1, 0.4, 4.0, 30.0)
+  b_ref, a_ref = scipy.signal.butter(1, [0.4, 4.0], btype='bandpass', fs=30.0)
+  np.testing.assert_allclose(b, b_ref / a_ref[0]); np.testing.assert_allclose(a, a_ref / a_ref[0])
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(16, 5, 7)).astype(np.float64) + 3.0
+  # Order 1 is the default; higher orders have poles nearer the unit circle, where float32
+  # accumulation error grows, so they get a looser tolerance.
+  for order, tol in ((1, 1e-5), (2, 1e-4), (3, 1e-3)):
+    b, a = mag.butterworth_coefficients(order, 0.4, 4.0, 30.0)
+    zi = scipy.signal.lfilter_zi(b, a)[:, None, None] * x[0]
+    ref, _ = scipy.signal.lfilter(b, a, x, axis=0, zi=zi)
+    got = np.asarray(mag.iir_filter(jnp.asarray(x, jnp.float32), b, a))
+    np.testing.assert_allclose(got, ref, atol=tol)
+
+
+def test_steady_state_means_constant_input_gives_zero():
+  b, a = mag.butterworth_coefficients(1, 0.4, 4.0, 30.0)
+  y = mag.iir_filter(jnp.full((16, 3), 0.8), b, a)
+  assert float(jnp.abs(y).max()) < 1e-6
+
+
+def test_pyramid_reconstruction_is_identity():
+  rng = np.random.default_rng(1)
+  for h, w in ((224, 224), (37, 50), (32, 32)):
+    x = jnp.asarray(rng.random((2, h, w, 3)), jnp.float32)
+    levels = mag.auto_levels(h, w)
+    pyr = mag.build_laplacian(x, levels)
+    assert [p.shape[1:3] for p in pyr] == mag.level_shapes(h, w, levels)
+    np.testing.assert_allclose(mag.collapse_laplacian(pyr), x, atol=1e-5)
+
+
+def test_auto_levels_like_matlabpyrtools():
+  assert mag.auto_levels(224, 224) == 7
+  assert mag.level_shapes(224, 224, 7)[-1] == (4, 4)
+  assert mag.auto_levels(32, 32) == 4
+
+
+def test_pyr_down_matches_opencv_interior():
+  rng = np.random.default_rng(2)
+  img = rng.random((64, 48, 3)).astype(np.float32)
+  ours = np.asarray(mag.pyr_down(jnp.asarray(img)[None]))[0]
+  ref = cv2.pyrDown(img)
+  assert ours.shape == ref.shape
+  np.testing.assert_allclose(ours[2:-2, 2:-2], ref[2:-2, 2:-2], atol=1e-5)
+  # OpenCV's default border is reflect-101, like ours, so the whole image agrees too.
+  np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_evm_schedule_pinned_values():
+  np.testing.assert_allclose(mag.evm_level_alphas(224, 224, 7, 20.0, 16.0),
+                             [0, 6.662, 15.324, 20, 20, 20, 0], atol=1e-3)
+  np.testing.assert_allclose(mag.evm_level_alphas(224, 224, 7, 20.0, 80.0),
+                             [0, 0, 1.465, 4.93, 11.859, 20, 0], atol=1e-3)
+  assert list(mag.Magnifier().level_alphas.round(3)) == [0, 6.662, 15.324, 20, 20, 20, 0]
+
+
+def test_uniform_amplification_is_alpha_times_bandpass():
+  rng = np.random.default_rng(3)
+  clips = jnp.asarray(rng.random((2, 8, 32, 32, 3)), jnp.float32)
+  m = mag.Magnifier(image_size=(32, 32), amplification='uniform', alpha=20.0)
+  np.testing.assert_allclose(m(clips), 20.0 * m.bandpass(clips), atol=1e-4)
+
+
+def _translating_sinusoid(freq_hz, fs=30.0, t_count=16, size=64, wavelength=16.0, amp_px=0.2):
+  t = np.arange(t_count) / fs
+  shift = amp_px * np.sin(2 * np.pi * freq_hz * t)
+  xs = np.arange(size)
+  frames = [0.5 + 0.25 * np.sin(2 * np.pi * (xs[None, :] - s) / wavelength) * np.ones((size, 1))
+            for s in shift]
+  clip = np.stack(frames)[..., None].repeat(3, -1)
+  return jnp.asarray(clip[None], jnp.float32), shift
+
+
+def test_subpixel_motion_in_band_is_amplified_out_of_band_suppressed():
+  m = mag.Magnifier(image_size=(64, 64), alpha=20.0, lambda_c=16.0)
+  in_band, shift = _translating_sinusoid(2.0)
+  out_band, _ = _translating_sinusoid(12.0)
+  static = in_band[:, :1].repeat(16, axis=1)
+  motion_in = m(in_band)
+  motion_out = m(out_band)
+  # The first-order Taylor picture: the frame change is about -shift * dI/dx; the magnified motion
+  # tracks a multiple of that change, so its energy is much larger than the frames' own change.
+  change_in = float(jnp.abs(in_band - in_band[:, :1]).mean())
+  assert float(jnp.abs(motion_in).mean()) > 3.0 * change_in
+  assert float(jnp.abs(motion_out).mean()) < 0.2 * float(jnp.abs(motion_in).mean())
+  assert float(jnp.abs(m(static)).max()) < 1e-5
+
+
+def test_magnified_motion_is_real_motion():
+  # frames + M moves the pattern by more than the input shift (magnification, not noise).
+  m = mag.Magnifier(image_size=(64, 64), alpha=10.0, lambda_c=16.0)
+  clip, shift = _translating_sinusoid(2.0, amp_px=0.1)
+  motion = m(clip)
+  x = np.asarray(clip[0, :, 32, :, 0]); mm = np.asarray(motion[0, :, 32, :, 0])
+  grad = np.gradient(x[0])
+  est_in = -(x - x[0]) @ grad / (grad @ grad)      # least-squares shift of the input
+  est_mag = -(x + mm - x[0]) @ grad / (grad @ grad)  # ... and of the magnified video
+  k = int(np.argmax(np.abs(shift)))
+  assert abs(est_mag[k]) > 3 * abs(est_in[k])
+  assert np.sign(est_mag[k]) == np.sign(est_in[k])
+
+
+def test_magnifier_is_jittable_and_validates():
+  m = mag.Magnifier(image_size=(32, 32))
+  out = jax.jit(m)(jnp.zeros((1, 4, 32, 32, 3)))
+  assert out.shape == (1, 4, 32, 32, 3)
+  with pytest.raises(ValueError, match='Magnifier built for'):
+    m(jnp.zeros((1, 4, 16, 16, 3)))
+  with pytest.raises(ValueError, match='amplification'):
+    mag.Magnifier(amplification='linear')
+  yiq = mag.Magnifier(image_size=(32, 32), color_space='yiq', chroma_attenuation=0.0)
+  gray = jnp.asarray(np.random.default_rng(0).random((1, 8, 32, 32, 1)).repeat(3, -1), jnp.float32)
+  mo = yiq(gray)  # no chroma: the motion of a gray clip stays gray
+  np.testing.assert_allclose(mo[..., 0], mo[..., 1], atol=1e-4)
