@@ -1,0 +1,88 @@
+"""Shared test helpers: tiny configs and fake checkpoints written in the real file formats."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from configs import common
+from mpt_jax.models import vit
+
+
+def tiny_config(**model_overrides):
+  """The smoke config's model (tiny ViT, 32 px, 8 frames) with optional overrides."""
+  config = common.apply_smoke(common.get_config())
+  for key, value in model_overrides.items():
+    config.model[key] = value
+  return config
+
+
+def random_clips(batch=2, frames=8, size=32, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).random((batch, frames, size, size, 3)), jnp.float32)
+
+
+def fake_vit_checkpoint(variant='tiny', image_size=32, seed=0):
+  """Random plain-ViT params as a flat dict in the file's key layout (plus pre_logits and head)."""
+  cfg = vit.vit_config(variant)
+  model = vit.VisionTransformer(cfg.patch_size, cfg.hidden_size, cfg.mlp_dim, cfg.num_heads,
+                                cfg.num_layers)
+  params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, image_size, image_size, 3)))['params']
+  # Make every leaf non-trivial (LayerNorm scales are all ones at init).
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  leaves = [l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]
+  params = jax.tree.unflatten(tree, leaves)
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep='/').items()}
+  d = cfg.hidden_size
+  flat['pre_logits/kernel'] = np.zeros((d, d), np.float32)
+  flat['pre_logits/bias'] = np.zeros((d,), np.float32)
+  flat['head/kernel'] = np.zeros((d, 21843), np.float32)
+  flat['head/bias'] = np.zeros((21843,), np.float32)
+  return model, params, flat
+
+
+def to_hf_keys(flat, num_heads, prefix=''):
+  """Writes vit_jax flat keys as HuggingFace ViT (classic names) tensors."""
+  out = {}
+  for k, v in flat.items():
+    v = np.asarray(v)
+    if k == 'cls':
+      out['embeddings.cls_token'] = v
+    elif k == 'Transformer/posembed_input/pos_embedding':
+      out['embeddings.position_embeddings'] = v
+    elif k == 'embedding/kernel':
+      out['embeddings.patch_embeddings.projection.weight'] = v.transpose(3, 2, 0, 1)
+    elif k == 'embedding/bias':
+      out['embeddings.patch_embeddings.projection.bias'] = v
+    elif k.startswith('Transformer/encoder_norm/'):
+      out['layernorm.' + ('weight' if k.endswith('scale') else 'bias')] = v
+    elif k.startswith('pre_logits/'):
+      out['pooler.dense.' + ('weight' if k.endswith('kernel') else 'bias')] = (
+          v.T if k.endswith('kernel') else v)
+    elif k.startswith('head/'):
+      continue  # ViTModel checkpoints have no classifier
+    else:
+      _, blk, mod, *rest = k.split('/')
+      i = int(blk.split('_')[1])
+      base = f'encoder.layer.{i}.'
+      if mod in ('LayerNorm_0', 'LayerNorm_2'):
+        name = 'layernorm_before' if mod == 'LayerNorm_0' else 'layernorm_after'
+        out[base + name + ('.weight' if rest[0] == 'scale' else '.bias')] = v
+      elif mod == 'MultiHeadDotProductAttention_1':
+        proj, kind = rest
+        if proj == 'out':
+          if kind == 'kernel':
+            out[base + 'attention.output.dense.weight'] = v.reshape(-1, v.shape[-1]).T
+          else:
+            out[base + 'attention.output.dense.bias'] = v
+        else:
+          if kind == 'kernel':
+            out[base + f'attention.attention.{proj}.weight'] = v.reshape(v.shape[0], -1).T
+          else:
+            out[base + f'attention.attention.{proj}.bias'] = v.reshape(-1)
+      elif mod == 'MlpBlock_3':
+        dense, kind = rest
+        name = 'intermediate.dense' if dense == 'Dense_0' else 'output.dense'
+        out[base + name + ('.weight' if kind == 'kernel' else '.bias')] = (
+            v.T if kind == 'kernel' else v)
+  return {prefix + k: np.ascontiguousarray(v) for k, v in out.items()}
