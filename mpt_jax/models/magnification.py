@@ -3,8 +3,8 @@
 Everything here runs inside the jitted model:
 
 * a Laplacian pyramid built from the fixed 5-tap binomial kernel ``[1, 4, 6, 4, 1] / 16`` as
-  depthwise separable convolutions (reflect padding, stride-2 down; zero insertion and the kernel
-  times 2 per axis up). ``hi = x - up(down(x))``, so reconstructing an unmodified pyramid is exact;
+  separable depthwise convolutions written as fixed shifted multiply-adds (reflect padding, stride-2
+  down; zero insertion and the kernel times 2 per axis up, in polyphase form). ``hi = x - up(down(x))``, so reconstructing an unmodified pyramid is exact;
 * a temporal Butterworth band-pass whose coefficients come from ``scipy.signal.butter`` once, when
   the :class:`Magnifier` is built, run over time with ``lax.scan`` in transposed direct form II,
   starting from the steady state of the first frame (``lfilter_zi(b, a) * x_0``), so it equals
@@ -77,30 +77,52 @@ def evm_level_alphas(height: int, width: int, levels: int, alpha: float,
   return out
 
 
-def _sep_conv(x: jnp.ndarray, taps: np.ndarray, axis: int, stride: int) -> jnp.ndarray:
-  """Depthwise 1-D convolution of NHWC ``x`` along H (axis 1) or W (axis 2), reflect padded."""
-  c = x.shape[-1]
-  pad = [(0, 0)] * 4
-  pad[axis] = (2, 2)
-  x = jnp.pad(x, pad, mode='reflect')  # reflect101 = matlabPyrTools 'reflect1' = OpenCV default
-  shape = (5, 1, 1, c) if axis == 1 else (1, 5, 1, c)
-  kernel = jnp.broadcast_to(jnp.asarray(taps, x.dtype).reshape(shape[:3] + (1,)), shape)
-  strides = (stride, 1) if axis == 1 else (1, stride)
-  return jax.lax.conv_general_dilated(x, kernel, strides, 'VALID',
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                      feature_group_count=c)
+def _conv_axis(x: jnp.ndarray, taps: np.ndarray, axis: int, stride: int) -> jnp.ndarray:
+  """5-tap convolution of ``x`` along ``axis`` with reflect padding, as a sum of shifted slices.
+
+  Written as strided slices and multiply-adds (which XLA fuses into one pass) instead of a grouped
+  convolution: the kernel is fixed and tiny, and grouped convolutions are slow on CPU.
+  """
+  x = jnp.pad(x, [(2, 2) if a == axis else (0, 0) for a in range(x.ndim)],
+              mode='reflect')  # reflect101 = matlabPyrTools 'reflect1' = OpenCV's default border
+  n_out = (x.shape[axis] - 5) // stride + 1
+  out = None
+  for i, w in enumerate(taps):
+    if w == 0:
+      continue
+    part = jax.lax.slice_in_dim(x, i, i + stride * (n_out - 1) + 1, stride, axis)
+    out = float(w) * part if out is None else out + float(w) * part
+  return out
 
 
 def pyr_down(x: jnp.ndarray) -> jnp.ndarray:
-  """Blur with the 5-tap binomial kernel and keep even rows and columns (like ``cv2.pyrDown``)."""
-  return _sep_conv(_sep_conv(x, BINOMIAL5, 1, 2), BINOMIAL5, 2, 2)
+  """Blur NHWC ``x`` with the 5-tap binomial kernel and keep even rows and columns (``cv2.pyrDown``)."""
+  return _conv_axis(_conv_axis(x, BINOMIAL5, 1, 2), BINOMIAL5, 2, 2)
+
+
+def _up_axis(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
+  """Doubles ``x`` along ``axis`` (cropped to ``size``): zero insertion + the kernel times 2.
+
+  Computed in polyphase form, without materialising the zeros: with ``x`` reflect-padded by one
+  sample, even outputs are ``(x[i-1] + 6 x[i] + x[i+1]) / 8`` and odd outputs ``(x[i] + x[i+1]) / 2``,
+  exactly what ``[1, 4, 6, 4, 1] / 8`` gives on the zero-inserted signal in the interior.
+  """
+  n = x.shape[axis]
+  xp = jnp.pad(x, [(1, 1) if a == axis else (0, 0) for a in range(x.ndim)], mode='reflect')
+  left = jax.lax.slice_in_dim(xp, 0, n, 1, axis)
+  mid = jax.lax.slice_in_dim(xp, 1, n + 1, 1, axis)
+  right = jax.lax.slice_in_dim(xp, 2, n + 2, 1, axis)
+  even = (left + 6.0 * mid + right) * 0.125
+  odd = (mid + right) * 0.5
+  shape = list(x.shape)
+  shape[axis] = 2 * n
+  both = jnp.stack([even, odd], axis=axis + 1).reshape(shape)
+  return jax.lax.slice_in_dim(both, 0, size, 1, axis)
 
 
 def pyr_up(x: jnp.ndarray, shape: Tuple[int, int]) -> jnp.ndarray:
-  """Zero-insert ``x`` to ``shape`` and interpolate with the binomial kernel times 2 per axis."""
-  n, h, w, c = x.shape
-  up = jnp.zeros((n, 2 * h, 2 * w, c), x.dtype).at[:, ::2, ::2].set(x)[:, :shape[0], :shape[1]]
-  return _sep_conv(_sep_conv(up, 2 * BINOMIAL5, 1, 1), 2 * BINOMIAL5, 2, 1)
+  """Upsamples NHWC ``x`` to ``shape`` (zero insertion + binomial kernel times 2 per axis)."""
+  return _up_axis(_up_axis(x, 1, shape[0]), 2, shape[1])
 
 
 def build_laplacian(x: jnp.ndarray, levels: int) -> List[jnp.ndarray]:

@@ -1,0 +1,29 @@
+"""The profile mode's Table V numbers for the default config."""
+
+import json
+import os
+import subprocess
+import sys
+
+from configs import casme2
+from mpt_jax import profile
+
+
+def test_default_profile_pinned():
+  out = profile.profile(casme2.get_config())
+  assert out['trainable_params'] == 5_452_751
+  assert out['total_params'] == 91_251_407
+  assert out['params_without_gradient'] == 2 * 148_320
+  assert abs(out['gmacs'] - 18.663) < 0.01  # the paper: 18.7 GMACs
+  parts = out['gmacs_by_part']
+  assert abs(sum(parts.values()) - out['gmacs']) < 0.01
+  assert 17.5 < parts['backbone'] < 17.7  # ViT-B/16 at 224 px, 197 tokens
+  assert parts['magnification'] + parts['tokenizer'] < 0.3
+
+
+def test_profile_command_prints_json_last_line():
+  proc = subprocess.run([sys.executable, 'main.py', '--mode=profile', '--config=configs/samm.py:smoke'],
+                        capture_output=True, text=True, check=True, timeout=300,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result['trainable_params'] > 0 and result['gflops'] > 0
