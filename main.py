@@ -45,6 +45,17 @@ def _run(mode):
     from mpt_jax import profile  # pylint: disable=g-import-not-at-top
     print(json.dumps(profile.profile(config)))
     return
+  if mode == 'prepare':
+    if config is None:
+      raise UsageError('--config is required, e.g. --config=configs/casme2.py')
+    import tfds_builders.prepare as prep  # pylint: disable=g-import-not-at-top
+    from tfds_builders import common as tfds_common  # pylint: disable=g-import-not-at-top
+    try:
+      report = prep.prepare(config.data)
+    except tfds_common.DatasetLayoutError as e:
+      raise UsageError(str(e)) from e
+    print(prep.format_report(report))
+    return
   raise UsageError(f'--mode={mode} is not available yet')
 
 

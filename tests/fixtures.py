@@ -1,0 +1,251 @@
+"""Synthetic dataset folders in the exact on-disk layouts of CASME II, SAMM, SMIC and CAS(ME)^3.
+
+Images are tiny and random, written with real encoders (JPEG, grayscale JPEG, 24-bit BMP) so the
+builders' decoding path runs; sheets are real .xlsx files written with openpyxl with the real header
+rows, preambles and cell types. Each writer returns what the builder must report.
+"""
+
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import openpyxl
+from PIL import Image
+
+IMG = 12  # fixture frame side length
+
+
+def _image(path: str, mode: str = 'RGB', seed: int = 0) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  rng = np.random.default_rng(seed)
+  if mode == 'L':
+    Image.fromarray(rng.integers(0, 255, (IMG + 4, IMG), np.uint8), 'L').save(path)
+  else:
+    Image.fromarray(rng.integers(0, 255, (IMG + 4, IMG, 3), np.uint8), 'RGB').save(path)
+
+
+def write_frames(folder: str, numbers: Iterable[int], fmt: str, mode: str = 'RGB') -> None:
+  for n in numbers:
+    _image(os.path.join(folder, fmt.format(n)), mode, seed=n)
+
+
+# ----------------------------------------------------------------------------------- CASME II
+CASME2_HEADER = {1: 'Subject', 2: 'Filename', 4: 'OnsetFrame', 5: 'ApexFrame', 6: 'OffsetFrame',
+                 8: 'Action Units', 9: 'Estimated Emotion'}
+
+# (subject cell, filename, onset, apex, offset, AU, emotion, folder frames or None for no folder)
+CASME2_ROWS = [
+    (1, 'EP02_01f', 46, 49, 52, 12, 'happiness', range(46, 53)),
+    (1, 'EP09f', 10, 12, 15, '1+2', 'surprise', range(9, 16)),      # one extra frame before onset
+    (2, 'EP03_02', 131, 133, 136, 18, 'others',
+     [131, 132, 134, 135, 136]),                                     # frame 133 missing
+    (2, 'EP04_02', 21, 25, 28, 4, 'fear', range(21, 29)),            # not in the 5-class protocol
+    (3, 'EP01_2', 5, 7, 9, 14, 'repression', None),                  # row without a folder
+    (4, 'EP12_01f', 261, '/', 269, '4+7', 'disgust', range(261, 270)),  # apex '/'
+    (5, 'EP19_05f', 40, 44, 47, '4+7+L10', 'disgust', range(40, 48)),
+    (12, 'EP09_06', 66, 71, 70, 'R12', 'disgust', range(66, 71)),   # apex > offset (old sheet)
+    (7, 'EP06_02_01', 100, 101, 104, 17, 'repression', range(100, 105)),
+]
+CASME2_ORPHAN = ('sub03', 'EP07_04')  # folder without a row
+
+
+def write_casme2(root: str, subject_as_text: bool = False, doubled: bool = True,
+                 sheet_name: str = 'CASME2-coding-20140508.xlsx', raw: bool = False) -> str:
+  """Writes a CASME II release under ``root/CASME2``; returns that folder."""
+  base = os.path.join(root, 'CASME2')
+  wb = openpyxl.Workbook()
+  ws = wb.active
+  ws.title = 'Sheet1'
+  for col, name in CASME2_HEADER.items():
+    ws.cell(row=1, column=col, value=name)
+  for i, (subj, name, on, apex, off, au, emo, _) in enumerate(CASME2_ROWS, start=2):
+    values = {1: f'{subj:02d}' if subject_as_text else subj, 2: name, 4: on, 5: apex, 6: off,
+              8: au, 9: emo}
+    for col, v in values.items():
+      ws.cell(row=i, column=col, value=v)
+  os.makedirs(base, exist_ok=True)
+  wb.save(os.path.join(base, sheet_name))
+  frames_root = os.path.join(base, 'Cropped', 'Cropped') if doubled else os.path.join(base, 'Cropped')
+  fmt = 'reg_img{}.jpg'
+  if raw:
+    frames_root, fmt = os.path.join(base, 'CASME2_RAW_selected'), 'img{}.jpg'
+  for subj, name, *_, frames in CASME2_ROWS:
+    if frames is not None:
+      write_frames(os.path.join(frames_root, f'sub{subj:02d}', name), frames, fmt)
+  write_frames(os.path.join(frames_root, *CASME2_ORPHAN), range(1, 4), fmt)
+  return base
+
+
+# ----------------------------------------------------------------------------------------- SAMM
+SAMM_PREAMBLE = {
+    'A1': 'SAMM Dataset - Master FACS Codes',
+    'E1': "(Note to the users: If you're using SAMM, please cite: Davison, A. K., et al.)",
+    'A3': '9/9/17 - New updates with Emotional and Objective Classes. For details please refer to: ',
+    'I3': 'arXiv preprint arXiv:1708.07549.',
+    'E4': "(Note to the users: if you're using the emotional or objective classes, please cite ...)",
+    'A6': 'Symbol Key:', 'A7': '"/" = or',
+    'A8': '"?" = some AU\'s continue for a while and have unclear offset',
+    'A10': 'AU Help:', 'A11': '"L2 or R2" = Unilateral AU 2 on left side of face / right side of face',
+    'A12': '"A2" = Asymmetric AU 2. Occurs on both sides of face but stronger on one side',
+}
+SAMM_HEADER = ['Subject', 'Filename', 'Inducement Code', 'Onset Frame', 'Apex Frame',
+               'Offset Frame', 'Duration', 'Micro', 'Action Units', 'Estimated Emotion',
+               'Objective Classes', 'Notes']
+# (subject, filename, onset, apex, offset, AU, emotion, digits)
+SAMM_ROWS = [
+    ('006', '006_1_2', 5562, 5564, 5567, '4+7', 'Anger', 5),
+    ('006', '006_3_5', 1787, 1789, 1791, '25+26', 'Surprise', 4),
+    ('007', '007_3_1', 998, 1001, 1003, '12+15 ', 'Happiness', 4),  # 998..1003 crosses 4 digits
+    ('028', '028_4_1', 1130, 1143, 1134, 14, 'Contempt', 4),        # apex after offset
+    ('024', '024_2_1', 300, 302, 304, 9, 'Disgust', 4),             # not in 5-class
+    ('037', '037_4_1', 1488, 1490, 1492, 24, 'Other', 4),
+]
+
+
+def write_samm(root: str, nested: bool = True) -> str:
+  base = os.path.join(root, 'SAMM', 'SAMM') if nested else os.path.join(root, 'SAMM')
+  wb = openpyxl.Workbook()
+  ws = wb.active
+  ws.title = 'MICRO_ONLY'
+  for cell, text in SAMM_PREAMBLE.items():
+    ws[cell] = text
+  for col, name in enumerate(SAMM_HEADER, start=1):
+    ws.cell(row=14, column=col, value=name)
+  for i, (subj, name, on, apex, off, au, emo, _) in enumerate(SAMM_ROWS, start=15):
+    row = [subj, name, int(name.split('_')[1]), on, apex, off, off - on + 1, 'Micro - 1/2', au,
+           emo, 3, '']
+    for col, v in enumerate(row, start=1):
+      ws.cell(row=i, column=col, value=v)
+  os.makedirs(base, exist_ok=True)
+  wb.save(os.path.join(base, 'SAMM_Micro_FACS_Codes_v2.xlsx'))
+  for subj, name, on, _, off, _, _, digits in SAMM_ROWS:
+    write_frames(os.path.join(base, subj, name), range(on, off + 1),
+                 subj + '_{:0' + str(digits) + 'd}.jpg', mode='L')
+  return base
+
+
+# ----------------------------------------------------------------------------------------- SMIC
+# (subject folder, emotion, clip, first frame, count)
+SMIC_CLIPS = [
+    ('s1', 'negative', 's1_ne_01', 559740, 5),
+    ('s1', 'positive', 's1_po_01', 560100, 4),
+    ('s2', 'surprise', 's2_sur_01', 59881, 4),        # written as reg_image059881.bmp (6 digits)
+    ('s5', 'negative', 's5_ne_01', 1038175, 4),       # 7 digits
+    ('s20', 'positive', 's20_po_01', 99998, 5),       # 099998 -> 100002: digit count changes
+]
+
+
+def write_smic(root: str, modality: str = 'HS') -> str:
+  base = os.path.join(root, 'SMIC')
+  for subj, emo, clip, first, count in SMIC_CLIPS:
+    folder = os.path.join(base, 'SMIC_all_cropped', modality, subj, 'micro', emo, clip)
+    write_frames(folder, range(first, first + count), 'reg_image{:06d}.bmp')
+  write_frames(os.path.join(base, 'SMIC_all_cropped', modality, 's1', 'non_micro', 'ne', 'x_01'),
+               range(1, 4), 'reg_image{:06d}.bmp')
+  return base
+
+
+# -------------------------------------------------------------------------------------- CASME3
+CASME3_HEADER = ['Subject', 'Filename', 'Onset', 'Apex', 'Offset', 'AU', 'Objective class',
+                 'emotion']
+CASME3_ROWS = [
+    ('spNO.1', 'b', 166, 170, 172, '4', 'III', 'disgust'),
+    ('spNO.1', 'j', 28, 30, 33, '24', 'VII', 'happy'),
+    ('spNO.1', 'j', 40, 41, 44, '12', 'I', 'Others'),   # second ME from the same video
+    ('spNO.2', 'a', 10, 12, 14, '1+2', 'II', 'surprise'),
+    ('spNO.2', 'c', 50, 49, 53, '4', 'III', 'anger'),   # apex before onset
+]
+
+
+def write_casme3(root: str) -> str:
+  base = os.path.join(root, 'CASME3', 'part_A')
+  wb = openpyxl.Workbook()
+  ws = wb.active
+  ws.title = 'label'
+  ws.append(CASME3_HEADER)
+  for row in CASME3_ROWS:
+    ws.append(list(row))
+  os.makedirs(os.path.join(base, 'annotation'), exist_ok=True)
+  wb.save(os.path.join(base, 'annotation', 'cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx'))
+  videos: Dict[Tuple[str, str], List[int]] = {}
+  for subj, vid, on, _, off, *_ in CASME3_ROWS:
+    videos.setdefault((subj, vid), []).extend(range(on - 2, off + 3))
+  for (subj, vid), frames in videos.items():
+    write_frames(os.path.join(base, 'data', 'part_A', subj, vid, 'color'), sorted(set(frames)),
+                 '{}.jpg')
+  return base
+
+
+# ---------------------------------------------------------------------- full composite fixture
+def write_composite_release(root: str, frames: int = 2) -> Tuple[str, Dict[str, int]]:
+  """All 442 composite clips (from the built-in official list) as three unpacked datasets."""
+  from tfds_builders import megc2019_composite as comp  # pylint: disable=g-import-not-at-top
+  members = comp.builtin_membership()
+  casme_emo = {0: 'disgust', 1: 'happiness', 2: 'surprise'}
+  samm_emo = {0: 'Anger', 1: 'Happiness', 2: 'Surprise'}
+  # CASME II sheet + frames (plus two 'others' rows that are not members).
+  wb = openpyxl.Workbook()
+  ws = wb.active
+  for col, name in CASME2_HEADER.items():
+    ws.cell(row=1, column=col, value=name)
+  r = 2
+  casme = sorted(k for k in members if k[0] == 'casme2') + [('casme2', 'sub10', 'EP01_01'),
+                                                             ('casme2', 'sub18', 'EP02_02')]
+  for _, subj, clip in casme:
+    label = members.get(('casme2', subj, clip))
+    emo = casme_emo[label] if label is not None else 'others'
+    for col, v in {1: int(subj[3:]), 2: clip, 4: 10, 5: 10, 6: 10 + frames - 1, 8: 4,
+                   9: emo}.items():
+      ws.cell(row=r, column=col, value=v)
+    r += 1
+    write_frames(os.path.join(root, 'CASME2', 'Cropped', subj, clip), range(10, 10 + frames),
+                 'reg_img{}.jpg')
+  wb.save(os.path.join(root, 'CASME2', 'CASME2-coding-20140508.xlsx'))
+  # SAMM (plus subject 025 with an 'Other' clip only, which is not a member).
+  wb = openpyxl.Workbook()
+  ws = wb.active
+  ws.title = 'MICRO_ONLY'
+  for cell, text in SAMM_PREAMBLE.items():
+    ws[cell] = text
+  for col, name in enumerate(SAMM_HEADER, start=1):
+    ws.cell(row=14, column=col, value=name)
+  r = 15
+  samm = sorted(k for k in members if k[0] == 'samm') + [('samm', '025', '025_5_1')]
+  for _, subj, clip in samm:
+    label = members.get(('samm', subj, clip))
+    emo = samm_emo[label] if label is not None else 'Other'
+    row = [subj, clip, 1, 100, 100, 100 + frames - 1, frames, 'Micro - 1/2', 4, emo, 3, '']
+    for col, v in enumerate(row, start=1):
+      ws.cell(row=r, column=col, value=v)
+    r += 1
+    write_frames(os.path.join(root, 'SAMM', subj, clip), range(100, 100 + frames),
+                 subj + '_{:04d}.jpg', mode='L')
+  wb.save(os.path.join(root, 'SAMM', 'SAMM_Micro_FACS_Codes_v2.xlsx'))
+  # SMIC-HS: the per-subject counts of the real release (ne/po/sur).
+  counts = {'s1': (3, 2, 1), 's2': (0, 1, 5), 's3': (22, 11, 6), 's4': (10, 4, 5), 's5': (1, 0, 1),
+            's6': (2, 0, 2), 's8': (9, 4, 0), 's9': (0, 1, 3), 's11': (3, 3, 1), 's12': (0, 8, 1),
+            's13': (0, 10, 0), 's14': (3, 2, 5), 's15': (1, 1, 2), 's18': (2, 0, 5),
+            's19': (0, 1, 1), 's20': (14, 3, 5)}
+  for subj, per in counts.items():
+    for (emo, tok), n in zip((('negative', 'ne'), ('positive', 'po'), ('surprise', 'sur')), per):
+      for i in range(1, n + 1):
+        write_frames(os.path.join(root, 'SMIC', 'SMIC_all_cropped', 'HS', subj, 'micro', emo,
+                                  f'{subj}_{tok}_{i:02d}'), range(500, 500 + frames),
+                     'reg_image{:06d}.bmp')
+  return root, {'casme2': 145, 'samm': 133, 'smic': 164}
+
+
+def write_gt_csv(path: str, rows: Sequence[Tuple[str, str, str, int]]) -> None:
+  with open(path, 'w', newline='') as f:
+    for row in rows:
+      f.write(','.join(map(str, row)) + '\r\n')
+
+
+def corrupt(path: str) -> None:
+  with open(path, 'wb') as f:
+    f.write(b'not an image at all')
+
+
+def first_frame(folder: str) -> Optional[str]:
+  names = sorted(os.listdir(folder))
+  return os.path.join(folder, names[0]) if names else None

@@ -1,0 +1,159 @@
+"""The CASME II builder: ``Cropped`` (default) or ``CASME2_RAW_selected`` frames + a coding sheet.
+
+Expected under ``manual_dir`` (any nesting depth up to 5; doubled folders such as ``Cropped/Cropped``
+are fine)::
+
+  CASME2-coding-20190701.xlsx and/or CASME2-coding-20140508.xlsx (or CASME2_label_Ver_2.xls)
+  Cropped/sub01/EP02_01f/reg_img46.jpg ...             (also Cropped-updated/Cropped/...)
+  CASME2_RAW_selected/sub01/EP02_01f/img46.jpg ...     (for the ``*_raw`` configs)
+
+Rules (each application is listed in the preparation report):
+
+* the sheet's header row is found by its ``Subject`` cell; columns are matched by name, so the two
+  blank columns and an extra ``Objective Classes`` column do not matter;
+* ``Subject`` may be a number (``1``) or text (``'01'``): the LOSO id is ``sub%02d``;
+* an apex of ``'/'`` or outside onset..offset is set to the midpoint;
+* frames are those of the clip folder numbered onset..offset, naturally sorted; missing frames are
+  reported, extra ones ignored; a row without a folder and a folder without a row are reported and
+  skipped.
+
+Builder configs: ``5class`` (happiness, surprise, disgust, repression, others; the newest sheet
+present), ``5class_20140508`` (the original sheet, 246 clips), ``5class_raw`` (raw frames) and ``all``
+(all seven emotions).
+"""
+
+import dataclasses
+import os
+import re
+from typing import List, Optional, Tuple
+
+import tensorflow_datasets as tfds
+
+from tfds_builders import common
+
+FIVE_CLASSES = ('happiness', 'surprise', 'disgust', 'repression', 'others')
+ALL_CLASSES = ('happiness', 'surprise', 'disgust', 'repression', 'others', 'fear', 'sadness')
+SHEET_PATTERNS = {
+    '20190701': r'CASME2-coding-20190701\.xlsx',
+    '20140508': r'CASME2-coding-20140508\.xlsx',
+    'ver2': r'CASME2_label_Ver_2\.xls',
+}
+FPS = 200.0
+
+
+@dataclasses.dataclass
+class Casme2Config(tfds.core.BuilderConfig):
+  classes: Tuple[str, ...] = FIVE_CLASSES
+  sheet: str = 'newest'  # 'newest' | '20190701' | '20140508' | 'ver2'
+  frames: str = 'cropped'  # 'cropped' | 'raw'
+
+
+def _is_subject_root(path: str, prefix: str) -> bool:
+  subs = [d for d in common.subdirs(path) if re.fullmatch(r'sub\d\d', d)]
+  if not subs:
+    return False
+  for s in subs[:3]:
+    for ep in common.subdirs(os.path.join(path, s))[:2]:
+      names = os.listdir(os.path.join(path, s, ep))
+      if any(re.fullmatch(prefix + r'\d+\.(jpg|jpeg|png|bmp)', n, re.I) for n in names):
+        return True
+  return False
+
+
+def find_frame_root(manual_dir: str, frames: str) -> Optional[str]:
+  """The folder holding ``subXX/EPxx/`` with cropped (``reg_img``) or raw (``img``) frames."""
+  prefix = 'reg_img' if frames == 'cropped' else 'img'
+  roots = common.find_dirs(manual_dir, lambda p: _is_subject_root(p, prefix))
+  if frames == 'raw':
+    # Prefer onset..offset selections over the full CASME2-RAW sequences.
+    roots.sort(key=lambda p: ('selected' not in p.lower(), len(p)))
+  return roots[0] if roots else None
+
+
+def find_sheet(manual_dir: str, which: str) -> Tuple[str, str]:
+  """``(version, path)`` of the coding sheet to use."""
+  found = {v: common.find_files(manual_dir, pat) for v, pat in SHEET_PATTERNS.items()}
+  order = ['20190701', '20140508', 'ver2'] if which == 'newest' else [which]
+  for version in order:
+    if found.get(version):
+      return version, found[version][0]
+  want = ' or '.join(SHEET_PATTERNS[v].replace('\\', '') for v in order)
+  raise common.DatasetLayoutError(f'casme2: no coding sheet ({want}) under {manual_dir}')
+
+
+def scan(manual_dir: str, config: Casme2Config) -> Tuple[List[common.Clip], common.Report]:
+  """Parses the sheet and validates every clip folder."""
+  report = common.Report('casme2')
+  version, sheet = find_sheet(manual_dir, config.sheet)
+  root = find_frame_root(manual_dir, config.frames)
+  if root is None:
+    layout = ('Cropped/subXX/EPxx/reg_imgN.jpg' if config.frames == 'cropped'
+              else 'CASME2_RAW_selected/subXX/EPxx/imgN.jpg')
+    raise common.DatasetLayoutError(f'casme2: no frame folders like {layout} under {manual_dir}')
+  report.source = {'sheet': os.path.relpath(sheet, manual_dir), 'sheet_version': version,
+                   'frames': os.path.relpath(root, manual_dir) or '.', 'frame_variant': config.frames}
+  header, rows = common.read_sheet(sheet, 'Subject')
+  cols = common.column_index(header, ['Subject', 'Filename', 'OnsetFrame', 'ApexFrame',
+                                      'OffsetFrame', 'Action Units', 'Estimated Emotion'], sheet)
+  clips, used_folders = [], set()
+  for rownum, row in rows:
+    cell = lambda name: row[cols[name]] if cols[name] < len(row) else None  # pylint: disable=cell-var-from-loop,unnecessary-lambda-assignment
+    where = f'{os.path.basename(sheet)} row {rownum}'
+    subj_num = common.to_int(cell('Subject'))
+    name = common.cell_text(cell('Filename'))
+    if subj_num is None or not name:
+      report.add(where, f'unreadable Subject/Filename {cell("Subject")!r}/{cell("Filename")!r}',
+                 'skipped')
+      continue
+    subject = f'sub{subj_num:02d}'
+    where = f'{where} ({subject}/{name})'
+    emotion = common.cell_text(cell('Estimated Emotion')).lower()
+    if emotion not in config.classes:
+      continue  # not part of this protocol (e.g. fear/sadness in 5-class)
+    onset, offset = common.to_int(cell('OnsetFrame')), common.to_int(cell('OffsetFrame'))
+    if onset is None or offset is None or offset < onset:
+      report.add(where, f'bad onset/offset {cell("OnsetFrame")!r}/{cell("OffsetFrame")!r}',
+                 'skipped')
+      continue
+    folder = os.path.join(root, subject, name)
+    if not os.path.isdir(folder):
+      report.add(where, f'no folder {os.path.relpath(folder, manual_dir)}', 'skipped')
+      continue
+    used_folders.add((subject, name))
+    selected = common.select_frames(report, where, folder, onset, offset)
+    if selected is None:
+      continue
+    nums, paths = selected
+    apex = common.fix_apex(report, where, onset, cell('ApexFrame'), offset)
+    clips.append(common.Clip('casme2', subject, name, emotion, emotion, onset, apex, offset,
+                             common.cell_text(cell('Action Units')), FPS, paths, nums))
+  all_rows = {(f'sub{common.to_int(r[cols["Subject"]]):02d}', common.cell_text(r[cols['Filename']]))
+              for _, r in rows if common.to_int(r[cols['Subject']]) is not None}
+  for subject in common.subdirs(root):
+    for ep in common.subdirs(os.path.join(root, subject)):
+      if (subject, ep) not in all_rows:
+        report.add(f'{subject}/{ep}', 'folder has no row in the coding sheet', 'skipped')
+  return clips, report
+
+
+class Casme2(common.MEBuilder):
+  """CASME II micro-expressions (Yan et al. 2014), 200 fps, LOSO by subject (``subXX``)."""
+
+  DATASET = 'casme2'
+  EXPECTED_LAYOUT = ('a CASME2-coding-*.xlsx sheet and Cropped/subXX/EPxx/reg_imgN.jpg frames, '
+                     'as unpacked from the CASME II release')
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Request CASME II from http://casme.psych.ac.cn/casme/e2 (licence agreement), unpack it and pass
+  the folder holding the coding sheet and the Cropped/ frames as manual_dir.
+  """
+  BUILDER_CONFIGS = [
+      Casme2Config(name='5class', description='5 classes, newest coding sheet present, cropped'),
+      Casme2Config(name='5class_20140508', sheet='20140508',
+                   description='5 classes from CASME2-coding-20140508.xlsx, cropped'),
+      Casme2Config(name='5class_raw', frames='raw',
+                   description='5 classes, newest sheet, CASME2_RAW_selected frames'),
+      Casme2Config(name='all', classes=ALL_CLASSES, description='all 7 emotions, newest sheet'),
+  ]
+
+  def _scan(self, manual_dir):
+    return scan(manual_dir, self.builder_config)

@@ -1,0 +1,124 @@
+"""The CAS(ME)^3 part A builder: micro-expressions cut from the long colour videos by the sheet.
+
+Expected under ``manual_dir``::
+
+  .../annotation/cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx   (columns Subject, Filename, Onset,
+                                                             Apex, Offset, AU, Objective class, emotion)
+  .../part_A/spNO.1/a/color/355.jpg ...                      (long videos, frames numbered from 1)
+  or the pre-clipped supply: .../Part_A_ME_clip/spNO.1_a_355/355.jpg ...
+
+Several micro-expressions come from one video (same Subject and Filename); a clip is named
+``<Filename>_<Onset>`` and its LOSO id is the ``spNO.<n>`` subject. Emotions are lower-cased
+(``Others`` -> ``others``). An apex outside onset..offset is set to the midpoint (reported).
+
+Builder configs: ``3class`` (negative = disgust + fear + anger + sad, positive = happy, surprise),
+``4class`` (+ others), ``7class`` (all seven emotions).
+"""
+
+import dataclasses
+import os
+import re
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow_datasets as tfds
+
+from tfds_builders import common
+
+FPS = 30.0
+EMOTIONS = ('disgust', 'surprise', 'others', 'fear', 'anger', 'sad', 'happy')
+THREE = {'disgust': 'negative', 'fear': 'negative', 'anger': 'negative', 'sad': 'negative',
+         'happy': 'positive', 'surprise': 'surprise'}
+FOUR = dict(THREE, others='others')
+
+
+@dataclasses.dataclass
+class Casme3Config(tfds.core.BuilderConfig):
+  classes: Tuple[str, ...] = ('negative', 'positive', 'surprise')
+  mapping: Optional[Dict[str, str]] = None  # emotion -> class; None = identity
+
+
+def _find_video_root(manual_dir: str) -> Optional[str]:
+  def ok(p):
+    subs = [d for d in common.subdirs(p) if re.fullmatch(r'spNO\.\d+', d)]
+    return any(os.path.isdir(os.path.join(p, s, v, 'color'))
+               for s in subs[:3] for v in common.subdirs(os.path.join(p, s))[:3])
+  roots = common.find_dirs(manual_dir, ok, max_depth=6)
+  return roots[0] if roots else None
+
+
+def _find_clip_root(manual_dir: str) -> Optional[str]:
+  def ok(p):
+    return any(re.fullmatch(r'spNO\.\d+_[a-z]+\d*_\d+', d) for d in common.subdirs(p)[:20])
+  roots = common.find_dirs(manual_dir, ok, max_depth=6)
+  return roots[0] if roots else None
+
+
+def scan(manual_dir: str, config: Casme3Config) -> Tuple[List[common.Clip], common.Report]:
+  report = common.Report('casme3')
+  sheets = common.find_files(manual_dir, r'cas\(me\)3_part_A_ME_label.*\.xlsx', max_depth=6)
+  if not sheets:
+    raise common.DatasetLayoutError(
+        f'casme3: no cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx under {manual_dir}')
+  sheet = sheets[0]
+  video_root, clip_root = _find_video_root(manual_dir), _find_clip_root(manual_dir)
+  if video_root is None and clip_root is None:
+    raise common.DatasetLayoutError(
+        f'casme3: no frames under {manual_dir} (expected part_A/spNO.1/a/color/355.jpg or '
+        'Part_A_ME_clip/spNO.1_a_355/355.jpg)')
+  report.source = {'sheet': os.path.relpath(sheet, manual_dir),
+                   'frames': os.path.relpath(video_root or clip_root, manual_dir)}
+  header, rows = common.read_sheet(sheet, 'Subject', sheet='label')
+  cols = common.column_index(header, ['Subject', 'Filename', 'Onset', 'Apex', 'Offset', 'AU',
+                                      'emotion'], sheet)
+  mapping = config.mapping or {e: e for e in EMOTIONS}
+  clips = []
+  for rownum, row in rows:
+    cell = lambda name: row[cols[name]] if cols[name] < len(row) else None  # pylint: disable=cell-var-from-loop,unnecessary-lambda-assignment
+    subject, video = common.cell_text(cell('Subject')), common.cell_text(cell('Filename'))
+    onset, offset = common.to_int(cell('Onset')), common.to_int(cell('Offset'))
+    where = f'{os.path.basename(sheet)} row {rownum} ({subject}/{video})'
+    if not re.fullmatch(r'spNO\.\d+', subject) or not video or onset is None or offset is None \
+        or offset < onset:
+      report.add(where, 'unreadable Subject/Filename/Onset/Offset', 'skipped')
+      continue
+    emotion = common.cell_text(cell('emotion')).lower()
+    if emotion not in mapping:
+      continue
+    folder = None
+    if video_root and os.path.isdir(os.path.join(video_root, subject, video, 'color')):
+      folder = os.path.join(video_root, subject, video, 'color')
+    elif clip_root and os.path.isdir(os.path.join(clip_root, f'{subject}_{video}_{onset}')):
+      folder = os.path.join(clip_root, f'{subject}_{video}_{onset}')
+    if folder is None:
+      report.add(where, 'no frame folder for this row', 'skipped')
+      continue
+    selected = common.select_frames(report, where, folder, onset, offset,
+                                    long_video=folder.endswith('color'))
+    if selected is None:
+      continue
+    nums, paths = selected
+    apex = common.fix_apex(report, where, onset, cell('Apex'), offset)
+    clips.append(common.Clip('casme3', subject, f'{video}_{onset}', emotion, mapping[emotion],
+                             onset, apex, offset, common.cell_text(cell('AU')), FPS, paths, nums))
+  return clips, report
+
+
+class Casme3(common.MEBuilder):
+  """CAS(ME)^3 part A micro-expressions (Li et al. 2022), 30 fps colour."""
+
+  DATASET = 'casme3'
+  EXPECTED_LAYOUT = ('the part A annotation sheet and part_A/spNO.N/<video>/color/<n>.jpg frames, '
+                     'as unpacked from the CAS(ME)^3 release')
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Request CAS(ME)^3 from http://casme.psych.ac.cn/casme/e4 (licence agreement), unpack part A and
+  pass the folder holding annotation/ and the frame folders as manual_dir.
+  """
+  BUILDER_CONFIGS = [
+      Casme3Config(name='3class', classes=('negative', 'positive', 'surprise'), mapping=THREE),
+      Casme3Config(name='4class', classes=('negative', 'positive', 'surprise', 'others'),
+                   mapping=FOUR),
+      Casme3Config(name='7class', classes=EMOTIONS, mapping=None),
+  ]
+
+  def _scan(self, manual_dir):
+    return scan(manual_dir, self.builder_config)

@@ -1,0 +1,387 @@
+"""Shared machinery of the micro-expression TFDS builders.
+
+Each builder parses its dataset's annotation into :class:`Clip` records (validating every path and
+frame eagerly, in ``_split_generators``), collects every quirk it fixed or skipped in a
+:class:`Report`, and then only reads, resizes and stores frames in ``_generate_examples``.
+
+Stored examples share one feature layout (:func:`features`): the frames onset..offset (naturally
+sorted, resized to ``FRAME_SIZE`` x ``FRAME_SIZE`` with PIL's antialiased bilinear filter, stored as
+lossless PNG inside an ``array_record`` file), the dataset, the subject (the LOSO id), the clip name,
+the emotion as written, the protocol's class label, onset/apex/offset frame numbers, the apex position
+within the stored frames, the action units and the frame rate. Everything lives in one ``train`` split;
+LOSO folds are cut by subject at training time.
+
+Why 224 px PNG: the model runs at 224 px, so storing more would only cost disk and preparation time,
+and PNG is lossless (JPEG re-encoding would add block artefacts of the size of the motions we look
+for). The datasets are small: training resamples every clip to T frames and holds the whole protocol
+in memory (CASME II: 255 clips x 16 x 224 x 224 x 3 in float16 is about 1.2 GB).
+"""
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+FRAME_SIZE = 224
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+_LAST_INT = re.compile(r'(\d+)(?!.*\d)')
+
+
+class DatasetLayoutError(ValueError):
+  """The manual_dir does not look like the expected dataset (the message says what was expected)."""
+
+
+class CorruptImageError(ValueError):
+  """An image file could not be decoded (the message names the file)."""
+
+
+def frame_number(name: str) -> int:
+  """The last integer in a file name's stem: ``reg_img46.jpg`` -> 46, ``006_05562.jpg`` -> 5562."""
+  stem = os.path.splitext(os.path.basename(name))[0]
+  m = _LAST_INT.search(stem)
+  if not m:
+    raise ValueError(f'No frame number in file name {name!r}')
+  return int(m.group(1))
+
+
+def list_frames(folder: str) -> List[Tuple[int, str]]:
+  """``(frame_number, path)`` of every image in ``folder``, sorted numerically (never lexicographically)."""
+  out = []
+  for name in os.listdir(folder):
+    if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.'):
+      try:
+        out.append((frame_number(name), os.path.join(folder, name)))
+      except ValueError:
+        continue
+  out.sort()
+  return out
+
+
+@dataclasses.dataclass
+class Clip:
+  """One annotated micro-expression clip, validated and ready to store."""
+  dataset: str
+  subject: str
+  clip: str
+  emotion: str
+  label: str
+  onset: int
+  apex: int
+  offset: int
+  action_units: str
+  fps: float
+  frames: List[str]
+  frame_numbers: List[int]
+
+  @property
+  def key(self) -> str:
+    return f'{self.dataset}/{self.subject}/{self.clip}'
+
+  @property
+  def apex_index(self) -> int:
+    """Position of the apex within the stored frames (the nearest stored frame)."""
+    nums = np.asarray(self.frame_numbers)
+    return int(np.argmin(np.abs(nums - self.apex)))
+
+
+@dataclasses.dataclass
+class Report:
+  """What a preparation fixed or skipped, and the final counts."""
+  dataset: str
+  source: Dict[str, str] = dataclasses.field(default_factory=dict)
+  issues: List[Dict[str, str]] = dataclasses.field(default_factory=list)
+
+  def add(self, where: str, problem: str, action: str) -> None:
+    self.issues.append({'where': where, 'problem': problem, 'action': action})
+
+  def summary(self, clips: Sequence[Clip], classes: Sequence[str]) -> Dict[str, Any]:
+    per_class = {c: 0 for c in classes}
+    per_subject: Dict[str, Dict[str, int]] = {}
+    for c in clips:
+      per_class[c.label] += 1
+      per_subject.setdefault(c.subject, {k: 0 for k in classes})[c.label] += 1
+    return {
+        'dataset': self.dataset,
+        'source': self.source,
+        'num_clips': len(clips),
+        'num_subjects': len(per_subject),
+        'per_class': per_class,
+        'per_subject': {s: per_subject[s] for s in sorted(per_subject, key=natural_key)},
+        'issues': self.issues,
+    }
+
+
+def natural_key(s: str):
+  """Sort key that orders embedded integers numerically (``s2`` < ``s10``)."""
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
+
+
+def select_frames(report: Report, where: str, folder: str, onset: int, offset: int,
+                  min_frames: int = 2, long_video: bool = False
+                  ) -> Optional[Tuple[List[int], List[str]]]:
+  """The frames of ``folder`` numbered onset..offset, reporting gaps and extra frames.
+
+  ``long_video``: the folder is a whole recording the clip is cut from (CAS(ME)^3), so frames
+  outside onset..offset are expected and not reported. Returns None (and reports why) when fewer
+  than ``min_frames`` frames remain.
+  """
+  frames = list_frames(folder)
+  if not frames:
+    report.add(where, f'folder {folder} has no image files', 'skipped')
+    return None
+  inside = [(n, p) for n, p in frames if onset <= n <= offset]
+  outside = len(frames) - len(inside)
+  if outside and not long_video:
+    report.add(where, f'{outside} frame file(s) outside onset..offset {onset}..{offset}',
+               'ignored those frames')
+  nums = [n for n, _ in inside]
+  expected = offset - onset + 1
+  if len(set(nums)) != len(nums):
+    report.add(where, 'duplicate frame numbers', 'kept the first file of each number')
+    seen, dedup = set(), []
+    for n, p in inside:
+      if n not in seen:
+        seen.add(n)
+        dedup.append((n, p))
+    inside = dedup
+    nums = [n for n, _ in inside]
+  if len(nums) < expected and len(nums) >= min_frames:
+    missing = sorted(set(range(onset, offset + 1)) - set(nums))
+    shown = ', '.join(map(str, missing[:8])) + (' ...' if len(missing) > 8 else '')
+    report.add(where, f'{len(missing)} missing frame(s) in {onset}..{offset}: {shown}',
+               'kept the frames present (temporal resampling spans the gap)')
+  if len(nums) < min_frames:
+    report.add(where, f'only {len(nums)} frame(s) in onset..offset {onset}..{offset} in {folder}',
+               'skipped')
+    return None
+  return nums, [p for _, p in inside]
+
+
+def fix_apex(report: Report, where: str, onset: int, apex: Any, offset: int) -> int:
+  """Documented apex rule: ``'/'``, empty or outside onset..offset -> the midpoint (reported)."""
+  mid = (onset + offset) // 2
+  try:
+    a = int(float(str(apex).strip()))
+  except ValueError:
+    report.add(where, f'apex is {str(apex).strip()!r}', f'apex set to the midpoint {mid}')
+    return mid
+  if not onset <= a <= offset:
+    report.add(where, f'apex {a} outside onset..offset {onset}..{offset}',
+               f'apex set to the midpoint {mid}')
+    return mid
+  return a
+
+
+def to_int(value: Any) -> Optional[int]:
+  try:
+    return int(float(str(value).strip()))
+  except (TypeError, ValueError):
+    return None
+
+
+def cell_text(value: Any) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, float) and value.is_integer():
+    value = int(value)
+  return str(value).strip()
+
+
+def read_sheet(path: str, header_first_cell: str = 'Subject', sheet: Optional[str] = None,
+               scan_rows: int = 30) -> Tuple[List[str], List[Tuple[int, List[Any]]]]:
+  """Reads an .xlsx/.xls sheet whose header row starts with ``header_first_cell``.
+
+  The header is found by scanning the first ``scan_rows`` rows (SAMM has a 13-row preamble).
+
+  Returns:
+    ``(header, rows)`` with rows as ``(excel_row_number, cells)``; fully empty rows are dropped.
+  """
+  if path.lower().endswith('.xls'):
+    import xlrd  # pylint: disable=g-import-not-at-top
+    book = xlrd.open_workbook(path)
+    ws = book.sheet_by_name(sheet) if sheet and sheet in book.sheet_names() else book.sheet_by_index(0)
+    table = [ws.row_values(i) for i in range(ws.nrows)]
+  else:
+    import openpyxl  # pylint: disable=g-import-not-at-top
+    try:
+      wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as e:  # openpyxl raises several types for broken files
+      raise DatasetLayoutError(f'{path}: cannot be read as an .xlsx workbook ({e})') from e
+    ws = wb[sheet] if sheet and sheet in wb.sheetnames else wb[wb.sheetnames[0]]
+    table = [list(r) for r in ws.iter_rows(values_only=True)]
+    wb.close()
+  for i, row in enumerate(table[:scan_rows]):
+    if row and cell_text(row[0]) == header_first_cell:
+      header = [cell_text(c) for c in row]
+      rows = [(j + 1, list(r)) for j, r in enumerate(table[i + 1:], start=i + 1)
+              if any(cell_text(c) for c in r)]
+      return header, rows
+  raise DatasetLayoutError(f'{path}: no header row starting with {header_first_cell!r} in the first '
+                           f'{scan_rows} rows')
+
+
+def column_index(header: Sequence[str], names: Iterable[str], path: str) -> Dict[str, int]:
+  """Maps each wanted column name to its index (case- and space-insensitive)."""
+  norm = {re.sub(r'\s+', '', h).lower(): i for i, h in enumerate(header) if h}
+  out, missing = {}, []
+  for name in names:
+    key = re.sub(r'\s+', '', name).lower()
+    if key in norm:
+      out[name] = norm[key]
+    else:
+      missing.append(name)
+  if missing:
+    raise DatasetLayoutError(f'{path}: missing column(s) {missing}; found {[h for h in header if h]}')
+  return out
+
+
+def find_files(root: str, pattern: str, max_depth: int = 5) -> List[str]:
+  """Files under ``root`` (depth-limited) whose name matches the regex ``pattern``, sorted."""
+  rx = re.compile(pattern, re.IGNORECASE)
+  out = []
+  root = os.path.abspath(root)
+  for dirpath, dirnames, filenames in os.walk(root):
+    depth = dirpath[len(root):].count(os.sep)
+    if depth >= max_depth:
+      dirnames[:] = []
+    dirnames.sort()
+    out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if rx.fullmatch(f))
+  return out
+
+
+def find_dirs(root: str, predicate, max_depth: int = 5) -> List[str]:
+  """Directories under ``root`` (including it, depth-limited) for which ``predicate(path)`` holds."""
+  out = []
+  root = os.path.abspath(root)
+  for dirpath, dirnames, _ in os.walk(root):
+    depth = dirpath[len(root):].count(os.sep)
+    if depth >= max_depth:
+      dirnames[:] = []
+    dirnames.sort()
+    if predicate(dirpath):
+      out.append(dirpath)
+  return out
+
+
+def subdirs(path: str) -> List[str]:
+  try:
+    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+  except OSError:
+    return []
+
+
+def check_manual_dir(manual_dir: str, dataset: str, expected: str) -> str:
+  """Raises a clear error when ``manual_dir`` is unset, missing or empty."""
+  if not manual_dir:
+    raise DatasetLayoutError(f'{dataset}: no manual_dir given. Pass '
+                             f'--config.data.manual_dir=/path/to/the/unpacked/dataset ({expected}).')
+  path = os.path.expanduser(str(manual_dir))
+  if not os.path.isdir(path):
+    raise DatasetLayoutError(f'{dataset}: manual_dir {path} does not exist ({expected}).')
+  if not os.listdir(path):
+    raise DatasetLayoutError(f'{dataset}: manual_dir {path} is empty ({expected}).')
+  return path
+
+
+def load_frame(path: str, size: int = FRAME_SIZE) -> np.ndarray:
+  """Reads an image as RGB uint8 (grayscale replicated), resized to ``size`` x ``size``."""
+  try:
+    with Image.open(path) as im:
+      im.load()
+      im = im.convert('RGB')
+      if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+      return np.asarray(im, np.uint8)
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+    raise CorruptImageError(f'Cannot decode image {path}: {e}') from e
+
+
+def features(classes: Sequence[str], size: int = FRAME_SIZE) -> tfds.features.FeaturesDict:
+  """The feature layout shared by every builder."""
+  return tfds.features.FeaturesDict({
+      'frames': tfds.features.Sequence(tfds.features.Image(shape=(size, size, 3),
+                                                           encoding_format='png')),
+      'frame_numbers': tfds.features.Sequence(np.int64),
+      'dataset': tfds.features.Text(),
+      'subject': tfds.features.Text(),
+      'clip': tfds.features.Text(),
+      'emotion': tfds.features.Text(),
+      'label': tfds.features.ClassLabel(names=list(classes)),
+      'onset': np.int64,
+      'apex': np.int64,
+      'offset': np.int64,
+      'apex_index': np.int32,
+      'action_units': tfds.features.Text(),
+      'fps': np.float32,
+  })
+
+
+def example(clip: Clip, size: int = FRAME_SIZE) -> Dict[str, Any]:
+  """Reads a clip's frames and returns the example dict."""
+  return {
+      'frames': [load_frame(p, size) for p in clip.frames],
+      'frame_numbers': [int(n) for n in clip.frame_numbers],
+      'dataset': clip.dataset,
+      'subject': clip.subject,
+      'clip': clip.clip,
+      'emotion': clip.emotion,
+      'label': clip.label,
+      'onset': clip.onset,
+      'apex': clip.apex,
+      'offset': clip.offset,
+      'apex_index': clip.apex_index,
+      'action_units': clip.action_units,
+      'fps': clip.fps,
+  }
+
+
+class MEBuilder(tfds.core.GeneratorBasedBuilder):
+  """Base class: subclasses implement :meth:`_scan`, returning validated clips and a report."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  FRAME_SIZE = FRAME_SIZE
+  DATASET = ''
+  EXPECTED_LAYOUT = ''
+
+  @property
+  def classes(self) -> List[str]:
+    return list(self.builder_config.classes)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=features(self.classes, self.FRAME_SIZE),
+        supervised_keys=None,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _scan(self, manual_dir: str) -> Tuple[List[Clip], Report]:
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    manual_dir = check_manual_dir(str(dl_manager.manual_dir), self.DATASET, self.EXPECTED_LAYOUT)
+    clips, report = self._scan(manual_dir)
+    if not clips:
+      raise DatasetLayoutError(f'{self.DATASET}: found no usable clip under {manual_dir} '
+                               f'({self.EXPECTED_LAYOUT}). Problems: '
+                               f'{json.dumps(report.issues[:10])}')
+    clips.sort(key=lambda c: (natural_key(c.subject), natural_key(c.clip)))
+    keys = [c.key for c in clips]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+      raise DatasetLayoutError(f'{self.DATASET}: duplicate clips {dup[:5]}')
+    summary = report.summary(clips, self.classes)
+    self.info.metadata['preparation_report'] = summary
+    self._last_report = summary  # pylint: disable=attribute-defined-outside-init
+    return {'train': self._generate_examples(clips)}
+
+  def _generate_examples(self, clips):
+    for clip in clips:
+      yield clip.key, example(clip, self.FRAME_SIZE)

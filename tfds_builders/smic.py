@@ -1,0 +1,111 @@
+"""The SMIC builder (HS, VIS, NIR): labels from folder names, no annotation sheet.
+
+Expected under ``manual_dir``::
+
+  SMIC_all_cropped/HS/s1/micro/negative/s1_ne_01/reg_image559740.bmp ...   (default)
+  SMIC_all_cropped/VIS/s1/micro/positive/s1_po_01/reg_06524.bmp ...
+  SMIC_all_raw/HS/s1/micro/...                                            (if no cropped copy)
+  .../s1/non_micro/...                                                    (ignored)
+
+Rules: subjects are ``s<N>`` (unpadded, the LOSO id); the emotion is the folder name
+(``negative``/``positive``/``surprise``), cross-checked with the clip name's token (``ne``/``po``/
+``sur``, a mismatch is reported and the folder wins); frame numbers are the last integer of the file
+name (6 to 8 digits in HS, 5 in VIS/NIR), naturally sorted; onset/offset are the first/last frame;
+SMIC has no apex, so the middle frame stands in (SLSTT and MEB do the same).
+
+Builder configs: ``hs_3class`` (164 clips, 16 subjects), ``vis_3class``, ``nir_3class``.
+"""
+
+import dataclasses
+import os
+import re
+from typing import List, Optional, Tuple
+
+import tensorflow_datasets as tfds
+
+from tfds_builders import common
+
+CLASSES = ('negative', 'positive', 'surprise')
+TOKENS = {'ne': 'negative', 'po': 'positive', 'sur': 'surprise'}
+FPS = {'HS': 100.0, 'VIS': 25.0, 'NIR': 25.0}
+
+
+@dataclasses.dataclass
+class SmicConfig(tfds.core.BuilderConfig):
+  classes: Tuple[str, ...] = CLASSES
+  modality: str = 'HS'
+
+
+def find_modality_root(manual_dir: str, modality: str) -> Optional[str]:
+  """The ``<modality>`` folder holding ``s<N>/micro``; cropped copies are preferred over raw."""
+  def ok(p):
+    return os.path.basename(p).upper() == modality and any(
+        re.fullmatch(r's\d+', d) and os.path.isdir(os.path.join(p, d, 'micro'))
+        for d in common.subdirs(p))
+  roots = common.find_dirs(manual_dir, ok)
+  roots.sort(key=lambda p: ('crop' not in p.lower(), len(p)))
+  return roots[0] if roots else None
+
+
+def scan_modality(manual_dir: str, modality: str, dataset: str = 'smic'
+                  ) -> Tuple[List[common.Clip], common.Report]:
+  report = common.Report(dataset)
+  root = find_modality_root(manual_dir, modality)
+  if root is None:
+    raise common.DatasetLayoutError(
+        f'smic: no {modality}/s<N>/micro/<emotion>/<clip>/ folders under {manual_dir} (expected '
+        f'SMIC_all_cropped/{modality}/s1/micro/negative/s1_ne_01/...)')
+  report.source = {'frames': os.path.relpath(root, manual_dir) or '.', 'modality': modality}
+  clips = []
+  for subject in common.subdirs(root):
+    if not re.fullmatch(r's\d+', subject):
+      report.add(subject, 'not a subject folder (s<N>)', 'ignored')
+      continue
+    micro = os.path.join(root, subject, 'micro')
+    if not os.path.isdir(micro):
+      continue  # subjects with only non_micro material
+    subj_id = f's{int(subject[1:])}'
+    for emotion in common.subdirs(micro):
+      if emotion.lower() not in CLASSES:
+        report.add(f'{subject}/micro/{emotion}', 'unknown emotion folder', 'skipped')
+        continue
+      for name in common.subdirs(os.path.join(micro, emotion)):
+        where = f'{subject}/micro/{emotion}/{name}'
+        m = re.fullmatch(r's\d+_([a-z]+)_\d+', name)
+        if m and TOKENS.get(m.group(1)) not in (None, emotion.lower()):
+          report.add(where, f'clip token {m.group(1)!r} disagrees with folder {emotion!r}',
+                     'used the folder')
+        frames = common.list_frames(os.path.join(micro, emotion, name))
+        if len(frames) < 2:
+          report.add(where, f'{len(frames)} frame(s)', 'skipped')
+          continue
+        nums = [n for n, _ in frames]
+        selected = common.select_frames(report, where, os.path.join(micro, emotion, name),
+                                        nums[0], nums[-1])
+        if selected is None:
+          continue
+        nums, paths = selected
+        apex = nums[len(nums) // 2]
+        clips.append(common.Clip(dataset, subj_id, name, emotion.lower(), emotion.lower(),
+                                 nums[0], apex, nums[-1], '', FPS[modality], paths, nums))
+  return clips, report
+
+
+class Smic(common.MEBuilder):
+  """SMIC spontaneous micro-expressions (Li et al. 2013); HS 100 fps, VIS/NIR 25 fps."""
+
+  DATASET = 'smic'
+  EXPECTED_LAYOUT = ('SMIC_all_cropped/HS/s1/micro/negative/s1_ne_01/reg_image*.bmp, '
+                     'as unpacked from the SMIC release')
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Request SMIC from the University of Oulu (licence agreement), unpack it and pass the folder that
+  holds SMIC_all_cropped/ (or SMIC_all_raw/) as manual_dir.
+  """
+  BUILDER_CONFIGS = [
+      SmicConfig(name='hs_3class', modality='HS', description='SMIC-HS, 100 fps'),
+      SmicConfig(name='vis_3class', modality='VIS', description='SMIC-VIS, 25 fps'),
+      SmicConfig(name='nir_3class', modality='NIR', description='SMIC-NIR, 25 fps'),
+  ]
+
+  def _scan(self, manual_dir):
+    return scan_modality(manual_dir, self.builder_config.modality)
