@@ -8,6 +8,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  config = common.dataset_config('synthetic_me', 5, 'default', arg,
-                                 smoke_subjects=('p01', 'p02'))
+  config = common.dataset_config('synthetic_me', 5, 'default', arg)
+  if 'smoke' in common.parse_arg(arg)[0]:
+    config.data.builder_config = 'small'  # 3 subjects x 5 classes x 2 clips
   return config
