@@ -37,31 +37,76 @@ class UsageError(Exception):
   """A user mistake that is reported as one clear line, without a traceback."""
 
 
+class _QuietLibraries(logging.logging.Filter):
+  """Drops the per-save INFO chatter of Orbax (warnings and errors still pass)."""
+
+  def filter(self, record):
+    return record.levelno >= logging.logging.WARNING or '/orbax/' not in record.pathname
+
+
+def _need_config():
+  if FLAGS.config is None:
+    raise UsageError('--config is required, e.g. --config=configs/samm.py')
+  return FLAGS.config
+
+
+def _need_workdir():
+  if not FLAGS.workdir:
+    raise UsageError('--workdir is required, e.g. --workdir=runs/samm')
+  return FLAGS.workdir
+
+
 def _run(mode):
-  config = FLAGS.config
-  if mode == 'profile':
-    if config is None:
-      raise UsageError('--config is required, e.g. --config=configs/casme2.py')
-    from mpt_jax import profile  # pylint: disable=g-import-not-at-top
-    print(json.dumps(profile.profile(config)))
-    return
-  if mode == 'prepare':
-    if config is None:
-      raise UsageError('--config is required, e.g. --config=configs/casme2.py')
-    import tfds_builders.prepare as prep  # pylint: disable=g-import-not-at-top
-    from tfds_builders import common as tfds_common  # pylint: disable=g-import-not-at-top
-    try:
-      report = prep.prepare(config.data)
-    except tfds_common.DatasetLayoutError as e:
-      raise UsageError(str(e)) from e
-    print(prep.format_report(report))
-    return
-  raise UsageError(f'--mode={mode} is not available yet')
+  """Dispatches one mode; user errors surface as UsageError."""
+  # pylint: disable=g-import-not-at-top
+  from mpt_jax import input_pipeline, loso, pretrained
+  from mpt_jax import predict as predict_lib
+  from tfds_builders import common as tfds_common
+  user_errors = (tfds_common.DatasetLayoutError, tfds_common.CorruptImageError,
+                 input_pipeline.DataError, loso.RunError, pretrained.CheckpointError,
+                 predict_lib.PredictError)
+  try:
+    if mode == 'profile':
+      from mpt_jax import profile
+      print(json.dumps(profile.profile(_need_config())))
+    elif mode == 'prepare':
+      import tfds_builders.prepare as prep
+      print(prep.format_report(prep.prepare(_need_config().data)))
+    elif mode == 'train':
+      from mpt_jax import report
+      config, workdir = _need_config(), _need_workdir()
+      _maybe_distributed()
+      summary = loso.train_and_evaluate(config, workdir)
+      print(report.results_table(summary))
+      print(f'Results: {os.path.join(os.path.abspath(workdir), "report.md")}')
+    elif mode == 'eval':
+      from mpt_jax import evaluate
+      workdir = _need_workdir()
+      config = FLAGS.config if FLAGS.config is not None else evaluate.load_run_config(workdir)
+      print(evaluate.summary_lines(evaluate.evaluate(config, workdir)))
+    elif mode == 'predict':
+      if not FLAGS.input:
+        raise UsageError('--input is required: a folder of frames or a video file')
+      result = predict_lib.predict(_need_workdir(), FLAGS.input, FLAGS.onset, FLAGS.offset,
+                               FLAGS.crop_face)
+      print(json.dumps(result))
+  except user_errors as e:
+    raise UsageError(str(e)) from e
+
+
+def _maybe_distributed():
+  """Multi-host runs: initialise jax.distributed when a coordinator address is set."""
+  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')  # TF (TFDS, TensorBoard) must not take GPU memory
   try:
     _run(FLAGS.mode)
   except UsageError as e:
@@ -70,5 +115,16 @@ def main(argv):
     sys.exit(2)
 
 
+def parse_flags(argv):
+  """Parses flags; a bad config override is one clear line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    print(f'error: cannot parse the command line ({type(e).__name__}: {e}). Config overrides '
+          f'given: {overrides}; every key is listed in configs/common.py.', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

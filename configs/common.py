@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.schedule = 'constant'  # constant | cosine (with linear warm-up).
   config.train.warmup_epochs = 0  # Warm-up length for the cosine schedule.
   config.train.batch_size = 16  # Global batch size (split across devices).
+  config.train.num_devices = 0  # Local devices to use for data parallelism; 0 = all of them.
   config.train.num_epochs = 20  # Epochs per fold.
   config.train.eval_every_epochs = 1  # Evaluate the held-out subject every N epochs (for curves).
   config.train.oracle_best_epoch = False  # Also report the best epoch per held-out subject

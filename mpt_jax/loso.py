@@ -99,6 +99,11 @@ class Experiment:
     self.config = config
     self.data = data
     self.devices = jax.local_devices()
+    if int(config.train.get('num_devices', 0)) > 0:
+      if int(config.train.num_devices) > len(self.devices):
+        raise RunError(f'train.num_devices is {config.train.num_devices} but only '
+                       f'{len(self.devices)} local device(s) exist')
+      self.devices = self.devices[:int(config.train.num_devices)]
     self.num_devices = len(self.devices)
     self.strategy = config.model.training_strategy
     self.model = mpt_lib.build_model(config.model, len(data.classes))
@@ -127,7 +132,8 @@ class Experiment:
     self.tx = partition.make_optimizer(self.config.train, params, self.strategy,  # pylint: disable=attribute-defined-outside-init
                                        self.steps_per_epoch_max)
     self.schedule = partition.make_schedule(self.config.train, self.steps_per_epoch_max)  # pylint: disable=attribute-defined-outside-init
-    self.p_train, self.p_eval = train_lib.make_steps(self.model, self.tx, self.labels_tree)  # pylint: disable=attribute-defined-outside-init
+    self.p_train, self.p_eval = train_lib.make_steps(self.model, self.tx, self.labels_tree,
+                                                     self.devices)  # pylint: disable=attribute-defined-outside-init
     self.backbone_fingerprint = partition.tree_fingerprint(self.frozen)  # pylint: disable=attribute-defined-outside-init
 
   def fresh_state(self) -> train_lib.TrainState:

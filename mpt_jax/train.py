@@ -43,7 +43,7 @@ def create_state(trainable: Dict[str, Any], frozen: Dict[str, Any],
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def make_steps(model, tx: optax.GradientTransformation, labels_tree: Any):
+def make_steps(model, tx: optax.GradientTransformation, labels_tree: Any, devices=None):
   """Returns pmapped ``(train_step, eval_step)``.
 
   ``train_step(state, data, idx, flip, mask) -> (state, metrics)`` and
@@ -80,8 +80,9 @@ def make_steps(model, tx: optax.GradientTransformation, labels_tree: Any):
     clips, _, apex = gather(data, idx)
     return model.apply({'params': params}, clips, apex)
 
-  p_train = jax.pmap(train_step, AXIS, in_axes=(None, None, 0, 0, 0), out_axes=(None, None))
-  p_eval = jax.pmap(eval_step, AXIS, in_axes=(None, None, 0), out_axes=0)
+  p_train = jax.pmap(train_step, AXIS, in_axes=(None, None, 0, 0, 0), out_axes=(None, None),
+                     devices=devices)
+  p_eval = jax.pmap(eval_step, AXIS, in_axes=(None, None, 0), out_axes=0, devices=devices)
   return p_train, p_eval
 
 

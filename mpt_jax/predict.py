@@ -1,0 +1,145 @@
+"""``--mode=predict``: class probabilities of a new clip from a trained LOSO run.
+
+The clip is a folder of frames (naturally sorted by the number in the file name) or a video file
+(anything OpenCV reads). ``onset``/``offset`` (indices into the frames, inclusive) select the
+micro-expression; without them the whole clip is used. With ``crop_face`` the largest face found by
+OpenCV's bundled Haar cascade in the middle frame gives one square crop (enlarged by 20%) applied to
+every frame, so the crop itself adds no motion. The frames then go through exactly the training
+preprocessing (resize to the dataset's stored frame size, temporal resampling to T, resize to
+``image_size``). The apex is taken as the middle of the clip.
+
+The prediction averages the softmax of every fold's final model of the run's first seed (each is
+a model trained without one subject); the per-fold probabilities are returned too.
+"""
+
+import os
+from typing import Any, Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from mpt_jax import evaluate
+from mpt_jax import input_pipeline
+from mpt_jax import loso
+from mpt_jax import partition
+from mpt_jax import pretrained
+from mpt_jax import train as train_lib
+from mpt_jax.models import mpt as mpt_lib
+
+
+class PredictError(ValueError):
+  """A clip that cannot be read or used (the message names the file)."""
+
+
+def read_frames(path: str) -> List[np.ndarray]:
+  """RGB uint8 frames of a frame folder or a video file."""
+  path = os.path.expanduser(path)
+  if os.path.isdir(path):
+    from tfds_builders import common  # pylint: disable=g-import-not-at-top
+    frames = common.list_frames(path)
+    if not frames:
+      raise PredictError(f'{path}: no image files with a frame number in their name')
+    out = []
+    for _, p in frames:
+      try:
+        with Image.open(p) as im:
+          out.append(np.asarray(im.convert('RGB')))
+      except Exception as e:  # PIL raises several types
+        raise PredictError(f'Cannot decode image {p}: {e}') from e
+    return out
+  if not os.path.isfile(path):
+    raise PredictError(f'{path}: no such file or folder')
+  import cv2  # pylint: disable=g-import-not-at-top
+  cap = cv2.VideoCapture(path)
+  out = []
+  while True:
+    ok, frame = cap.read()
+    if not ok:
+      break
+    out.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+  cap.release()
+  if not out:
+    raise PredictError(f'{path}: OpenCV could not read any frame from this file')
+  return out
+
+
+def face_box(frame: np.ndarray, enlarge: float = 1.2) -> Optional[tuple]:
+  """(top, left, size) of a square around the largest Haar-cascade face, or None."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades,
+                                               'haarcascade_frontalface_default.xml'))
+  gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+  faces = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(30, 30))
+  if len(faces) == 0:
+    return None
+  x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
+  size = int(max(w, h) * enlarge)
+  cy, cx = y + h // 2, x + w // 2
+  top = int(np.clip(cy - size // 2, 0, max(0, frame.shape[0] - size)))
+  left = int(np.clip(cx - size // 2, 0, max(0, frame.shape[1] - size)))
+  return top, left, min(size, frame.shape[0], frame.shape[1])
+
+
+def preprocess(frames: List[np.ndarray], config, stored_size: int, onset=None, offset=None,
+               crop_face: bool = False) -> np.ndarray:
+  """Frames -> (T, S, S, 3) float16 exactly as the training data."""
+  n = len(frames)
+  lo = 0 if onset is None else int(onset)
+  hi = n - 1 if offset is None else int(offset)
+  if not 0 <= lo <= hi < n:
+    raise PredictError(f'onset/offset {onset}/{offset} outside the clip of {n} frames (0..{n - 1})')
+  frames = frames[lo:hi + 1]
+  if crop_face:
+    box = face_box(frames[len(frames) // 2])
+    if box is None:
+      raise PredictError('No face found by the Haar cascade in the middle frame; crop the clip '
+                         'yourself or run without --crop_face')
+    top, left, size = box
+    frames = [f[top:top + size, left:left + size] for f in frames]
+  resized = [np.asarray(Image.fromarray(f).resize((stored_size, stored_size), Image.BILINEAR))
+             for f in frames]
+  return input_pipeline.prepare_clip(resized, int(config.model.num_frames),
+                                     int(config.model.image_size))
+
+
+def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False) -> Dict[str, Any]:
+  """Class probabilities for one clip from the run in ``workdir``."""
+  from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
+  config = evaluate.load_run_config(workdir)
+  info = loso.read_json(os.path.join(workdir, 'run_info.json'))
+  classes = info['classes']
+  stored = BUILDERS[config.data.name].FRAME_SIZE
+  clip = preprocess(read_frames(path), config, stored, onset, offset, crop_face)
+  model = mpt_lib.build_model(config.model, len(classes))
+  seed = int(config.seed)
+  params = pretrained.init_params(model, config.model, jax.random.PRNGKey(seed))
+  strategy = config.model.training_strategy
+  trainable, frozen = partition.split_params(params, strategy)
+  if partition.tree_fingerprint(frozen) != info['backbone_fingerprint'][str(seed)]:
+    raise loso.RunError('The frozen backbone differs from the trained run; check '
+                        'config.model.pretrained_path in the workdir config')
+  tx = partition.make_optimizer(config.train, params, strategy, 1)
+  apply = jax.jit(lambda p, x, a: jax.nn.softmax(model.apply({'params': p}, x, a)))
+  x = jnp.asarray(clip[None], jnp.float32)
+  apex = jnp.asarray([int(config.model.num_frames) // 2], jnp.int32)
+  per_fold = {}
+  for subject in info['subjects']:
+    ckpt = train_lib.FoldCheckpointer(os.path.join(loso.fold_dir(workdir, seed, subject),
+                                                   'checkpoints'))
+    if ckpt.latest_epoch() is None:
+      ckpt.close()
+      continue
+    _, state = ckpt.restore(train_lib.create_state(trainable, frozen, tx), strategy)
+    ckpt.close()
+    per_fold[subject] = np.asarray(apply(state.params, x, apex))[0]
+  if not per_fold:
+    raise loso.RunError(f'{workdir} has no trained fold checkpoints yet')
+  mean = np.mean(list(per_fold.values()), axis=0)
+  return {'input': path, 'frames_used': [0 if onset is None else onset, offset],
+          'prediction': classes[int(mean.argmax())],
+          'probabilities': {c: round(float(p), 6) for c, p in zip(classes, mean)},
+          'folds': len(per_fold),
+          'per_fold': {s: {c: round(float(p), 6) for c, p in zip(classes, v)}
+                       for s, v in per_fold.items()}}

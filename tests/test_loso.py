@@ -1,0 +1,207 @@
+"""End to end on the synthetic :smoke config: train, kill -9, resume, evaluate, predict; pmap."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import synthetic
+from mpt_jax import evaluate
+from mpt_jax import input_pipeline
+from mpt_jax import loso
+from mpt_jax import predict
+from tfds_builders import prepare
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp('tfds')
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = str(d)
+  prepare.prepare(config.data)
+  return str(d)
+
+
+def smoke_config(data_dir, **train):
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = data_dir
+  config.train.num_epochs = 3
+  config.train.oracle_best_epoch = True
+  for k, v in train.items():
+    config.train[k] = v
+  return config
+
+
+@pytest.fixture(scope='module')
+def finished_run(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run') / 'uninterrupted')
+  config = smoke_config(data_dir)
+  summary = loso.train_and_evaluate(config, workdir)
+  return config, workdir, summary
+
+
+def _main(*args, timeout=600):
+  env = dict(os.environ, PYTHONUNBUFFERED='1')
+  return subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), *args], capture_output=True,
+                        text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def test_run_writes_complete_record(finished_run):
+  config, workdir, summary = finished_run
+  for name in ('config.json', 'run_info.json', 'results.json', 'report.md',
+               'figures/confusion_matrix.png', 'figures/per_class_accuracy.png',
+               'figures/training_curves.png', 'figures/motion_examples.png'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  seed = summary['seeds']['0']
+  assert [f['subject'] for f in seed['folds']] == ['p01', 'p02', 'p03']
+  assert sum(f['n'] for f in seed['folds']) == 30
+  labels = [l for f in seed['folds'] for l in f['labels']]
+  preds = [p for f in seed['folds'] for p in f['predictions']]
+  acc = float(np.mean(np.asarray(labels) == np.asarray(preds)))
+  assert seed['last_epoch']['accuracy'] == pytest.approx(acc)
+  assert 'ORACLE' in seed['oracle_best_epoch']['note']
+  assert seed['oracle_best_epoch']['accuracy'] >= seed['last_epoch']['accuracy'] - 1e-9
+  report = open(os.path.join(workdir, 'report.md')).read()
+  assert 'last epoch' in report and 'ORACLE' in report
+  # Only trainable parameters are checkpointed (no backbone keys in the checkpoint).
+  ckpt_files = []
+  for root, _, files in os.walk(os.path.join(workdir, 'seed_0', 'fold_p01', 'checkpoints')):
+    ckpt_files += files
+  meta = [f for f in ckpt_files if f.endswith('_METADATA') or f == '_METADATA']
+  assert meta
+  text = ''.join(open(os.path.join(r, f), errors='ignore').read()
+                 for r, _, fs in os.walk(os.path.join(workdir, 'seed_0', 'fold_p01', 'checkpoints'))
+                 for f in fs if 'METADATA' in f)
+  assert 'adapter' in text and 'MlpBlock_3' not in text and 'posembed_input' not in text
+
+
+def test_same_config_is_deterministic_and_finished_folds_are_kept(finished_run, data_dir, tmp_path):
+  config, workdir, summary = finished_run
+  mtime = os.path.getmtime(os.path.join(workdir, 'seed_0', 'fold_p02', 'result.json'))
+  again = loso.train_and_evaluate(config, workdir)  # every fold finished: nothing retrains
+  assert os.path.getmtime(os.path.join(workdir, 'seed_0', 'fold_p02', 'result.json')) == mtime
+  assert again['seeds'] == summary['seeds']
+  fresh = loso.train_and_evaluate(smoke_config(data_dir), str(tmp_path / 'second'))
+  assert fresh['seeds'] == summary['seeds']  # same config and seed: identical metrics
+
+
+def test_eval_mode_recomputes_identical_metrics(finished_run):
+  config, workdir, summary = finished_run
+  ev = evaluate.evaluate(config, workdir)
+  assert ev['identical_to_training_run'] is True
+  assert ev['seeds']['0']['last_epoch'] == summary['seeds']['0']['last_epoch']
+  assert ev['seeds']['0']['oracle_best_epoch'] == summary['seeds']['0']['oracle_best_epoch']
+
+
+def test_kill_9_during_training_then_resume_gives_same_metrics(finished_run, data_dir, tmp_path):
+  _, _, summary = finished_run
+  workdir = str(tmp_path / 'killed')
+  args = ['--config=configs/synthetic.py:smoke', f'--workdir={workdir}',
+          f'--config.data.data_dir={data_dir}', '--config.train.num_epochs=3',
+          '--config.train.oracle_best_epoch=True']
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'main.py'), *args], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # Kill as soon as the second fold has a checkpoint (mid-fold, mid-run).
+  target = os.path.join(workdir, 'seed_0', 'fold_p02', 'checkpoints')
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(target) and any(d.isdigit() for d in os.listdir(target)):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  done = _main(*args)
+  assert done.returncode == 0, done.stderr[-2000:]
+  resumed = json.load(open(os.path.join(workdir, 'results.json')))
+  assert resumed['seeds'] == summary['seeds']
+
+
+def test_workdir_with_other_config_is_refused(finished_run, data_dir):
+  _, workdir, _ = finished_run
+  config = smoke_config(data_dir, learning_rate=1e-3)
+  with pytest.raises(loso.RunError, match='train.learning_rate'):
+    loso.train_and_evaluate(config, workdir)
+
+
+def test_predict_on_frame_folder_and_video(finished_run, tmp_path):
+  _, workdir, _ = finished_run
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import cv2  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'clip'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  frames = [(rng.random((70, 60, 3)) * 255).astype(np.uint8) for _ in range(12)]
+  for i, f in enumerate(frames):
+    Image.fromarray(f).save(folder / f'img{i + 8}.png')  # img8..img19: natural order matters
+  out = predict.predict(workdir, str(folder))
+  assert out['folds'] == 3 and abs(sum(out['probabilities'].values()) - 1) < 1e-4
+  assert out['prediction'] in out['probabilities']
+  video = str(tmp_path / 'clip.avi')
+  writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*'MJPG'), 30, (60, 70))
+  for f in frames:
+    writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+  writer.release()
+  out_v = predict.predict(workdir, video, onset=2, offset=9)
+  assert out_v['folds'] == 3
+  with pytest.raises(predict.PredictError, match='outside the clip'):
+    predict.predict(workdir, str(folder), onset=5, offset=40)
+  with pytest.raises(predict.PredictError, match='No face'):
+    predict.predict(workdir, str(folder), crop_face=True)
+
+
+def test_two_devices_match_one_device(data_dir, tmp_path):
+  assert jax.local_device_count() >= 2, 'tests run with 2 simulated CPU devices (conftest)'
+  histories = {}
+  for n in (1, 2):
+    config = smoke_config(data_dir, num_devices=n, num_epochs=2, eval_every_epochs=1)
+    config.data.subjects = ('p01', 'p02')
+    loso.train_and_evaluate(config, str(tmp_path / f'dev{n}'))
+    res = json.load(open(tmp_path / f'dev{n}' / 'seed_0' / 'fold_p01' / 'result.json'))
+    histories[n] = res
+  np.testing.assert_allclose(histories[1]['history']['train_loss'],
+                             histories[2]['history']['train_loss'], rtol=1e-5)
+  np.testing.assert_allclose(histories[1]['probabilities'], histories[2]['probabilities'],
+                             atol=1e-5)
+
+
+def test_bad_inputs_give_clear_messages(data_dir, tmp_path):
+  # Missing dataset: says how to prepare it.
+  r = _main('--config=configs/samm.py:smoke', f'--workdir={tmp_path / "w1"}',
+            f'--config.data.data_dir={tmp_path / "empty"}')
+  assert r.returncode == 2 and 'python main.py --mode=prepare' in r.stderr
+  assert 'Traceback' not in r.stderr
+  # Missing pretrained file.
+  r = _main('--config=configs/synthetic.py:smoke', f'--workdir={tmp_path / "w2"}',
+            f'--config.data.data_dir={data_dir}', '--config.model.pretrained_path=/nope/ViT.npz')
+  assert r.returncode == 2 and '/nope/ViT.npz' in r.stderr and 'Traceback' not in r.stderr
+  # Unknown config key.
+  r = _main('--config=configs/synthetic.py:smoke', '--config.train.lr=0.1',
+            f'--workdir={tmp_path / "w3"}')
+  assert r.returncode == 2 and 'config.train.lr' in r.stderr and 'Traceback' not in r.stderr
+  # Batch larger than the data.
+  r = _main('--config=configs/synthetic.py:smoke', f'--workdir={tmp_path / "w4"}',
+            f'--config.data.data_dir={data_dir}', '--config.train.batch_size=64')
+  assert r.returncode == 2 and 'batch_size 64 is larger' in r.stderr
+  assert 'Traceback' not in r.stderr
+
+
+def test_subject_with_one_sample_is_a_valid_fold(data_dir, tmp_path):
+  config = smoke_config(data_dir, num_epochs=1)
+  data = input_pipeline.load(config)
+  keep = (data.subjects != 'p03') | (np.arange(len(data)) == np.nonzero(data.subjects == 'p03')[0][0])
+  small = data.subset(keep)
+  summary = loso.train_and_evaluate(config, str(tmp_path / 'one'), data=small)
+  folds = {f['subject']: f['n'] for f in summary['seeds']['0']['folds']}
+  assert folds == {'p01': 10, 'p02': 10, 'p03': 1}
+  one = data.subset(data.subjects == 'p01')
+  with pytest.raises(loso.RunError, match='at least 2 subjects'):
+    loso.train_and_evaluate(config, str(tmp_path / 'single'), data=one)
