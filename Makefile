@@ -17,6 +17,10 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+demo: $(STAMP)
+	$(PY) main.py --mode=prepare --config=configs/synthetic.py
+	$(PY) main.py --config=configs/synthetic.py --workdir=runs/synthetic_demo
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
 

@@ -74,8 +74,19 @@ def main():
     u, o = tx.update(g, o, p)
     return optax.apply_updates(p, u), o, loss
 
+  def flops(fn, *a):
+    cost = jax.jit(fn).lower(*a).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost['flops'])
+
+  x1 = jnp.zeros((1,) + shape)
+  step_flops = flops(train_step, params, opt_state, x1, jnp.zeros((1,), jnp.int32))
+  fwd_flops = flops(fwd, params, x1)
   print(json.dumps({'device': str(jax.devices()[0]), 'backend': jax.default_backend(),
-                    'vit': args.vit, 'cpu_count': os.cpu_count()}))
+                    'vit': args.vit, 'cpu_count': os.cpu_count(),
+                    'compiled_gflops_forward_per_clip': round(fwd_flops / 1e9, 2),
+                    'compiled_gflops_train_step_per_clip': round(step_flops / 1e9, 2),
+                    'train_step_over_forward_flops': round(step_flops / fwd_flops, 3)}))
   for b in [int(s) for s in args.batches.split(',')]:
     x = jax.random.uniform(jax.random.PRNGKey(b), (b,) + shape)
     y = jnp.zeros((b,), jnp.int32)

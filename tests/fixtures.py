@@ -102,8 +102,8 @@ SAMM_ROWS = [
 ]
 
 
-def write_samm(root: str, nested: bool = True) -> str:
-  base = os.path.join(root, 'SAMM', 'SAMM') if nested else os.path.join(root, 'SAMM')
+def samm_workbook():
+  """A workbook with SAMM's MICRO_ONLY sheet: 13-row preamble, header in row 14, no data yet."""
   wb = openpyxl.Workbook()
   ws = wb.active
   ws.title = 'MICRO_ONLY'
@@ -111,6 +111,12 @@ def write_samm(root: str, nested: bool = True) -> str:
     ws[cell] = text
   for col, name in enumerate(SAMM_HEADER, start=1):
     ws.cell(row=14, column=col, value=name)
+  return wb, ws
+
+
+def write_samm(root: str, nested: bool = True) -> str:
+  base = os.path.join(root, 'SAMM', 'SAMM') if nested else os.path.join(root, 'SAMM')
+  wb, ws = samm_workbook()
   for i, (subj, name, on, apex, off, au, emo, _) in enumerate(SAMM_ROWS, start=15):
     row = [subj, name, int(name.split('_')[1]), on, apex, off, off - on + 1, 'Micro - 1/2', au,
            emo, 3, '']
@@ -202,13 +208,7 @@ def write_composite_release(root: str, frames: int = 2) -> Tuple[str, Dict[str, 
                  'reg_img{}.jpg')
   wb.save(os.path.join(root, 'CASME2', 'CASME2-coding-20140508.xlsx'))
   # SAMM (plus subject 025 with an 'Other' clip only, which is not a member).
-  wb = openpyxl.Workbook()
-  ws = wb.active
-  ws.title = 'MICRO_ONLY'
-  for cell, text in SAMM_PREAMBLE.items():
-    ws[cell] = text
-  for col, name in enumerate(SAMM_HEADER, start=1):
-    ws.cell(row=14, column=col, value=name)
+  wb, ws = samm_workbook()
   r = 15
   samm = sorted(k for k in members if k[0] == 'samm') + [('samm', '025', '025_5_1')]
   for _, subj, clip in samm:

@@ -205,3 +205,23 @@ def test_subject_with_one_sample_is_a_valid_fold(data_dir, tmp_path):
   one = data.subset(data.subjects == 'p01')
   with pytest.raises(loso.RunError, match='at least 2 subjects'):
     loso.train_and_evaluate(config, str(tmp_path / 'single'), data=one)
+
+
+def test_step_compiles_once_per_run_not_per_fold(data_dir, tmp_path, monkeypatch):
+  events = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, *_args, **_kw: events.append(name) if 'backend_compile' in name else None)
+  per_fold = []
+  original = loso.train_fold
+
+  def counting_train_fold(*args, **kwargs):
+    before = len(events)
+    out = original(*args, **kwargs)
+    per_fold.append(len(events) - before)
+    return out
+
+  monkeypatch.setattr(loso, 'train_fold', counting_train_fold)
+  config = smoke_config(data_dir, num_epochs=2, learning_rate=2e-4)  # fresh functions
+  loso.train_and_evaluate(config, str(tmp_path / 'compile'))
+  assert len(per_fold) == 3
+  assert per_fold[0] > 0 and per_fold[1:] == [0, 0], per_fold  # later folds reuse the step

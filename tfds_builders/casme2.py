@@ -92,47 +92,10 @@ def scan(manual_dir: str, config: Casme2Config) -> Tuple[List[common.Clip], comm
     raise common.DatasetLayoutError(f'casme2: no frame folders like {layout} under {manual_dir}')
   report.source = {'sheet': os.path.relpath(sheet, manual_dir), 'sheet_version': version,
                    'frames': os.path.relpath(root, manual_dir) or '.', 'frame_variant': config.frames}
-  header, rows = common.read_sheet(sheet, 'Subject')
-  cols = common.column_index(header, ['Subject', 'Filename', 'OnsetFrame', 'ApexFrame',
-                                      'OffsetFrame', 'Action Units', 'Estimated Emotion'], sheet)
-  clips, used_folders = [], set()
-  for rownum, row in rows:
-    cell = lambda name: row[cols[name]] if cols[name] < len(row) else None  # pylint: disable=cell-var-from-loop,unnecessary-lambda-assignment
-    where = f'{os.path.basename(sheet)} row {rownum}'
-    subj_num = common.to_int(cell('Subject'))
-    name = common.cell_text(cell('Filename'))
-    if subj_num is None or not name:
-      report.add(where, f'unreadable Subject/Filename {cell("Subject")!r}/{cell("Filename")!r}',
-                 'skipped')
-      continue
-    subject = f'sub{subj_num:02d}'
-    where = f'{where} ({subject}/{name})'
-    emotion = common.cell_text(cell('Estimated Emotion')).lower()
-    if emotion not in config.classes:
-      continue  # not part of this protocol (e.g. fear/sadness in 5-class)
-    onset, offset = common.to_int(cell('OnsetFrame')), common.to_int(cell('OffsetFrame'))
-    if onset is None or offset is None or offset < onset:
-      report.add(where, f'bad onset/offset {cell("OnsetFrame")!r}/{cell("OffsetFrame")!r}',
-                 'skipped')
-      continue
-    folder = os.path.join(root, subject, name)
-    if not os.path.isdir(folder):
-      report.add(where, f'no folder {os.path.relpath(folder, manual_dir)}', 'skipped')
-      continue
-    used_folders.add((subject, name))
-    selected = common.select_frames(report, where, folder, onset, offset)
-    if selected is None:
-      continue
-    nums, paths = selected
-    apex = common.fix_apex(report, where, onset, cell('ApexFrame'), offset)
-    clips.append(common.Clip('casme2', subject, name, emotion, emotion, onset, apex, offset,
-                             common.cell_text(cell('Action Units')), FPS, paths, nums))
-  all_rows = {(f'sub{common.to_int(r[cols["Subject"]]):02d}', common.cell_text(r[cols['Filename']]))
-              for _, r in rows if common.to_int(r[cols['Subject']]) is not None}
-  for subject in common.subdirs(root):
-    for ep in common.subdirs(os.path.join(root, subject)):
-      if (subject, ep) not in all_rows:
-        report.add(f'{subject}/{ep}', 'folder has no row in the coding sheet', 'skipped')
+  clips, annotated = common.clips_from_sheet(
+      'casme2', sheet, root, manual_dir, lambda n: f'sub{n:02d}', lambda e: e.strip().lower(),
+      config.classes, FPS, report)
+  common.report_unannotated_folders(root, annotated, report)
   return clips, report
 
 

@@ -240,6 +240,75 @@ def column_index(header: Sequence[str], names: Iterable[str], path: str) -> Dict
   return out
 
 
+SHEET_COLUMNS = ('Subject', 'Filename', 'Onset Frame', 'Apex Frame', 'Offset Frame',
+                 'Action Units', 'Estimated Emotion')
+
+
+def clips_from_sheet(dataset: str, sheet: str, root: str, manual_dir: str, subject_id,
+                     emotion_of, classes: Sequence[str], fps: float, report: Report,
+                     sheet_name: Optional[str] = None) -> Tuple[List[Clip], set]:
+  """Clips of a CASME II / SAMM style coding sheet, one folder ``root/<subject>/<Filename>`` each.
+
+  Args:
+    dataset: dataset name stored in the clips.
+    sheet: the .xlsx/.xls path; columns are matched by name, spaces ignored.
+    root: the folder holding ``<subject>/<clip>/`` frame folders.
+    manual_dir: for relative paths in the report.
+    subject_id: int -> LOSO id (``sub01``, ``006``).
+    emotion_of: sheet text -> normalised emotion.
+    classes: emotions kept by the protocol.
+    fps: frame rate stored with the clips.
+    report: collects every quirk handled.
+    sheet_name: worksheet to read (default: the first).
+
+  Returns:
+    (clips, every (subject, clip) named by a readable row, kept or not).
+  """
+  header, rows = read_sheet(sheet, 'Subject', sheet=sheet_name)
+  cols = column_index(header, SHEET_COLUMNS, sheet)
+  clips, annotated = [], set()
+  for rownum, row in rows:
+    cell = lambda name: row[cols[name]] if cols[name] < len(row) else None  # pylint: disable=cell-var-from-loop,unnecessary-lambda-assignment
+    where = f'{os.path.basename(sheet)} row {rownum}'
+    subj = to_int(cell('Subject'))
+    name = cell_text(cell('Filename'))
+    if subj is None or not name:
+      report.add(where, f'unreadable Subject/Filename {cell("Subject")!r}/{cell("Filename")!r}',
+                 'skipped')
+      continue
+    subject = subject_id(subj)
+    annotated.add((subject, name))
+    where = f'{where} ({subject}/{name})'
+    emotion = emotion_of(cell_text(cell('Estimated Emotion')))
+    if emotion not in classes:
+      continue  # not part of this protocol
+    onset, offset = to_int(cell('Onset Frame')), to_int(cell('Offset Frame'))
+    if onset is None or offset is None or offset < onset:
+      report.add(where, f'bad onset/offset {cell("Onset Frame")!r}/{cell("Offset Frame")!r}',
+                 'skipped')
+      continue
+    folder = os.path.join(root, subject, name)
+    if not os.path.isdir(folder):
+      report.add(where, f'no folder {os.path.relpath(folder, manual_dir)}', 'skipped')
+      continue
+    selected = select_frames(report, where, folder, onset, offset)
+    if selected is None:
+      continue
+    nums, paths = selected
+    apex = fix_apex(report, where, onset, cell('Apex Frame'), offset)
+    clips.append(Clip(dataset, subject, name, emotion, emotion, onset, apex, offset,
+                      cell_text(cell('Action Units')), fps, paths, nums))
+  return clips, annotated
+
+
+def report_unannotated_folders(root: str, annotated: set, report: Report) -> None:
+  """Reports every ``root/<subject>/<clip>`` folder that no sheet row names."""
+  for subject in subdirs(root):
+    for clip in subdirs(os.path.join(root, subject)):
+      if (subject, clip) not in annotated:
+        report.add(f'{subject}/{clip}', 'folder has no row in the coding sheet', 'skipped')
+
+
 def find_files(root: str, pattern: str, max_depth: int = 5) -> List[str]:
   """Files under ``root`` (depth-limited) whose name matches the regex ``pattern``, sorted."""
   rx = re.compile(pattern, re.IGNORECASE)

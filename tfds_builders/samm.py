@@ -64,45 +64,10 @@ def scan(manual_dir: str, config: SammConfig) -> Tuple[List[common.Clip], common
                                     f'{manual_dir}')
   report.source = {'sheet': os.path.relpath(sheet, manual_dir),
                    'frames': os.path.relpath(root, manual_dir) or '.'}
-  header, rows = common.read_sheet(sheet, 'Subject', sheet='MICRO_ONLY')
-  cols = common.column_index(header, ['Subject', 'Filename', 'Onset Frame', 'Apex Frame',
-                                      'Offset Frame', 'Action Units', 'Estimated Emotion'], sheet)
-  clips, all_rows = [], set()
-  for rownum, row in rows:
-    cell = lambda name: row[cols[name]] if cols[name] < len(row) else None  # pylint: disable=cell-var-from-loop,unnecessary-lambda-assignment
-    where = f'{os.path.basename(sheet)} row {rownum}'
-    subj = common.to_int(cell('Subject'))
-    name = common.cell_text(cell('Filename'))
-    if subj is None or not name:
-      report.add(where, f'unreadable Subject/Filename {cell("Subject")!r}/{cell("Filename")!r}',
-                 'skipped')
-      continue
-    subject = f'{subj:03d}'
-    all_rows.add((subject, name))
-    where = f'{where} ({name})'
-    emotion = normalise_emotion(common.cell_text(cell('Estimated Emotion')))
-    if emotion not in config.classes:
-      continue
-    onset, offset = common.to_int(cell('Onset Frame')), common.to_int(cell('Offset Frame'))
-    if onset is None or offset is None or offset < onset:
-      report.add(where, f'bad onset/offset {cell("Onset Frame")!r}/{cell("Offset Frame")!r}',
-                 'skipped')
-      continue
-    folder = os.path.join(root, subject, name)
-    if not os.path.isdir(folder):
-      report.add(where, f'no folder {os.path.relpath(folder, manual_dir)}', 'skipped')
-      continue
-    selected = common.select_frames(report, where, folder, onset, offset)
-    if selected is None:
-      continue
-    nums, paths = selected
-    apex = common.fix_apex(report, where, onset, cell('Apex Frame'), offset)
-    clips.append(common.Clip('samm', subject, name, emotion, emotion, onset, apex, offset,
-                             common.cell_text(cell('Action Units')), FPS, paths, nums))
-  for subject in common.subdirs(root):
-    for clip in common.subdirs(os.path.join(root, subject)):
-      if (subject, clip) not in all_rows:
-        report.add(f'{subject}/{clip}', 'folder has no row in the coding sheet', 'skipped')
+  clips, annotated = common.clips_from_sheet(
+      'samm', sheet, root, manual_dir, lambda n: f'{n:03d}', normalise_emotion, config.classes,
+      FPS, report, sheet_name='MICRO_ONLY')
+  common.report_unannotated_folders(root, annotated, report)
   return clips, report
 
 

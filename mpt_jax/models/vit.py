@@ -24,12 +24,13 @@ import ml_collections
 
 from mpt_jax.models import adapter as adapter_lib
 
-# Backbone variants (vit_jax/configs/models.py). ``tiny`` exists for tests and the CPU demo.
+# Backbone variants (vit_jax/configs/models.py); ``small_demo`` (the CPU demo) and ``tiny`` (tests) are ours.
 VIT_CONFIGS = {
     'B_16': dict(patch_size=16, hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12),
     'B_32': dict(patch_size=32, hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12),
     'S_16': dict(patch_size=16, hidden_size=384, mlp_dim=1536, num_heads=6, num_layers=12),
     'Ti_16': dict(patch_size=16, hidden_size=192, mlp_dim=768, num_heads=3, num_layers=12),
+    'small_demo': dict(patch_size=8, hidden_size=64, mlp_dim=128, num_heads=4, num_layers=4),
     'tiny': dict(patch_size=8, hidden_size=32, mlp_dim=64, num_heads=2, num_layers=2),
 }
 
