@@ -14,7 +14,7 @@ def test_default_profile_pinned():
   assert out['trainable_params'] == 5_452_751
   assert out['total_params'] == 91_251_407
   assert out['params_without_gradient'] == 2 * 148_320
-  assert abs(out['gmacs'] - 18.663) < 0.01  # the paper: 18.7 GMACs
+  assert abs(out["gmacs"] - 18.631) < 0.01  # the paper: 18.7 GMACs
   parts = out['gmacs_by_part']
   assert abs(sum(parts.values()) - out['gmacs']) < 0.01
   assert 17.5 < parts['backbone'] < 17.7  # ViT-B/16 at 224 px, 197 tokens
