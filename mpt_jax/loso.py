@@ -98,22 +98,28 @@ class Experiment:
     self.config = config
     self.data = data
     self.devices = jax.local_devices()
+    # Multi-host (jax.distributed): every process loads the data, builds the same global batch
+    # (same seeds) and feeds its slice to its local devices; gradients are summed over all devices.
+    self.process_count, self.process_index = jax.process_count(), jax.process_index()
+    if int(config.train.get('num_devices', 0)) > 0 and self.process_count > 1:
+      raise RunError('train.num_devices cannot restrict devices in a multi-host run')
     if int(config.train.get('num_devices', 0)) > 0:
       if int(config.train.num_devices) > len(self.devices):
         raise RunError(f'train.num_devices is {config.train.num_devices} but only '
                        f'{len(self.devices)} local device(s) exist')
       self.devices = self.devices[:int(config.train.num_devices)]
-    self.num_devices = len(self.devices)
+    self.num_devices = len(self.devices)  # local
+    self.global_devices = self.num_devices * self.process_count
     self.strategy = config.model.training_strategy
     self.model = mpt_lib.build_model(config.model, len(data.classes))
     self.subjects = data.subject_list
     if len(self.subjects) < 2:
       raise RunError(f'LOSO needs at least 2 subjects; the data has {self.subjects}')
     bs = int(config.train.batch_size)
-    if bs % self.num_devices or int(config.train.eval_batch_size) % self.num_devices:
-      raise RunError(f'train.batch_size ({bs}) and train.eval_batch_size '
-                     f'({config.train.eval_batch_size}) must be multiples of the '
-                     f'{self.num_devices} devices')
+    if bs % self.global_devices or int(config.train.eval_batch_size) % self.num_devices:
+      raise RunError(f'train.batch_size ({bs}) must be a multiple of the {self.global_devices} '
+                     f'devices and train.eval_batch_size ({config.train.eval_batch_size}) of the '
+                     f'{self.num_devices} local ones')
     smallest = min(int((data.subjects != s).sum()) for s in self.subjects)
     if bs > smallest:
       raise RunError(f'train.batch_size {bs} is larger than the smallest training fold '
@@ -131,8 +137,10 @@ class Experiment:
     self.tx = partition.make_optimizer(self.config.train, params, self.strategy,  # pylint: disable=attribute-defined-outside-init
                                        self.steps_per_epoch_max)
     self.schedule = partition.make_schedule(self.config.train, self.steps_per_epoch_max)  # pylint: disable=attribute-defined-outside-init
-    self.p_train, self.p_eval = train_lib.make_steps(self.model, self.tx, self.labels_tree,
-                                                     self.devices)  # pylint: disable=attribute-defined-outside-init
+    self.p_train, self.p_eval = train_lib.make_steps(
+        self.model, self.tx, self.labels_tree,
+        self.devices if self.process_count == 1 else None,
+        eval_devices=self.devices)  # pylint: disable=attribute-defined-outside-init
     self.backbone_fingerprint = partition.tree_fingerprint(self.frozen)  # pylint: disable=attribute-defined-outside-init
 
   def fresh_state(self) -> train_lib.TrainState:
@@ -181,8 +189,10 @@ def train_fold(exp: Experiment, seed: int, fold_index: int, subject: str, workdi
     seed_e = input_pipeline.fold_seed(seed, fold_index, epoch)
     losses, accs, counts = [], [], []
     for batch in input_pipeline.epoch_batches(train_idx, int(config.train.batch_size),
-                                              exp.num_devices, seed_e, bool(config.data.hflip)):
-      state, m = exp.p_train(state, exp.data_on_device, batch.idx, batch.flip, batch.mask)
+                                              exp.global_devices, seed_e, bool(config.data.hflip)):
+      local = slice(exp.process_index * exp.num_devices, (exp.process_index + 1) * exp.num_devices)
+      state, m = exp.p_train(state, exp.data_on_device, batch.idx[local], batch.flip[local],
+                             batch.mask[local])
       losses.append(m['loss'])
       accs.append(m['accuracy'])
       counts.append(m['count'])
@@ -326,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       results.append(train_fold(exp, seed, i, subject, workdir, writer))
       writer.close()
       folds_done_now += 1
-      done = sum(os.path.exists(os.path.join(fold_dir(workdir, seed + 0, x), 'result.json'))
+      done = sum(os.path.exists(os.path.join(fold_dir(workdir, seed, x), 'result.json'))
                  for x in exp.subjects) + s * len(exp.subjects)
       per_fold = (time.time() - t_run) / folds_done_now
       logging.info('Fold %s done in %.0fs (accuracy %.3f); %d/%d folds, overall ETA %.0fs',

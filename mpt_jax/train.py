@@ -43,11 +43,20 @@ def create_state(trainable: Dict[str, Any], frozen: Dict[str, Any],
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def make_steps(model, tx: optax.GradientTransformation, labels_tree: Any, devices=None):
+def make_steps(model, tx: optax.GradientTransformation, labels_tree: Any, devices=None,
+               eval_devices=None):
   """Returns pmapped ``(train_step, eval_step)``.
 
   ``train_step(state, data, idx, flip, mask) -> (state, metrics)`` and
   ``eval_step(params, data, idx) -> logits (devices, per_device, classes)``.
+
+  Args:
+    model: the MPT module.
+    tx: the partitioned optimizer.
+    labels_tree: ``trainable``/``frozen`` labels of the parameters.
+    devices: devices of the training pmap (None: every device of every process).
+    eval_devices: devices of the evaluation pmap. Evaluation needs no collectives, so in a
+      multi-host run each process evaluates on its own local devices.
   """
 
   def gather(data, idx):
@@ -82,7 +91,11 @@ def make_steps(model, tx: optax.GradientTransformation, labels_tree: Any, device
 
   p_train = jax.pmap(train_step, AXIS, in_axes=(None, None, 0, 0, 0), out_axes=(None, None),
                      devices=devices)
-  p_eval = jax.pmap(eval_step, AXIS, in_axes=(None, None, 0), out_axes=0, devices=devices)
+  if eval_devices is not None and jax.process_count() > 1:
+    # No cross-process pmap for evaluation: a per-process jit of the same step, vmapped.
+    p_eval = jax.jit(jax.vmap(eval_step, in_axes=(None, None, 0)))
+  else:
+    p_eval = jax.pmap(eval_step, AXIS, in_axes=(None, None, 0), out_axes=0, devices=devices)
   return p_train, p_eval
 
 
