@@ -142,10 +142,12 @@ SMIC_CLIPS = [
 
 
 def write_smic(root: str, modality: str = 'HS') -> str:
+  """SMIC_all_cropped/<modality>/...; HS frames are reg_image<6+ digits>.bmp, VIS/NIR reg_<5>.bmp."""
   base = os.path.join(root, 'SMIC')
+  fmt = 'reg_image{:06d}.bmp' if modality == 'HS' else 'reg_{:05d}.bmp'
   for subj, emo, clip, first, count in SMIC_CLIPS:
     folder = os.path.join(base, 'SMIC_all_cropped', modality, subj, 'micro', emo, clip)
-    write_frames(folder, range(first, first + count), 'reg_image{:06d}.bmp')
+    write_frames(folder, range(first, first + count), fmt)
   write_frames(os.path.join(base, 'SMIC_all_cropped', modality, 's1', 'non_micro', 'ne', 'x_01'),
                range(1, 4), 'reg_image{:06d}.bmp')
   return base

@@ -103,6 +103,33 @@ def test_smic_scan_exact(tmp_path):
     smic.scan_modality(str(tmp_path), 'VIS')
 
 
+def test_smic_vis_frames_and_fps(tmp_path):
+  fixtures.write_smic(str(tmp_path), modality='VIS')
+  clips, _ = smic.scan_modality(str(tmp_path), 'VIS')
+  got = {c.clip: c for c in clips}
+  assert os.path.basename(got['s2_sur_01'].frames[0]) == 'reg_59881.bmp'
+  assert got['s1_ne_01'].fps == 25.0 and len(clips) == 5
+
+
+def test_synthetic_clips_are_subtle_local_and_deterministic():
+  from tfds_builders import synthetic  # pylint: disable=g-import-not-at-top
+  cfg = synthetic.SyntheticConfig(name='t')
+  regions = {'surprise': slice(14, 26), 'happiness': slice(40, 54), 'others': slice(21, 30)}
+  firsts = []
+  for emotion, rows in regions.items():
+    frames, onset, apex, offset = synthetic.make_clip(0, emotion, 0, cfg)
+    again = synthetic.make_clip(0, emotion, 0, cfg)[0]
+    np.testing.assert_array_equal(frames, again)
+    assert frames.shape[1:] == (64, 64, 3) and offset - onset + 1 == len(frames)
+    change = np.abs(frames[apex - onset].astype(float) - frames[0].astype(float)).mean(-1)
+    profile = change[:, 16:48].mean(1)  # central columns: away from the jittering face outline
+    assert rows.start <= int(np.argmax(profile)) < rows.stop, (emotion, profile.round(1))
+    assert change.max() < 120  # and small: sub-pixel to 2 px of a soft edge
+    firsts.append(frames[0].astype(float))
+  # Onset frames of one subject look alike whatever the class (noise and jitter only).
+  assert np.abs(firsts[0] - firsts[1]).mean() < 6.0
+
+
 def test_casme3_scan_exact(tmp_path):
   root = fixtures.write_casme3(str(tmp_path))
   cfg = casme3.Casme3(config='3class', data_dir=str(tmp_path / 'd')).builder_config

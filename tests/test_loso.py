@@ -225,3 +225,18 @@ def test_step_compiles_once_per_run_not_per_fold(data_dir, tmp_path, monkeypatch
   loso.train_and_evaluate(config, str(tmp_path / 'compile'))
   assert len(per_fold) == 3
   assert per_fold[0] > 0 and per_fold[1:] == [0, 0], per_fold  # later folds reuse the step
+
+
+def test_several_seeds_report_mean_and_std(data_dir, tmp_path):
+  config = smoke_config(data_dir, num_epochs=1)
+  config.num_seeds = 2
+  config.data.subjects = ('p01', 'p02')
+  summary = loso.train_and_evaluate(config, str(tmp_path / 'seeds'))
+  assert sorted(summary['seeds']) == ['0', '1']
+  accs = [summary['seeds'][s]['last_epoch']['accuracy'] for s in ('0', '1')]
+  over = summary['last_epoch_over_seeds']['accuracy']
+  assert over['n'] == 2 and over['mean'] == pytest.approx(np.mean(accs))
+  assert over['std'] == pytest.approx(np.std(accs))
+  assert os.path.exists(tmp_path / 'seeds' / 'seed_1' / 'fold_p02' / 'result.json')
+  report = open(tmp_path / 'seeds' / 'report.md').read()
+  assert '±' in report
