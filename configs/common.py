@@ -11,7 +11,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   """The model part of the config (SPEC §2-7 defaults)."""
   m = ml_collections.ConfigDict()
   m.vit = 'B_16'  # Backbone variant: 'B_16' | 'B_32' (Table IX) | 'S_16' | 'Ti_16' | 'tiny'.
-  m.pretrained_path = ''  # Local ViT checkpoint (.npz or .safetensors); '' = random init.
+  m.pretrained_path = ''  # Local ViT checkpoint (.npz or .safetensors); required unless
+  #                         training_strategy is 'scratch' or allow_random_backbone is set.
+  m.allow_random_backbone = False  # Accept a random (untrained) backbone, e.g. for smoke tests.
   m.image_size = 224  # Frame side length fed to the model (frames are resized to it).
   m.num_frames = 16  # T: frames after temporal resampling.
   m.input_modality = 'dynamic_image'  # RGB branch: dynamic_image | apex | apex_minus_onset | mesti.
@@ -75,6 +77,7 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The ``:smoke`` variant: tiny ViT trained from scratch, small frames, few subjects and steps."""
   config.model.vit = 'tiny'
   config.model.pretrained_path = ''
+  config.model.allow_random_backbone = True  # Smoke runs test the code, not the accuracy.
   config.model.image_size = 32
   config.model.num_frames = 8
   config.model.tokenizer_dim = 8

@@ -199,9 +199,18 @@ def load_backbone(path: str, params: Any, num_heads: int) -> Any:
 
 def init_params(model: mpt_lib.MPT, model_config, rng: jax.Array) -> Any:
   """Initialises the model and loads the pretrained backbone when ``pretrained_path`` is set."""
+  strategy = model_config.training_strategy
+  if (not model_config.pretrained_path and strategy != 'scratch'
+      and not model_config.get('allow_random_backbone', False)):
+    raise CheckpointError(
+        f'training_strategy {strategy!r} starts from a pretrained backbone, but '
+        'config.model.pretrained_path is empty. Download ViT-B_16.npz (ImageNet-21k) by hand and '
+        'pass --config.model.pretrained_path=/path/to/ViT-B_16.npz (or use '
+        '--config.model.training_strategy=scratch, or --config.model.allow_random_backbone=True to '
+        'run on purpose with a random frozen backbone).')
   clip = jnp.zeros((1,) + mpt_lib.input_shape(model_config), jnp.float32)
   params = jax.jit(model.init)(rng, clip)['params']
-  if model_config.pretrained_path and model_config.training_strategy != 'scratch':
+  if model_config.pretrained_path and strategy != 'scratch':
     params = load_backbone(model_config.pretrained_path, params, model.num_heads)
   return params
 

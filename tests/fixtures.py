@@ -138,6 +138,7 @@ SMIC_CLIPS = [
     ('s2', 'surprise', 's2_sur_01', 59881, 4),        # written as reg_image059881.bmp (6 digits)
     ('s5', 'negative', 's5_ne_01', 1038175, 4),       # 7 digits
     ('s20', 'positive', 's20_po_01', 99998, 5),       # 099998 -> 100002: digit count changes
+    ('s19', 'surprise', 's19_sur_01', 33012345, 3),   # 8 digits
 ]
 
 

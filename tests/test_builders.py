@@ -93,7 +93,9 @@ def test_smic_scan_exact(tmp_path):
   fixtures.write_smic(str(tmp_path))
   clips, report = smic.scan_modality(str(tmp_path), 'HS')
   got = {c.clip: c for c in clips}
-  assert sorted(got) == ['s1_ne_01', 's1_po_01', 's20_po_01', 's2_sur_01', 's5_ne_01']
+  assert sorted(got) == ['s19_sur_01', 's1_ne_01', 's1_po_01', 's20_po_01', 's2_sur_01',
+                         's5_ne_01']
+  assert got['s19_sur_01'].frame_numbers == [33012345, 33012346, 33012347]
   assert got['s20_po_01'].frame_numbers == [99998, 99999, 100000, 100001, 100002]
   assert os.path.basename(got['s2_sur_01'].frames[0]) == 'reg_image059881.bmp'
   assert got['s5_ne_01'].onset == 1038175 and got['s5_ne_01'].subject == 's5'
@@ -108,7 +110,7 @@ def test_smic_vis_frames_and_fps(tmp_path):
   clips, _ = smic.scan_modality(str(tmp_path), 'VIS')
   got = {c.clip: c for c in clips}
   assert os.path.basename(got['s2_sur_01'].frames[0]) == 'reg_59881.bmp'
-  assert got['s1_ne_01'].fps == 25.0 and len(clips) == 5
+  assert got['s1_ne_01'].fps == 25.0 and len(clips) == 6
 
 
 def test_synthetic_clips_are_subtle_local_and_deterministic():
@@ -167,7 +169,8 @@ def test_composite_uses_official_csv_ids(tmp_path):
       ('smic', 's20', 's20_po_01', 1), ('samm', '6', '006_1_2', 0), ('samm', '37', '037_9_9', 0)])
   clips, report = composite.scan(str(tmp_path))
   keys = sorted((c.dataset, c.subject, c.clip, c.label) for c in clips)
-  assert keys == [('casme2', 'sub01', 'EP02_01f', 'positive'), ('samm', '006', '006_1_2', 'negative'),
+  assert keys == [('casme2', 'sub01', 'EP02_01f', 'positive'),
+                  ('samm', '006', '006_1_2', 'negative'),
                   ('smic', 's1', 's1_ne_01', 'negative'), ('smic', 's20', 's20_po_01', 'positive')]
   assert [i['where'] for i in report.issues if 'not found' in i['problem']] == ['samm/037/037_9_9']
 

@@ -128,3 +128,12 @@ def test_pickled_npz_is_refused(tmp_path):
   with pytest.raises(pretrained.CheckpointError, match='pickled.npz'):
     pretrained.load_vit(path, 'tiny', 32)
   assert os.path.exists(path)
+
+
+def test_frozen_random_backbone_needs_explicit_consent():
+  config = helpers.tiny_config(allow_random_backbone=False)
+  model = mpt.build_model(config.model, 5)
+  with pytest.raises(pretrained.CheckpointError, match='pretrained_path is empty'):
+    pretrained.init_params(model, config.model, jax.random.PRNGKey(0))
+  config.model.training_strategy = 'scratch'  # trains everything: no checkpoint needed
+  assert 'cls' in pretrained.init_params(model, config.model, jax.random.PRNGKey(0))
