@@ -104,7 +104,8 @@ class FoldCheckpointer:
   """Orbax ``CheckpointManager`` for one fold; keeps the latest epoch only.
 
   Orbax writes into a temporary folder and renames it when the save is complete, so a process
-  killed during a save leaves no half checkpoint behind: the previous one is restored instead.
+  killed during a save leaves no half checkpoint behind: the previous one is restored instead, and
+  the leftover temporary folder is removed when the manager is opened again.
   """
 
   def __init__(self, directory: str):
@@ -112,6 +113,7 @@ class FoldCheckpointer:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                             cleanup_tmp_directories=True,
                                              enable_async_checkpointing=False))
 
   def latest_epoch(self):
