@@ -324,6 +324,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  'trainable_params': partition.count_trainable(
                      partition.merge_params(exp.trainable0, exp.frozen), exp.strategy)})
     write_json(run_info_path, info)
+    logging.info('Seed %d: parameters by part %s, trainable parts %s', seed,
+                 partition.count_by_part(partition.merge_params(exp.trainable0, exp.frozen)),
+                 partition.trainable_parts(exp.strategy))
     results = []
     for i, subject in enumerate(exp.subjects):
       path = os.path.join(fold_dir(workdir, seed, subject), 'result.json')
