@@ -8,7 +8,6 @@ predictions stored during training, since only the final checkpoint of a fold is
 import os
 from typing import Any, Dict
 
-import numpy as np
 from absl import logging
 
 from mpt_jax import input_pipeline
@@ -79,7 +78,3 @@ def summary_lines(summary: Dict[str, Any]) -> str:
     text += f"\nidentical to the training run's predictions: {summary['identical_to_training_run']}"
   return text
 
-
-def fold_accuracies(summary: Dict[str, Any]) -> Dict[str, float]:
-  first = summary['seeds'][sorted(summary['seeds'])[0]]
-  return {f['subject']: float(np.round(f['accuracy'], 6)) for f in first['folds']}

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
+from mpt_jax import input_pipeline
+
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -139,7 +141,7 @@ def write_report(config, workdir: str, summary: Dict[str, Any], exp,
     exp.init(first_seed)
     _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
     ckpt.close()
-    _, test_idx = exp_split(exp, subject)
+    _, test_idx = input_pipeline.split_for_subject(exp.data, subject)
     plot_motion(exp, state.params, test_idx[:3], os.path.join(figdir, 'motion_examples.png'))
   except (OSError, ValueError, KeyError) as e:  # figures must never fail a finished run
     from absl import logging  # pylint: disable=g-import-not-at-top
@@ -169,8 +171,3 @@ def write_report(config, workdir: str, summary: Dict[str, Any], exp,
   with open(os.path.join(workdir, 'report.md'), 'w') as f:
     f.write(text)
   return text
-
-
-def exp_split(exp, subject):
-  from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.split_for_subject(exp.data, subject)
