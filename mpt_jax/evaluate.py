@@ -61,7 +61,7 @@ def evaluate(config, workdir: str, data=None) -> Dict[str, Any]:
         logging.warning('Fold %s: recomputed predictions differ from the stored ones', subject)
       results.append({
           'subject': subject, 'seed': seed, 'fold': i, 'n': int(len(test_idx)),
-          'labels': data.labels[test_idx].tolist(), 'predictions': preds.tolist(),
+          'clips': data.names[test_idx].tolist(), 'labels': data.labels[test_idx].tolist(), 'predictions': preds.tolist(),
           'per_epoch_predictions': stored['per_epoch_predictions'] if stored else [],
           'history': stored['history'] if stored else {}})
     results_by_seed[seed] = results

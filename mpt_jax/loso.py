@@ -268,6 +268,14 @@ def summarise(config, classes, results_by_seed: Dict[int, List[Dict[str, Any]]])
     labels = [l for r in results for l in r['labels']]
     preds = [p for r in results for p in r['predictions']]
     entry = {'last_epoch': metrics_lib.compute(labels, preds, classes)}
+    # Composite protocols (MEGC2019) also report each source dataset on its part of the
+    # concatenated predictions.
+    sources = [c.split('/', 1)[0] for r in results for c in r.get('clips', [])]
+    if len(sources) == len(labels) and len(set(sources)) > 1:
+      entry['last_epoch_per_dataset'] = {
+          ds: metrics_lib.compute([l for l, s in zip(labels, sources) if s == ds],
+                                  [p for p, s in zip(preds, sources) if s == ds], classes)
+          for ds in sorted(set(sources))}
     if config.train.oracle_best_epoch:
       ol, op = oracle_predictions(results)
       entry['oracle_best_epoch'] = metrics_lib.compute(ol, op, classes)

@@ -162,6 +162,12 @@ def write_report(config, workdir: str, summary: Dict[str, Any], exp,
     lines.append(f"| {c} | {last['support'][c]} | "
                  f"{'-' if acc is None else f'{100 * acc:.1f}'} | "
                  f"{100 * last['per_class_f1'][c]:.1f} |")
+  per_ds = seed_entry.get('last_epoch_per_dataset')
+  if per_ds:
+    lines += ['', '## Per source dataset (seed %d, last epoch)' % first_seed, '',
+              '| dataset | n | Acc (%) | UF1 (%) | UAR (%) |', '|---|---|---|---|---|']
+    lines += [f"| {ds} | {m['n']} | {100 * m['accuracy']:.2f} | {100 * m['uf1']:.2f} | "
+              f"{100 * m['uar']:.2f} |" for ds, m in per_ds.items()]
   lines += ['', '## Per fold (seed %d)' % first_seed, '', '| subject | n | accuracy |', '|---|---|---|']
   lines += [f"| {f['subject']} | {f['n']} | {100 * f['accuracy']:.1f} |" for f in seed_entry['folds']]
   lines += ['', '![confusion](figures/confusion_matrix.png)',

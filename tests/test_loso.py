@@ -240,3 +240,19 @@ def test_several_seeds_report_mean_and_std(data_dir, tmp_path):
   assert os.path.exists(tmp_path / 'seeds' / 'seed_1' / 'fold_p02' / 'result.json')
   report = open(tmp_path / 'seeds' / 'report.md').read()
   assert '±' in report
+
+
+def test_composite_style_results_are_split_by_source_dataset():
+  config = synthetic.get_config('smoke')
+  results = [
+      {'subject': 'sub01', 'n': 2, 'labels': [0, 1], 'predictions': [0, 0],
+       'clips': ['casme2/sub01/EP01', 'casme2/sub01/EP02'], 'per_epoch_predictions': []},
+      {'subject': 's1', 'n': 3, 'labels': [2, 2, 1], 'predictions': [2, 1, 1],
+       'clips': ['smic/s1/a', 'smic/s1/b', 'smic/s1/c'], 'per_epoch_predictions': []},
+  ]
+  config.train.oracle_best_epoch = False
+  summary = loso.summarise(config, ['negative', 'positive', 'surprise'], {0: results})
+  per = summary['seeds']['0']['last_epoch_per_dataset']
+  assert per['casme2']['accuracy'] == 0.5 and per['casme2']['n'] == 2
+  assert per['smic']['accuracy'] == pytest.approx(2 / 3)
+  assert summary['seeds']['0']['last_epoch']['accuracy'] == pytest.approx(3 / 5)
