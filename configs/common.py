@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.manual_dir = ''  # The dataset folder as unpacked (used by --mode=prepare).
   config.data.subjects = ()  # Restrict LOSO to these subjects (empty = every subject).
   config.data.hflip = True  # Training augmentation: random horizontal flip of the whole clip.
+  config.data.max_rotation_deg = 0.0  # Option: random rotation in +-N degrees (same for all frames).
+  config.data.min_crop_scale = 1.0  # Option: random crop of this area fraction or more, resized
+  #                                   back (same for all frames); 1.0 = off.
 
   config.train = ml_collections.ConfigDict()
   config.train.optimizer = 'adam'  # adam | adamw | sgd.

@@ -4,8 +4,8 @@ Every clip is resampled once, when the dataset is loaded (SPEC §1): T frames by
 interpolation at ``linspace(0, n - 1, T)`` (short clips are up-sampled the same way), resized to
 ``image_size`` bilinearly (antialiased when shrinking), values in [0, 1], kept as float16. The whole
 protocol then sits in memory (and later on the accelerator), and a training step only receives
-integer indices, flip bits and a validity mask: no host work per step, and the same shapes for every
-step and every fold, so the step compiles once per run.
+integer indices, per-clip augmentation parameters and a validity mask: no host work per step, and
+the same shapes for every step and every fold, so the step compiles once per run.
 """
 
 import dataclasses
@@ -147,31 +147,34 @@ def _text(v) -> str:
 class Batch:
   """Indices into the on-device clip array, reshaped (devices, per_device)."""
   idx: np.ndarray  # int32
-  flip: np.ndarray  # bool
+  aug: np.ndarray  # float32 (devices, per_device, 5): per-clip augmentation (see augment.py)
   mask: np.ndarray  # float32, 1 for real samples, 0 for padding
 
 
 def epoch_batches(indices: np.ndarray, batch_size: int, num_devices: int, seed: int,
-                  hflip: bool, shuffle: bool = True) -> Iterator[Batch]:
+                  hflip: bool, shuffle: bool = True, max_rotation_deg: float = 0.0,
+                  min_crop_scale: float = 1.0) -> Iterator[Batch]:
   """Fixed-shape batches over ``indices``; the last batch is padded and masked.
 
-  The order and flips depend only on ``seed`` (derived from run seed, fold and epoch), which makes
-  a resumed run identical to an uninterrupted one.
+  The order and the augmentation draws depend only on ``seed`` (derived from run seed, fold and
+  epoch), which makes a resumed run identical to an uninterrupted one.
   """
+  from mpt_jax import augment  # pylint: disable=g-import-not-at-top
   if batch_size % num_devices:
     raise DataError(f'batch size {batch_size} is not divisible by the {num_devices} devices')
   rng = np.random.default_rng(seed)
   order = rng.permutation(indices) if shuffle else np.asarray(indices)
-  flips = rng.random(len(order)) < 0.5 if hflip else np.zeros(len(order), bool)
+  aug = augment.draw_params(rng, len(order), hflip, max_rotation_deg, min_crop_scale)
   per = batch_size // num_devices
   for start in range(0, len(order), batch_size):
     idx = order[start:start + batch_size]
-    fl = flips[start:start + batch_size]
+    au = aug[start:start + batch_size]
     pad = batch_size - len(idx)
     mask = np.concatenate([np.ones(len(idx), np.float32), np.zeros(pad, np.float32)])
     idx = np.concatenate([idx, np.full(pad, idx[0] if len(idx) else 0, idx.dtype)])
-    fl = np.concatenate([fl, np.zeros(pad, bool)])
-    yield Batch(idx.astype(np.int32).reshape(num_devices, per), fl.reshape(num_devices, per),
+    identity = np.tile(np.array([[0, 0, 1, 0, 0]], np.float32), (pad, 1))
+    au = np.concatenate([au, identity], axis=0)
+    yield Batch(idx.astype(np.int32).reshape(num_devices, per), au.reshape(num_devices, per, 5),
                 mask.reshape(num_devices, per))
 
 

@@ -11,7 +11,7 @@ it on that subject and writes, in ``workdir``::
   results.json, report.md, figures/      (see :mod:`mpt_jax.report`)
 
 A finished fold (``result.json`` present) is never retrained; an unfinished one resumes from its
-last checkpoint. Data order and flips depend only on (seed, fold, epoch), so a resumed run ends with
+last checkpoint. Data order and augmentation depend only on (seed, fold, epoch), so a resumed run ends with
 exactly the metrics of an uninterrupted one. Every fold starts from the same freshly initialised
 trainable parameters (same seed); the frozen backbone is one set of arrays shared by all folds.
 """
@@ -127,6 +127,8 @@ class Experiment:
     largest = max(int((data.subjects != s).sum()) for s in self.subjects)
     self.steps_per_epoch_max = input_pipeline.steps_per_epoch(largest, bs)
     self.data_on_device = input_pipeline.device_arrays(data, self.devices)
+    self.geometric = (float(config.data.max_rotation_deg) > 0
+                      or float(config.data.min_crop_scale) < 1.0)
 
   def init(self, seed: int) -> None:
     """Initial parameters for ``seed``: trainable init (same for every fold) and frozen leaves."""
@@ -140,7 +142,7 @@ class Experiment:
     self.p_train, self.p_eval = train_lib.make_steps(
         self.model, self.tx, self.labels_tree,
         self.devices if self.process_count == 1 else None,
-        eval_devices=self.devices)  # pylint: disable=attribute-defined-outside-init
+        eval_devices=self.devices, geometric_augmentation=self.geometric)  # pylint: disable=attribute-defined-outside-init
     self.backbone_fingerprint = partition.tree_fingerprint(self.frozen)  # pylint: disable=attribute-defined-outside-init
 
   def fresh_state(self) -> train_lib.TrainState:
@@ -188,10 +190,12 @@ def train_fold(exp: Experiment, seed: int, fold_index: int, subject: str, workdi
   for epoch in range(start_epoch + 1, num_epochs + 1):
     seed_e = input_pipeline.fold_seed(seed, fold_index, epoch)
     losses, accs, counts = [], [], []
-    for batch in input_pipeline.epoch_batches(train_idx, int(config.train.batch_size),
-                                              exp.global_devices, seed_e, bool(config.data.hflip)):
+    for batch in input_pipeline.epoch_batches(
+        train_idx, int(config.train.batch_size), exp.global_devices, seed_e,
+        bool(config.data.hflip), max_rotation_deg=float(config.data.max_rotation_deg),
+        min_crop_scale=float(config.data.min_crop_scale)):
       local = slice(exp.process_index * exp.num_devices, (exp.process_index + 1) * exp.num_devices)
-      state, m = exp.p_train(state, exp.data_on_device, batch.idx[local], batch.flip[local],
+      state, m = exp.p_train(state, exp.data_on_device, batch.idx[local], batch.aug[local],
                              batch.mask[local])
       losses.append(m['loss'])
       accs.append(m['accuracy'])

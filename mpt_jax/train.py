@@ -23,6 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from mpt_jax import augment
 from mpt_jax import partition
 
 AXIS = 'batch'
@@ -44,10 +45,10 @@ def create_state(trainable: Dict[str, Any], frozen: Dict[str, Any],
 
 
 def make_steps(model, tx: optax.GradientTransformation, labels_tree: Any, devices=None,
-               eval_devices=None):
+               eval_devices=None, geometric_augmentation: bool = False):
   """Returns pmapped ``(train_step, eval_step)``.
 
-  ``train_step(state, data, idx, flip, mask) -> (state, metrics)`` and
+  ``train_step(state, data, idx, aug, mask) -> (state, metrics)`` and
   ``eval_step(params, data, idx) -> logits (devices, per_device, classes)``.
 
   Args:
@@ -57,15 +58,16 @@ def make_steps(model, tx: optax.GradientTransformation, labels_tree: Any, device
     devices: devices of the training pmap (None: every device of every process).
     eval_devices: devices of the evaluation pmap. Evaluation needs no collectives, so in a
       multi-host run each process evaluates on its own local devices.
+    geometric_augmentation: compile the rotation/crop warp into the step.
   """
 
   def gather(data, idx):
     clips = data['clips'][idx].astype(jnp.float32)
     return clips, data['labels'][idx], data['apex'][idx]
 
-  def train_step(state, data, idx, flip, mask):
+  def train_step(state, data, idx, aug, mask):
     clips, labels, apex = gather(data, idx)
-    clips = jnp.where(flip[:, None, None, None, None], clips[:, :, :, ::-1, :], clips)
+    clips = augment.apply(clips, aug, geometric_augmentation)
     count = jax.lax.psum(mask.sum(), AXIS)
     denom = jnp.maximum(count, 1.0)
 

@@ -256,3 +256,12 @@ def test_composite_style_results_are_split_by_source_dataset():
   assert per['casme2']['accuracy'] == 0.5 and per['casme2']['n'] == 2
   assert per['smic']['accuracy'] == pytest.approx(2 / 3)
   assert summary['seeds']['0']['last_epoch']['accuracy'] == pytest.approx(3 / 5)
+
+
+def test_geometric_augmentation_runs_in_the_loop(data_dir, tmp_path):
+  config = smoke_config(data_dir, num_epochs=1)
+  config.data.max_rotation_deg = 5.0
+  config.data.min_crop_scale = 0.8
+  config.data.subjects = ('p01', 'p02')
+  summary = loso.train_and_evaluate(config, str(tmp_path / 'aug'))
+  assert len(summary['seeds']['0']['folds']) == 2
