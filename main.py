@@ -105,8 +105,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')  # TF (TFDS, TensorBoard) must not take GPU memory
+  if FLAGS.mode != 'profile':
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')  # TF (TFDS, TensorBoard) must not take GPU memory
   try:
     _run(FLAGS.mode)
   except UsageError as e:

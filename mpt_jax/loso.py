@@ -132,6 +132,7 @@ class Experiment:
 
   def init(self, seed: int) -> None:
     """Initial parameters for ``seed``: trainable init (same for every fold) and frozen leaves."""
+    self.seed = seed  # pylint: disable=attribute-defined-outside-init
     params = pretrained.init_params(self.model, self.config.model, jax.random.PRNGKey(seed))
     self.labels_tree = partition.param_labels(params, self.strategy)  # pylint: disable=attribute-defined-outside-init
     self.trainable0, self.frozen = partition.split_params(params, self.strategy)  # pylint: disable=attribute-defined-outside-init

@@ -138,7 +138,8 @@ def write_report(config, workdir: str, summary: Dict[str, Any], exp,
     subject = results_by_seed[first_seed][0]['subject']
     ckpt = train_lib.FoldCheckpointer(os.path.join(loso.fold_dir(workdir, first_seed, subject),
                                                    'checkpoints'))
-    exp.init(first_seed)
+    if getattr(exp, 'seed', None) != first_seed:
+      exp.init(first_seed)
     _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
     ckpt.close()
     _, test_idx = input_pipeline.split_for_subject(exp.data, subject)
