@@ -188,6 +188,7 @@ def train_fold(exp: Experiment, seed: int, fold_index: int, subject: str, workdi
     logging.info('Fold %s: resuming after epoch %d', subject, start_epoch)
   num_epochs = int(config.train.num_epochs)
   t0 = time.time()
+  logits = None  # held-out logits of the final state, once computed
   for epoch in range(start_epoch + 1, num_epochs + 1):
     seed_e = input_pipeline.fold_seed(seed, fold_index, epoch)
     losses, accs, counts = [], [], []
@@ -212,7 +213,8 @@ def train_fold(exp: Experiment, seed: int, fold_index: int, subject: str, workdi
     history['learning_rate'].append(lr)
     every = max(1, int(config.train.eval_every_epochs))
     if epoch % every == 0 or epoch == num_epochs:
-      preds = exp.predict(state.params, test_idx).argmax(-1)
+      logits = exp.predict(state.params, test_idx)
+      preds = logits.argmax(-1)
       test_acc = float((preds == exp.data.labels[test_idx]).mean())
       history['test_accuracy'].append(test_acc)
       history['test_predictions'].append(preds.tolist())
@@ -232,8 +234,10 @@ def train_fold(exp: Experiment, seed: int, fold_index: int, subject: str, workdi
                  'fold ETA %.0fs', seed, fold_index + 1, len(exp.subjects), subject, epoch,
                  num_epochs, train_loss, train_acc, history['test_accuracy'][-1], eta)
   writer.flush()
-  # Final predictions come from the final state (restored if training had already finished).
-  logits = exp.predict(state.params, test_idx)
+  # The last epoch always evaluates; a fold whose training had already finished before this
+  # process started predicts from its restored final state.
+  if logits is None:
+    logits = exp.predict(state.params, test_idx)
   ckpt.close()
   result = {
       'subject': subject, 'seed': seed, 'fold': fold_index, 'n': int(len(test_idx)),
@@ -301,10 +305,6 @@ def summarise(config, classes, results_by_seed: Dict[int, List[Dict[str, Any]]])
   return summary
 
 
-def load_data(config) -> input_pipeline.ClipSet:
-  return input_pipeline.load(config)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        data: Optional[input_pipeline.ClipSet] = None) -> Dict[str, Any]:
   """Runs (or resumes) the whole LOSO experiment and writes results, report and figures."""
@@ -312,7 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   from mpt_jax import report as report_lib  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(os.path.expanduser(workdir))
   check_workdir_config(config, workdir)
-  data = data if data is not None else load_data(config)
+  data = data if data is not None else input_pipeline.load(config)
   exp = Experiment(config, data)
   logging.info('LOSO over %d subjects, %d clips, %d device(s) (%s)', len(exp.subjects), len(data),
                exp.num_devices, jax.devices()[0].platform)
@@ -352,8 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       results.append(train_fold(exp, seed, i, subject, workdir, writer))
       writer.close()
       folds_done_now += 1
-      done = sum(os.path.exists(os.path.join(fold_dir(workdir, seed, x), 'result.json'))
-                 for x in exp.subjects) + s * len(exp.subjects)
+      done = s * len(exp.subjects) + i + 1  # every earlier fold of this seed is finished
       per_fold = (time.time() - t_run) / folds_done_now
       logging.info('Fold %s done in %.0fs (accuracy %.3f); %d/%d folds, overall ETA %.0fs',
                    subject, time.time() - t_fold,
