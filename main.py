@@ -20,6 +20,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mpt_jax.errors import UserError
+
 MODES = ('train', 'eval', 'predict', 'prepare', 'profile')
 
 FLAGS = flags.FLAGS
@@ -33,10 +35,6 @@ flags.DEFINE_integer('offset', None, 'predict: last frame (index in the sorted f
 flags.DEFINE_bool('crop_face', False, 'predict: detect and crop the face (OpenCV Haar cascade).')
 
 
-class UsageError(Exception):
-  """A user mistake that is reported as one clear line, without a traceback."""
-
-
 class _QuietLibraries(logging.logging.Filter):
   """Drops the per-save INFO chatter of Orbax (warnings and errors still pass)."""
 
@@ -46,52 +44,44 @@ class _QuietLibraries(logging.logging.Filter):
 
 def _need_config():
   if FLAGS.config is None:
-    raise UsageError('--config is required, e.g. --config=configs/samm.py')
+    raise UserError('--config is required, e.g. --config=configs/samm.py')
   return FLAGS.config
 
 
 def _need_workdir():
   if not FLAGS.workdir:
-    raise UsageError('--workdir is required, e.g. --workdir=runs/samm')
+    raise UserError('--workdir is required, e.g. --workdir=runs/samm')
   return FLAGS.workdir
 
 
 def _run(mode):
-  """Dispatches one mode; user errors surface as UsageError."""
+  """Dispatches one mode; user mistakes raise :class:`UserError`."""
   # pylint: disable=g-import-not-at-top
-  from mpt_jax import input_pipeline, loso, pretrained
-  from mpt_jax import predict as predict_lib
-  from tfds_builders import common as tfds_common
-  user_errors = (tfds_common.DatasetLayoutError, tfds_common.CorruptImageError,
-                 input_pipeline.DataError, loso.RunError, pretrained.CheckpointError,
-                 predict_lib.PredictError)
-  try:
-    if mode == 'profile':
-      from mpt_jax import profile
-      print(json.dumps(profile.profile(_need_config())))
-    elif mode == 'prepare':
-      import tfds_builders.prepare as prep
-      print(prep.format_report(prep.prepare(_need_config().data)))
-    elif mode == 'train':
-      from mpt_jax import report
-      config, workdir = _need_config(), _need_workdir()
-      _maybe_distributed()
-      summary = loso.train_and_evaluate(config, workdir)
-      print(report.results_table(summary))
-      print(f'Results: {os.path.join(os.path.abspath(workdir), "report.md")}')
-    elif mode == 'eval':
-      from mpt_jax import evaluate
-      workdir = _need_workdir()
-      config = FLAGS.config if FLAGS.config is not None else evaluate.load_run_config(workdir)
-      print(evaluate.summary_lines(evaluate.evaluate(config, workdir)))
-    elif mode == 'predict':
-      if not FLAGS.input:
-        raise UsageError('--input is required: a folder of frames or a video file')
-      result = predict_lib.predict(_need_workdir(), FLAGS.input, FLAGS.onset, FLAGS.offset,
-                               FLAGS.crop_face)
-      print(json.dumps(result))
-  except user_errors as e:
-    raise UsageError(str(e)) from e
+  if mode == 'profile':
+    from mpt_jax import profile
+    print(json.dumps(profile.profile(_need_config())))
+  elif mode == 'prepare':
+    import tfds_builders.prepare as prep
+    print(prep.format_report(prep.prepare(_need_config().data)))
+  elif mode == 'train':
+    from mpt_jax import loso, report
+    config, workdir = _need_config(), _need_workdir()
+    _maybe_distributed()
+    summary = loso.train_and_evaluate(config, workdir)
+    print(report.results_table(summary))
+    print(f'Results: {os.path.join(os.path.abspath(workdir), "report.md")}')
+  elif mode == 'eval':
+    from mpt_jax import evaluate
+    workdir = _need_workdir()
+    config = FLAGS.config if FLAGS.config is not None else evaluate.load_run_config(workdir)
+    print(evaluate.summary_lines(evaluate.evaluate(config, workdir)))
+  elif mode == 'predict':
+    if not FLAGS.input:
+      raise UserError('--input is required: a folder of frames or a video file')
+    from mpt_jax import predict as predict_lib
+    result = predict_lib.predict(_need_workdir(), FLAGS.input, FLAGS.onset, FLAGS.offset,
+                             FLAGS.crop_face)
+    print(json.dumps(result))
 
 
 def _maybe_distributed():
@@ -110,7 +100,7 @@ def main(argv):
     tf.config.set_visible_devices([], 'GPU')  # TF (TFDS, TensorBoard) must not take GPU memory
   try:
     _run(FLAGS.mode)
-  except UsageError as e:
+  except UserError as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

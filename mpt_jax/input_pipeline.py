@@ -17,8 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from mpt_jax import errors
 
-class DataError(ValueError):
+
+class DataError(errors.UserError):
   """A dataset problem the user can fix (the message says how)."""
 
 

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mpt_jax import errors
 from mpt_jax import input_pipeline
 from mpt_jax import metrics as metrics_lib
 from mpt_jax import partition
@@ -39,7 +40,7 @@ RESUMABLE_KEYS = ('data.data_dir', 'data.manual_dir', 'model.pretrained_path',
                   'train.log_every_steps')
 
 
-class RunError(ValueError):
+class RunError(errors.UserError):
   """A run that cannot start or continue (the message says why)."""
 
 

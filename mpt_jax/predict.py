@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from mpt_jax import errors
 from mpt_jax import evaluate
 from mpt_jax import input_pipeline
 from mpt_jax import loso
@@ -29,7 +30,7 @@ from mpt_jax import train as train_lib
 from mpt_jax.models import mpt as mpt_lib
 
 
-class PredictError(ValueError):
+class PredictError(errors.UserError):
   """A clip that cannot be read or used (the message names the file)."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.ndimage
 from flax import traverse_util
 
+from mpt_jax import errors
 from mpt_jax import partition
 from mpt_jax.models import mpt as mpt_lib
 from mpt_jax.models import vit
@@ -35,7 +36,7 @@ _LINEN_TO_FILE = {'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttentio
                   'LayerNorm_1': 'LayerNorm_2', 'MlpBlock_0': 'MlpBlock_3'}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A checkpoint file that cannot be loaded into the model (the message names the file and keys)."""
 
 

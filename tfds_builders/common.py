@@ -27,16 +27,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from mpt_jax import errors
+
 FRAME_SIZE = 224
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 _LAST_INT = re.compile(r'(\d+)(?!.*\d)')
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(errors.UserError):
   """The manual_dir does not look like the expected dataset (the message says what was expected)."""
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(errors.UserError):
   """An image file could not be decoded (the message names the file)."""
 
 
