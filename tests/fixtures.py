@@ -43,33 +43,54 @@ CASME2_ROWS = [
     (3, 'EP01_2', 5, 7, 9, 14, 'repression', None),                  # row without a folder
     (4, 'EP12_01f', 261, '/', 269, '4+7', 'disgust', range(261, 270)),  # apex '/'
     (5, 'EP19_05f', 40, 44, 47, '4+7+L10', 'disgust', range(40, 48)),
-    (12, 'EP09_06', 66, 71, 70, 'R12', 'disgust', range(66, 71)),   # apex > offset (old sheet)
+    (12, 'EP09_06', 66, 71, 70, 'R12', 'disgust', range(66, 72)),   # apex > offset, on disk (old sheet)
     (7, 'EP06_02_01', 100, 101, 104, 17, 'repression', range(100, 105)),
 ]
 CASME2_ORPHAN = ('sub03', 'EP07_04')  # folder without a row
 
 
-def write_casme2(root: str, subject_as_text: bool = False, doubled: bool = True,
-                 sheet_name: str = 'CASME2-coding-20140508.xlsx', raw: bool = False) -> str:
-  """Writes a CASME II release under ``root/CASME2``; returns that folder."""
-  base = os.path.join(root, 'CASME2')
+def write_casme2_sheet(path: str, rows: Sequence[tuple], subject_as_text: bool = False) -> None:
+  """A CASME II coding sheet (.xlsx with openpyxl, legacy .xls with xlwt) with the real header."""
+  table = [{1: f'{subj:02d}' if subject_as_text else subj, 2: name, 4: on, 5: apex, 6: off, 8: au,
+            9: emo} for subj, name, on, apex, off, au, emo, *_ in rows]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if path.endswith('.xls'):
+    import xlwt  # pylint: disable=g-import-not-at-top
+    wb = xlwt.Workbook()
+    ws = wb.add_sheet('Sheet1')
+    for col, name in CASME2_HEADER.items():
+      ws.write(0, col - 1, name)
+    for i, values in enumerate(table, start=1):
+      for col, v in values.items():
+        ws.write(i, col - 1, v)
+    wb.save(path)
+    return
   wb = openpyxl.Workbook()
   ws = wb.active
   ws.title = 'Sheet1'
   for col, name in CASME2_HEADER.items():
     ws.cell(row=1, column=col, value=name)
-  for i, (subj, name, on, apex, off, au, emo, _) in enumerate(CASME2_ROWS, start=2):
-    values = {1: f'{subj:02d}' if subject_as_text else subj, 2: name, 4: on, 5: apex, 6: off,
-              8: au, 9: emo}
+  for i, values in enumerate(table, start=2):
     for col, v in values.items():
       ws.cell(row=i, column=col, value=v)
-  os.makedirs(base, exist_ok=True)
-  wb.save(os.path.join(base, sheet_name))
+  wb.save(path)
+
+
+def write_casme2(root: str, subject_as_text: bool = False, doubled: bool = True,
+                 sheet_name: str = 'CASME2-coding-20140508.xlsx', raw: bool = False,
+                 extra_rows: Sequence[tuple] = ()) -> str:
+  """Writes a CASME II release under ``root/CASME2``; returns that folder.
+
+  ``extra_rows``: more rows in the format of :data:`CASME2_ROWS` (sheet row and frame folder).
+  """
+  base = os.path.join(root, 'CASME2')
+  rows = list(CASME2_ROWS) + list(extra_rows)
+  write_casme2_sheet(os.path.join(base, sheet_name), rows, subject_as_text)
   frames_root = os.path.join(base, 'Cropped', 'Cropped') if doubled else os.path.join(base, 'Cropped')
   fmt = 'reg_img{}.jpg'
   if raw:
     frames_root, fmt = os.path.join(base, 'CASME2_RAW_selected'), 'img{}.jpg'
-  for subj, name, *_, frames in CASME2_ROWS:
+  for subj, name, *_, frames in rows:
     if frames is not None:
       write_frames(os.path.join(frames_root, f'sub{subj:02d}', name), frames, fmt)
   write_frames(os.path.join(frames_root, *CASME2_ORPHAN), range(1, 4), fmt)
@@ -166,18 +187,19 @@ CASME3_ROWS = [
 ]
 
 
-def write_casme3(root: str) -> str:
+def write_casme3(root: str, extra_rows: Sequence[tuple] = ()) -> str:
   base = os.path.join(root, 'CASME3', 'part_A')
+  rows = list(CASME3_ROWS) + list(extra_rows)
   wb = openpyxl.Workbook()
   ws = wb.active
   ws.title = 'label'
   ws.append(CASME3_HEADER)
-  for row in CASME3_ROWS:
+  for row in rows:
     ws.append(list(row))
   os.makedirs(os.path.join(base, 'annotation'), exist_ok=True)
   wb.save(os.path.join(base, 'annotation', 'cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx'))
   videos: Dict[Tuple[str, str], List[int]] = {}
-  for subj, vid, on, _, off, *_ in CASME3_ROWS:
+  for subj, vid, on, _, off, *_ in rows:
     videos.setdefault((subj, vid), []).extend(range(on - 2, off + 3))
   for (subj, vid), frames in videos.items():
     write_frames(os.path.join(base, 'data', 'part_A', subj, vid, 'color'), sorted(set(frames)),
@@ -236,6 +258,53 @@ def write_composite_release(root: str, frames: int = 2) -> Tuple[str, Dict[str, 
                                   f'{subj}_{tok}_{i:02d}'), range(500, 500 + frames),
                      'reg_image{:06d}.bmp')
   return root, {'casme2': 145, 'samm': 133, 'smic': 164}
+
+
+# CASME II per-subject 5-class counts of the 20140508 sheet (research notes 2.3; sum 246).
+CASME2_SUBJECT_COUNTS = {1: 9, 2: 13, 3: 7, 4: 5, 5: 19, 6: 5, 7: 9, 8: 3, 9: 13, 10: 13, 11: 10,
+                         12: 12, 13: 8, 14: 4, 15: 3, 16: 4, 17: 34, 18: 3, 19: 15, 20: 11, 21: 2,
+                         22: 2, 23: 12, 24: 7, 25: 7, 26: 16}
+
+
+def casme2_release_rows(sheet: str) -> List[tuple]:
+  """255 coding-sheet rows with the published counts of one CASME II sheet.
+
+  20140508: happiness 32, surprise 25, disgust 63, repression 27, others 99, sadness 7, fear 2 (5
+  classes: 246); 20190701: three sub24 rows sadness -> surprise (249). sub04/EP12_01f (disgust) has
+  the apex '/'; in the 20140508 sheet sub12/EP09_06 has apex 111 after offset 106 (the 20190701
+  sheet sets the offset to 111). Rows are in the format of :data:`CASME2_ROWS` with 2-frame folders
+  (EP09_06: frames up to 111, as in the release).
+  """
+  five = ['happiness'] * 32 + ['surprise'] * 25 + ['disgust'] * 61 + ['repression'] * 27 + (
+      ['others'] * 99)  # disgust 62 and 63: EP12_01f and EP09_06 below
+  rows, k = [], 0
+  for subj, n in CASME2_SUBJECT_COUNTS.items():
+    specials = {4: 1, 12: 1}.get(subj, 0)
+    for i in range(n - specials):
+      rows.append((subj, f'EP{i + 1:02d}_{subj:02d}', 10, 10, 11, 4, five[k], range(10, 12)))
+      k += 1
+  assert k == len(five), k
+  rows.append((4, 'EP12_01f', 261, '/', 262, '4+7', 'disgust', range(261, 263)))
+  rows.append((12, 'EP09_06', 66, 111, 106 if sheet == '20140508' else 111, 'R12', 'disgust',
+               range(66, 112)))
+  new = sheet == '20190701'
+  for clip in ('EP07_01', 'EP07_04f', 'EP10_03'):
+    rows.append((24, clip, 5, 6, 7, 1, 'surprise' if new else 'sadness', range(5, 8)))
+  for subj, clip, emo in ((2, 'EP20_01', 'sadness'), (9, 'EP20_02', 'sadness'),
+                          (17, 'EP20_03', 'sadness'), (19, 'EP20_04', 'sadness'),
+                          (5, 'EP20_05', 'fear'), (23, 'EP20_06', 'fear')):
+    rows.append((subj, clip, 5, 6, 7, 1, emo, range(5, 8)))
+  return rows
+
+
+def write_casme2_release(root: str, sheet: str = '20140508') -> str:
+  """A CASME II release with the published counts (:func:`casme2_release_rows`) under root/CASME2."""
+  base = os.path.join(root, 'CASME2')
+  rows = casme2_release_rows(sheet)
+  write_casme2_sheet(os.path.join(base, f'CASME2-coding-{sheet}.xlsx'), rows)
+  for subj, name, *_, frames in rows:
+    write_frames(os.path.join(base, 'Cropped', f'sub{subj:02d}', name), frames, 'reg_img{}.jpg')
+  return base
 
 
 def write_gt_csv(path: str, rows: Sequence[Tuple[str, str, str, int]]) -> None:

@@ -27,10 +27,13 @@ def _find(report, needle):
   return [i for i in report.issues if needle in i['where'] or needle in i['problem']]
 
 
+OLD_SHEET = casme2.Casme2Config(name='5class_20140508', sheet='20140508')
+
+
 @pytest.mark.parametrize('subject_as_text', [False, True])
 def test_casme2_scan_exact(tmp_path, subject_as_text):
   root = fixtures.write_casme2(str(tmp_path), subject_as_text=subject_as_text)
-  clips, report = casme2.scan(root, casme2.Casme2Config(name='5class'))
+  clips, report = casme2.scan(root, OLD_SHEET)
   got = {(c.subject, c.clip): c for c in clips}
   assert sorted(got) == sorted([('sub01', 'EP02_01f'), ('sub01', 'EP09f'), ('sub02', 'EP03_02'),
                                 ('sub04', 'EP12_01f'), ('sub05', 'EP19_05f'),
@@ -41,18 +44,25 @@ def test_casme2_scan_exact(tmp_path, subject_as_text):
   assert c.apex_index == 3 and c.fps == 200.0 and c.action_units == '12'
   assert [os.path.basename(p) for p in c.frames][:2] == ['reg_img46.jpg', 'reg_img47.jpg']
   assert got[('sub04', 'EP12_01f')].apex == 265  # '/' -> midpoint
-  assert got[('sub12', 'EP09_06')].apex == 68  # apex 71 > offset 70 -> midpoint
+  # Apex 71 after offset 70, frame 71 on disk: kept, the offset moves to it (issue 7 item 2).
+  e = got[('sub12', 'EP09_06')]
+  assert (e.onset, e.apex, e.offset, e.frame_numbers) == (66, 71, 71, list(range(66, 72)))
+  assert e.apex_index == 5
   assert got[('sub02', 'EP03_02')].frame_numbers == [131, 132, 134, 135, 136]
   assert got[('sub01', 'EP09f')].frame_numbers == list(range(10, 16))
   assert got[('sub05', 'EP19_05f')].action_units == '4+7+L10'
   assert report.source['sheet_version'] == '20140508'
   assert len(_find(report, "apex is '/'")) == 1
-  assert len(_find(report, 'apex 71 outside')) == 1
+  assert [i['action'] for i in _find(report, 'apex 71 after offset 70; frames 71..71 are on disk')
+          ] == ['offset set to the apex 71']
   assert len(_find(report, '1 missing frame(s) in 131..136: 133')) == 1
   assert len(_find(report, 'outside onset..offset 10..15')) == 1
   assert [i['action'] for i in _find(report, 'no folder')] == ['skipped']
   assert [i['where'] for i in _find(report, 'has no row')] == ['sub03/EP07_04']
-  assert len(report.issues) == 6
+  # The fear row is not part of the 5-class protocol: dropped, and said so (issue 7 item 6).
+  assert [(i['where'], i['action']) for i in _find(report, "emotion 'fear'")] == [
+      ('CASME2-coding-20140508.xlsx row 5 (sub02/EP04_02)', 'skipped (not in the protocol)')]
+  assert len(report.issues) == 7
 
 
 def test_casme2_all_and_raw_variants(tmp_path):
@@ -63,6 +73,7 @@ def test_casme2_all_and_raw_variants(tmp_path):
   assert len(clips) == 8 and {c.label for c in clips} >= {'fear'}
   assert report.source['sheet_version'] == '20190701'
   assert report.source['frames'] == 'CASME2_RAW_selected'
+  assert report.source['frame_variant'] == 'raw'
   with pytest.raises(common.DatasetLayoutError, match='Cropped/subXX/EPxx/reg_imgN.jpg'):
     casme2.scan(root, casme2.Casme2Config(name='5class'))
   with pytest.raises(common.DatasetLayoutError, match='CASME2-coding-20140508.xlsx'):
@@ -78,10 +89,16 @@ def test_samm_scan_exact(tmp_path):
   assert os.path.basename(got['006_1_2'].frames[0]) == '006_05562.jpg'
   assert os.path.basename(got['006_3_5'].frames[0]) == '006_1787.jpg'
   assert got['007_3_1'].frame_numbers == list(range(998, 1004))  # natural, not lexicographic
+  # Apex 1143 after offset 1134 and not on disk: the midpoint.
   assert got['028_4_1'].apex == 1132 and got['028_4_1'].label == 'contempt'
+  assert got['028_4_1'].offset == 1134
   assert got['007_3_1'].action_units == '12+15'
   assert got['037_4_1'].label == 'other' and got['006_1_2'].subject == '006'
-  assert len(_find(report, 'apex 1143 outside')) == 1 and len(report.issues) == 1
+  assert len(_find(report, 'apex 1143 outside')) == 1
+  assert [i['where'] for i in _find(report, "emotion 'disgust'")] == [
+      'SAMM_Micro_FACS_Codes_v2.xlsx row 19 (024/024_2_1)']
+  assert len(report.issues) == 2
+  assert report.source['sheet'] == os.path.join('SAMM', 'SAMM', 'SAMM_Micro_FACS_Codes_v2.xlsx')
   assert report.source['frames'] == os.path.join('SAMM', 'SAMM')
   frame = common.load_frame(got['006_1_2'].frames[0], 16)
   assert frame.shape == (16, 16, 3) and np.array_equal(frame[..., 0], frame[..., 2])
@@ -141,7 +158,11 @@ def test_casme3_scan_exact(tmp_path):
                          ('spNO.2', 'c_50')]
   assert got[('spNO.1', 'b_166')].label == 'negative'
   assert got[('spNO.1', 'b_166')].frame_numbers == list(range(166, 173))
-  assert got[('spNO.2', 'c_50')].apex == 51 and len(report.issues) == 1
+  # Apex 49 before onset 50: the long video holds frame 49, which is no evidence: midpoint.
+  assert got[('spNO.2', 'c_50')].apex == 51 and got[('spNO.2', 'c_50')].onset == 50
+  assert len(_find(report, 'apex 49 outside')) == 1
+  assert [i['action'] for i in _find(report, "emotion 'others'")] == ['skipped (not in the protocol)']
+  assert len(report.issues) == 2
   cfg4 = casme3.Casme3(config='4class', data_dir=str(tmp_path / 'd')).builder_config
   clips4, _ = casme3.scan(root, cfg4)
   assert len(clips4) == 5 and ('others' in {c.label for c in clips4})
@@ -182,12 +203,14 @@ def _data_config(name, builder_config, data_dir, manual_dir):
 
 def test_prepare_casme2_end_to_end_and_idempotent(tmp_path):
   manual = fixtures.write_casme2(str(tmp_path / 'manual'))
-  cfg = _data_config('casme2', '5class', tmp_path / 'tfds', manual)
+  cfg = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', manual)
   report = prepare.prepare(cfg)
   assert report['num_clips'] == 7 and report['num_subjects'] == 6
   assert report['per_class'] == {'happiness': 1, 'surprise': 1, 'disgust': 3, 'repression': 1,
                                  'others': 1}
-  assert len(report['issues']) == 6
+  assert len(report['issues']) == 7
+  status = report.pop(prepare.STATUS_KEY)
+  assert status['status'] == 'prepared'
   text = prepare.format_report(report)
   assert "apex is '/' -> apex set to the midpoint 265" in text
   builder = prepare.builder_for(cfg)
@@ -201,10 +224,14 @@ def test_prepare_casme2_end_to_end_and_idempotent(tmp_path):
   src = common.load_frame(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f',
                                        'reg_img46.jpg'))
   np.testing.assert_array_equal(e['frames'][0], src)
-  # A second run reuses the data (even without the manual dir) and returns the same report.
+  # A second run without a manual_dir reuses the data, says so, and returns the same report.
   mtime = os.path.getmtime(builder.data_dir)
-  cfg2 = _data_config('casme2', '5class', tmp_path / 'tfds', tmp_path / 'gone')
-  assert prepare.prepare(cfg2) == report
+  again = prepare.prepare(_data_config('casme2', '5class_20140508', tmp_path / 'tfds', ''))
+  assert again.pop(prepare.STATUS_KEY)['status'] == 'reused'
+  assert again == report
+  # With the recorded manual_dir too.
+  again = prepare.prepare(cfg)
+  assert again.pop(prepare.STATUS_KEY)['status'] == 'reused' and again == report
   assert os.path.getmtime(builder.data_dir) == mtime
 
 

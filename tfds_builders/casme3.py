@@ -8,8 +8,13 @@ Expected under ``manual_dir``::
   or the pre-clipped supply: .../Part_A_ME_clip/spNO.1_a_355/355.jpg ...
 
 Several micro-expressions come from one video (same Subject and Filename); a clip is named
-``<Filename>_<Onset>`` and its LOSO id is the ``spNO.<n>`` subject. Emotions are lower-cased
-(``Others`` -> ``others``). An apex outside onset..offset is set to the midpoint (reported).
+``<Filename>_<Onset>`` and its LOSO id is the ``spNO.<n>`` subject. Two of them with the same onset
+in one video are named ``<Filename>_<Onset>`` and ``<Filename>_<Onset>_2`` (in sheet order, reported);
+a row repeating another row exactly is reported and skipped. Emotions are lower-cased with aliases
+(``Others`` -> ``others``, ``sadness`` -> ``sad``, ``happiness`` -> ``happy``); every row left out
+(emotion outside the protocol or unknown) is reported. An apex outside onset..offset is set to the
+midpoint (reported; the frames of the long video are no evidence for moving the onset or offset);
+``drop_slash_apex`` drops the rows whose apex is ``'/'``.
 
 Builder configs: ``3class`` (negative = disgust + fear + anger + sad, positive = happy, surprise),
 ``4class`` (+ others), ``7class`` (all seven emotions).
@@ -29,12 +34,17 @@ EMOTIONS = ('disgust', 'surprise', 'others', 'fear', 'anger', 'sad', 'happy')
 THREE = {'disgust': 'negative', 'fear': 'negative', 'anger': 'negative', 'sad': 'negative',
          'happy': 'positive', 'surprise': 'surprise'}
 FOUR = dict(THREE, others='others')
+ALIASES = common.Emotions(EMOTIONS, (('other', 'others'), ('sadness', 'sad'), ('happiness', 'happy'),
+                                     ('angry', 'anger'), ('disgusted', 'disgust')))
+SHEET_PATTERN = r'cas\(me\)3_part_A_ME_label.*\.xlsx'
+SHEET_NAME = 'cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx'  # the released file name (preferred)
 
 
 @dataclasses.dataclass
 class Casme3Config(tfds.core.BuilderConfig):
   classes: Tuple[str, ...] = ('negative', 'positive', 'surprise')
   mapping: Optional[Dict[str, str]] = None  # emotion -> class; None = identity
+  drop_slash_apex: bool = False  # drop the rows whose apex is '/' (else: apex at the midpoint)
 
 
 def _find_video_root(manual_dir: str) -> Optional[str]:
@@ -53,25 +63,38 @@ def _find_clip_root(manual_dir: str) -> Optional[str]:
   return roots[0] if roots else None
 
 
-def scan(manual_dir: str, config: Casme3Config) -> Tuple[List[common.Clip], common.Report]:
-  report = common.Report('casme3')
-  sheets = common.find_files(manual_dir, r'cas\(me\)3_part_A_ME_label.*\.xlsx', max_depth=6)
-  if not sheets:
-    raise common.DatasetLayoutError(
-        f'casme3: no cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx under {manual_dir}')
-  sheet = sheets[0]
+def sources(manual_dir: str) -> Dict[str, str]:
+  """The files the prepared data is made from: the ``sheet`` and the ``frames`` root."""
+  sheet = common.choose_file(manual_dir, 'casme3', 'annotation sheet', SHEET_PATTERN, (SHEET_NAME,),
+                             max_depth=6)
+  if sheet is None:
+    raise common.DatasetLayoutError(f'casme3: no {SHEET_NAME} under {manual_dir}'
+                                    f'{common.layout_hint(manual_dir)}')
   video_root, clip_root = _find_video_root(manual_dir), _find_clip_root(manual_dir)
   if video_root is None and clip_root is None:
     raise common.DatasetLayoutError(
         f'casme3: no frames under {manual_dir} (expected part_A/spNO.1/a/color/355.jpg or '
         'Part_A_ME_clip/spNO.1_a_355/355.jpg)')
+  out = {'sheet': sheet, 'frames': video_root or clip_root}
+  if video_root and clip_root:
+    out['clip_frames'] = clip_root
+  return out
+
+
+def scan(manual_dir: str, config: Casme3Config) -> Tuple[List[common.Clip], common.Report]:
+  report = common.Report('casme3')
+  src = sources(manual_dir)
+  sheet = src['sheet']
+  video_root = _find_video_root(manual_dir)
+  clip_root = src.get('clip_frames') or (None if video_root else src['frames'])
   report.source = {'sheet': os.path.relpath(sheet, manual_dir),
-                   'frames': os.path.relpath(video_root or clip_root, manual_dir)}
+                   'frames': os.path.relpath(src['frames'], manual_dir)}
   header, rows = common.read_sheet(sheet, 'Subject', sheet='label')
   cols = common.column_index(header, ['Subject', 'Filename', 'Onset', 'Apex', 'Offset', 'AU',
                                       'emotion'], sheet)
   mapping = config.mapping or {e: e for e in EMOTIONS}
   clips = []
+  named: Dict[Tuple[str, str], Tuple[int, tuple]] = {}  # (subject, clip name) -> (row, its values)
   for rownum, row in rows:
     cell = lambda name: row[cols[name]] if cols[name] < len(row) else None  # pylint: disable=cell-var-from-loop,unnecessary-lambda-assignment
     subject, video = common.cell_text(cell('Subject')), common.cell_text(cell('Filename'))
@@ -81,9 +104,27 @@ def scan(manual_dir: str, config: Casme3Config) -> Tuple[List[common.Clip], comm
         or offset < onset:
       report.add(where, 'unreadable Subject/Filename/Onset/Offset', 'skipped')
       continue
-    emotion = common.cell_text(cell('emotion')).lower()
-    if emotion not in mapping:
+    emotion = common.protocol_emotion(report, where, cell('emotion'), ALIASES, mapping)
+    if emotion is None:
       continue
+    if config.drop_slash_apex and common.is_slash_apex(cell('Apex')):
+      report.add(where, "apex is '/'", 'skipped (drop_slash_apex)')
+      continue
+    values = tuple(common.cell_text(cell(c)) for c in ('Onset', 'Apex', 'Offset', 'AU'))
+    values += (emotion,)
+    name = f'{video}_{onset}'
+    if (subject, name) in named:
+      first_row, first_values = named[(subject, name)]
+      if first_values == values:
+        report.add(where, f'repeats row {first_row} exactly', 'skipped (duplicate row)')
+        continue
+      k = 2
+      while (subject, f'{name}_{k}') in named:
+        k += 1
+      report.add(where, f'a second micro-expression with onset {onset} in video {video} '
+                 f'(row {first_row} has the name {name})', f'named {name}_{k}')
+      name = f'{name}_{k}'
+    named[(subject, name)] = (rownum, values)
     folder = None
     if video_root and os.path.isdir(os.path.join(video_root, subject, video, 'color')):
       folder = os.path.join(video_root, subject, video, 'color')
@@ -92,13 +133,18 @@ def scan(manual_dir: str, config: Casme3Config) -> Tuple[List[common.Clip], comm
     if folder is None:
       report.add(where, 'no frame folder for this row', 'skipped')
       continue
-    selected = common.select_frames(report, where, folder, onset, offset,
-                                    long_video=folder.endswith('color'))
+    long_video = folder.endswith('color')
+    frames = common.list_frames(folder)
+    apex = onset
+    if frames:
+      onset, apex, offset = common.resolve_apex(report, where, frames, onset, cell('Apex'), offset,
+                                                long_video=long_video)
+    selected = common.select_frames(report, where, folder, onset, offset, long_video=long_video,
+                                    frames=frames)
     if selected is None:
       continue
     nums, paths = selected
-    apex = common.fix_apex(report, where, onset, cell('Apex'), offset)
-    clips.append(common.Clip('casme3', subject, f'{video}_{onset}', emotion, mapping[emotion],
+    clips.append(common.Clip('casme3', subject, name, emotion, mapping[emotion],
                              onset, apex, offset, common.cell_text(cell('AU')), FPS, paths, nums))
   return clips, report
 
@@ -119,6 +165,9 @@ class Casme3(common.MEBuilder):
                    mapping=FOUR),
       Casme3Config(name='7class', classes=EMOTIONS, mapping=None),
   ]
+
+  def source_files(self, manual_dir: str) -> Dict[str, str]:
+    return sources(manual_dir)
 
   def _scan(self, manual_dir):
     return scan(manual_dir, self.builder_config)

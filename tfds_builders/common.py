@@ -18,6 +18,7 @@ in memory (CASME II: 255 clips x 16 x 224 x 224 x 3 in float16 is about 1.2 GB).
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -124,15 +125,17 @@ def natural_key(s: str):
 
 
 def select_frames(report: Report, where: str, folder: str, onset: int, offset: int,
-                  min_frames: int = 2, long_video: bool = False
+                  min_frames: int = 2, long_video: bool = False,
+                  frames: Optional[List[Tuple[int, str]]] = None
                   ) -> Optional[Tuple[List[int], List[str]]]:
   """The frames of ``folder`` numbered onset..offset, reporting gaps and extra frames.
 
   ``long_video``: the folder is a whole recording the clip is cut from (CAS(ME)^3), so frames
-  outside onset..offset are expected and not reported. Returns None (and reports why) when fewer
-  than ``min_frames`` frames remain.
+  outside onset..offset are expected and not reported. ``frames``: the folder's
+  :func:`list_frames`, when the caller has listed it already. Returns None (and reports why) when
+  fewer than ``min_frames`` frames remain.
   """
-  frames = list_frames(folder)
+  frames = list_frames(folder) if frames is None else frames
   if not frames:
     report.add(where, f'folder {folder} has no image files', 'skipped')
     return None
@@ -164,6 +167,9 @@ def select_frames(report: Report, where: str, folder: str, onset: int, offset: i
   return nums, [p for _, p in inside]
 
 
+SLASH_APEX = '/'  # The apex text of rows without an annotated apex (CASME II sub04/EP12_01f).
+
+
 def fix_apex(report: Report, where: str, onset: int, apex: Any, offset: int) -> int:
   """Documented apex rule: ``'/'``, empty or outside onset..offset -> the midpoint (reported)."""
   mid = (onset + offset) // 2
@@ -177,6 +183,35 @@ def fix_apex(report: Report, where: str, onset: int, apex: Any, offset: int) -> 
                f'apex set to the midpoint {mid}')
     return mid
   return a
+
+
+def resolve_apex(report: Report, where: str, frames: Sequence[Tuple[int, str]], onset: int,
+                 apex: Any, offset: int, long_video: bool = False) -> Tuple[int, int, int]:
+  """``(onset, apex, offset)`` after the apex rules (each application reported).
+
+  An annotated apex after the offset (or before the onset) whose frame is on disk in the clip's own
+  folder is kept, and the offset (onset) moves to it: the dataset's authors extracted those frames,
+  as with CASME II sub12/EP09_06 in the 20140508 sheet (offset 106, apex 111, frames up to 111; the
+  20190701 sheet sets the offset to 111). An apex that is not on disk, ``'/'`` or empty becomes the
+  midpoint (:func:`fix_apex`). In a whole recording (``long_video``, CAS(ME)^3) every frame is on
+  disk, so that is no evidence and the midpoint rule applies.
+  """
+  a = to_int(apex)
+  if a is not None and not long_video and not onset <= a <= offset and (
+      a in {n for n, _ in frames}):
+    if a > offset:
+      report.add(where, f'apex {a} after offset {offset}; frames {offset + 1}..{a} are on disk',
+                 f'offset set to the apex {a}')
+      return onset, a, a
+    report.add(where, f'apex {a} before onset {onset}; frames {a}..{onset - 1} are on disk',
+               f'onset set to the apex {a}')
+    return a, a, offset
+  return onset, fix_apex(report, where, onset, apex, offset), offset
+
+
+def is_slash_apex(apex: Any) -> bool:
+  """Whether an apex cell is ``'/'`` (no apex annotated; some MER codes drop these rows)."""
+  return cell_text(apex) == SLASH_APEX
 
 
 def to_int(value: Any) -> Optional[int]:
@@ -194,29 +229,77 @@ def cell_text(value: Any) -> str:
   return str(value).strip()
 
 
+_XLSX_MAGIC = b'PK\x03\x04'  # .xlsx files are zip archives
+_XLS_MAGIC = b'\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1'  # legacy .xls files are OLE2 compound files
+
+
+def _pick_worksheet(path: str, names: Sequence[str], wanted: Optional[str]) -> str:
+  """The worksheet to read: ``wanted`` if present, else the only one; else a clear error."""
+  if wanted is None or wanted in names:
+    return wanted if wanted is not None else names[0]
+  if len(names) == 1:
+    return names[0]
+  raise DatasetLayoutError(f'{path}: no worksheet named {wanted!r} and several others {list(names)}; '
+                           f'expected the released file with its {wanted!r} sheet')
+
+
+def read_table(path: str, sheet: Optional[str] = None) -> Tuple[str, List[List[Any]]]:
+  """``(worksheet name, rows of cell values)`` of an .xlsx or legacy .xls workbook.
+
+  The format is decided by the file's content, not its name (an .xlsx saved as ``.xls`` is read
+  as .xlsx); a file that is neither, or is truncated or damaged, raises one error naming it.
+  """
+  try:
+    with open(path, 'rb') as f:
+      magic = f.read(8)
+  except OSError as e:
+    raise DatasetLayoutError(f'{path}: cannot be read ({e.strerror or e})') from e
+  if magic.startswith(_XLSX_MAGIC):
+    import openpyxl  # pylint: disable=g-import-not-at-top
+    try:
+      with open(path, 'rb') as f:
+        wb = openpyxl.load_workbook(f, read_only=True, data_only=True)
+        name = _pick_worksheet(path, wb.sheetnames, sheet)
+        table = [list(r) for r in wb[name].iter_rows(values_only=True)]
+        wb.close()
+    except DatasetLayoutError:
+      raise
+    except Exception as e:  # zipfile, XML and openpyxl errors for damaged files
+      raise DatasetLayoutError(f'{path}: damaged .xlsx workbook, cannot be read '
+                               f'({type(e).__name__}: {e}); copy it again from the release') from e
+    return name, table
+  if magic.startswith(_XLS_MAGIC):
+    import xlrd  # pylint: disable=g-import-not-at-top
+    try:
+      with open(os.devnull, 'w') as quiet:  # xlrd prints its warnings to stdout otherwise
+        book = xlrd.open_workbook(path, logfile=quiet, on_demand=True)
+        name = _pick_worksheet(path, book.sheet_names(), sheet)
+        ws = book.sheet_by_name(name)
+        table = [ws.row_values(i) for i in range(ws.nrows)]
+        book.release_resources()
+    except DatasetLayoutError:
+      raise
+    except Exception as e:  # xlrd raises XLRDError, IndexError, struct.error... on damaged files
+      raise DatasetLayoutError(f'{path}: damaged .xls workbook, cannot be read '
+                               f'({type(e).__name__}: {e}); copy it again from the release') from e
+    return name, table
+  kind = 'empty file' if not magic else f'starts with bytes {magic[:4]!r}'
+  raise DatasetLayoutError(f'{path}: not an Excel workbook ({kind}); expected the .xlsx/.xls coding '
+                           'sheet of the release')
+
+
 def read_sheet(path: str, header_first_cell: str = 'Subject', sheet: Optional[str] = None,
                scan_rows: int = 30) -> Tuple[List[str], List[Tuple[int, List[Any]]]]:
   """Reads an .xlsx/.xls sheet whose header row starts with ``header_first_cell``.
 
   The header is found by scanning the first ``scan_rows`` rows (SAMM has a 13-row preamble).
+  ``sheet``: the worksheet to read; when absent, the workbook's only worksheet (several others:
+  an error listing them).
 
   Returns:
     ``(header, rows)`` with rows as ``(excel_row_number, cells)``; fully empty rows are dropped.
   """
-  if path.lower().endswith('.xls'):
-    import xlrd  # pylint: disable=g-import-not-at-top
-    book = xlrd.open_workbook(path)
-    ws = book.sheet_by_name(sheet) if sheet and sheet in book.sheet_names() else book.sheet_by_index(0)
-    table = [ws.row_values(i) for i in range(ws.nrows)]
-  else:
-    import openpyxl  # pylint: disable=g-import-not-at-top
-    try:
-      wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as e:  # openpyxl raises several types for broken files
-      raise DatasetLayoutError(f'{path}: cannot be read as an .xlsx workbook ({e})') from e
-    ws = wb[sheet] if sheet and sheet in wb.sheetnames else wb[wb.sheetnames[0]]
-    table = [list(r) for r in ws.iter_rows(values_only=True)]
-    wb.close()
+  name, table = read_table(path, sheet)
   for i, row in enumerate(table[:scan_rows]):
     if row and cell_text(row[0]) == header_first_cell:
       header = [cell_text(c) for c in row]
@@ -224,7 +307,7 @@ def read_sheet(path: str, header_first_cell: str = 'Subject', sheet: Optional[st
               if any(cell_text(c) for c in r)]
       return header, rows
   raise DatasetLayoutError(f'{path}: no header row starting with {header_first_cell!r} in the first '
-                           f'{scan_rows} rows')
+                           f'{scan_rows} rows of worksheet {name!r}')
 
 
 def column_index(header: Sequence[str], names: Iterable[str], path: str) -> Dict[str, int]:
@@ -246,9 +329,38 @@ SHEET_COLUMNS = ('Subject', 'Filename', 'Onset Frame', 'Apex Frame', 'Offset Fra
                  'Action Units', 'Estimated Emotion')
 
 
+@dataclasses.dataclass(frozen=True)
+class Emotions:
+  """A dataset's emotion vocabulary: the spellings it uses and the aliases that map onto them."""
+  known: Tuple[str, ...]  # every emotion the dataset's sheet uses, in its canonical spelling
+  aliases: Tuple[Tuple[str, str], ...] = ()  # (other spelling, canonical spelling)
+
+  def normalise(self, text: Any) -> str:
+    """Lower-cased, inner spaces collapsed, aliases applied: ``'Others '`` -> ``'others'``."""
+    e = ' '.join(cell_text(text).split()).lower()
+    return dict(self.aliases).get(e, e)
+
+
+def protocol_emotion(report: Report, where: str, text: Any, emotions: Emotions,
+                     protocol: Iterable[str]) -> Optional[str]:
+  """The normalised emotion of a row, or None after reporting why the row is dropped."""
+  e = emotions.normalise(text)
+  protocol = tuple(protocol)
+  if e not in emotions.known:
+    report.add(where, f'emotion {cell_text(text)!r} is none of the known {list(emotions.known)}',
+               'skipped')
+    return None
+  if e not in protocol:
+    report.add(where, f'emotion {e!r} is not one of this protocol\'s {list(protocol)}',
+               'skipped (not in the protocol)')
+    return None
+  return e
+
+
 def clips_from_sheet(dataset: str, sheet: str, root: str, manual_dir: str, subject_id,
-                     emotion_of, classes: Sequence[str], fps: float, report: Report,
-                     sheet_name: Optional[str] = None) -> Tuple[List[Clip], set]:
+                     emotions: Emotions, classes: Sequence[str], fps: float, report: Report,
+                     sheet_name: Optional[str] = None, drop_slash_apex: bool = False
+                     ) -> Tuple[List[Clip], set]:
   """Clips of a CASME II / SAMM style coding sheet, one folder ``root/<subject>/<Filename>`` each.
 
   Args:
@@ -257,11 +369,12 @@ def clips_from_sheet(dataset: str, sheet: str, root: str, manual_dir: str, subje
     root: the folder holding ``<subject>/<clip>/`` frame folders.
     manual_dir: for relative paths in the report.
     subject_id: int -> LOSO id (``sub01``, ``006``).
-    emotion_of: sheet text -> normalised emotion.
-    classes: emotions kept by the protocol.
+    emotions: the dataset's emotion vocabulary (spellings and aliases).
+    classes: emotions kept by the protocol; every other row is reported with its emotion.
     fps: frame rate stored with the clips.
-    report: collects every quirk handled.
+    report: collects every quirk handled and every row dropped.
     sheet_name: worksheet to read (default: the first).
+    drop_slash_apex: drop the rows whose apex is ``'/'`` instead of using the midpoint.
 
   Returns:
     (clips, every (subject, clip) named by a readable row, kept or not).
@@ -281,23 +394,29 @@ def clips_from_sheet(dataset: str, sheet: str, root: str, manual_dir: str, subje
     subject = subject_id(subj)
     annotated.add((subject, name))
     where = f'{where} ({subject}/{name})'
-    emotion = emotion_of(cell_text(cell('Estimated Emotion')))
-    if emotion not in classes:
-      continue  # not part of this protocol
+    emotion = protocol_emotion(report, where, cell('Estimated Emotion'), emotions, classes)
+    if emotion is None:
+      continue
     onset, offset = to_int(cell('Onset Frame')), to_int(cell('Offset Frame'))
     if onset is None or offset is None or offset < onset:
       report.add(where, f'bad onset/offset {cell("Onset Frame")!r}/{cell("Offset Frame")!r}',
                  'skipped')
       continue
+    if drop_slash_apex and is_slash_apex(cell('Apex Frame')):
+      report.add(where, "apex is '/'", 'skipped (drop_slash_apex)')
+      continue
     folder = os.path.join(root, subject, name)
     if not os.path.isdir(folder):
       report.add(where, f'no folder {os.path.relpath(folder, manual_dir)}', 'skipped')
       continue
-    selected = select_frames(report, where, folder, onset, offset)
+    frames = list_frames(folder)
+    apex = onset  # replaced below; a folder without frames is reported and skipped
+    if frames:
+      onset, apex, offset = resolve_apex(report, where, frames, onset, cell('Apex Frame'), offset)
+    selected = select_frames(report, where, folder, onset, offset, frames=frames)
     if selected is None:
       continue
     nums, paths = selected
-    apex = fix_apex(report, where, onset, cell('Apex Frame'), offset)
     clips.append(Clip(dataset, subject, name, emotion, emotion, onset, apex, offset,
                       cell_text(cell('Action Units')), fps, paths, nums))
   return clips, annotated
@@ -311,8 +430,17 @@ def report_unannotated_folders(root: str, annotated: set, report: Report) -> Non
         report.add(f'{subject}/{clip}', 'folder has no row in the coding sheet', 'skipped')
 
 
+def is_junk_name(name: str) -> bool:
+  """macOS resource forks (``._x.xlsx``), hidden files and Office lock files (``~$x.xlsx``)."""
+  return name.startswith(('.', '~$'))
+
+
 def find_files(root: str, pattern: str, max_depth: int = 5) -> List[str]:
-  """Files under ``root`` (depth-limited) whose name matches the regex ``pattern``, sorted."""
+  """Files under ``root`` (depth-limited) whose name matches the regex ``pattern``, sorted.
+
+  Junk names (:func:`is_junk_name`: ``._SAMM_...xlsx`` written by macOS, ``~$...xlsx`` lock
+  files) never match.
+  """
   rx = re.compile(pattern, re.IGNORECASE)
   out = []
   root = os.path.abspath(root)
@@ -321,8 +449,46 @@ def find_files(root: str, pattern: str, max_depth: int = 5) -> List[str]:
     if depth >= max_depth:
       dirnames[:] = []
     dirnames.sort()
-    out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if rx.fullmatch(f))
+    out.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+               if rx.fullmatch(f) and not is_junk_name(f))
   return out
+
+
+def file_sha256(path: str) -> str:
+  """Hex SHA-256 of a file's bytes."""
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def choose_file(manual_dir: str, dataset: str, what: str, pattern: str, exact: Sequence[str] = (),
+                max_depth: int = 5) -> Optional[str]:
+  """The one file under ``manual_dir`` matching ``pattern``; None when there is none.
+
+  The released file names ``exact`` are preferred over other matches (other versions, renamed
+  copies); copies with identical bytes count as one. Several different candidates are refused,
+  listing them, rather than one picked by sort order.
+  """
+  found = find_files(manual_dir, pattern, max_depth)
+  exact_lower = {e.lower() for e in exact}
+  preferred = [f for f in found if os.path.basename(f).lower() in exact_lower] or found
+  if not preferred:
+    return None
+  if len({file_sha256(f) for f in preferred}) > 1:
+    names = [os.path.relpath(f, manual_dir) for f in preferred]
+    raise DatasetLayoutError(f'{dataset}: several different {what} files under {manual_dir}: {names}; '
+                             'keep only the one to use (or pass the folder that holds it)')
+  return preferred[0]
+
+
+def layout_hint(manual_dir: str, pattern: str = r'.*\.(xlsx|xls|csv)') -> str:
+  """``'; found: a.xlsx, b.xls'`` listing the sheet-like files that are there, for error messages."""
+  found = [os.path.relpath(f, manual_dir) for f in find_files(manual_dir, pattern)]
+  if not found:
+    return '; there is no .xlsx/.xls/.csv file at all'
+  return '; found ' + ', '.join(found[:8]) + (' ...' if len(found) > 8 else '')
 
 
 def find_dirs(root: str, predicate, max_depth: int = 5) -> List[str]:
@@ -347,14 +513,24 @@ def subdirs(path: str) -> List[str]:
 
 
 def check_manual_dir(manual_dir: str, dataset: str, expected: str) -> str:
-  """Raises a clear error when ``manual_dir`` is unset, missing or empty."""
+  """Raises a clear error when ``manual_dir`` is unset, missing, not a folder or empty."""
   if not manual_dir:
     raise DatasetLayoutError(f'{dataset}: no manual_dir given. Pass '
                              f'--config.data.manual_dir=/path/to/the/unpacked/dataset ({expected}).')
   path = os.path.expanduser(str(manual_dir))
-  if not os.path.isdir(path):
+  if os.path.isfile(path):
+    raise DatasetLayoutError(f'{dataset}: manual_dir {path} is a file, not a folder: pass the folder '
+                             f'the dataset was unpacked into, not an archive or a sheet ({expected}).')
+  if not os.path.exists(path):
     raise DatasetLayoutError(f'{dataset}: manual_dir {path} does not exist ({expected}).')
-  if not os.listdir(path):
+  if not os.path.isdir(path):
+    raise DatasetLayoutError(f'{dataset}: manual_dir {path} is not a folder ({expected}).')
+  try:
+    entries = os.listdir(path)
+  except OSError as e:
+    raise DatasetLayoutError(f'{dataset}: manual_dir {path} cannot be listed '
+                             f'({e.strerror or e}).') from e
+  if not [e for e in entries if not is_junk_name(e)]:
     raise DatasetLayoutError(f'{dataset}: manual_dir {path} is empty ({expected}).')
   return path
 
@@ -414,8 +590,12 @@ def example(clip: Clip, size: int = FRAME_SIZE) -> Dict[str, Any]:
 class MEBuilder(tfds.core.GeneratorBasedBuilder):
   """Base class: subclasses implement :meth:`_scan`, returning validated clips and a report."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': 'Apex after the offset kept when its frames are on disk; emotion aliases; every '
+               'dropped row reported; CASME II configs name their sheet; preparation record.',
+  }
   FRAME_SIZE = FRAME_SIZE
   DATASET = ''
   EXPECTED_LAYOUT = ''

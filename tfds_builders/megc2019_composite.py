@@ -120,34 +120,58 @@ def normalise_row(dataset: str, subject: str, clip: str) -> Tuple[str, str, str]
 
 
 def read_gt_csv(path: str) -> Dict[Tuple[str, str, str], int]:
+  try:
+    with open(path, newline='', encoding='utf-8-sig') as f:
+      rows = list(csv.reader(f))
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise common.DatasetLayoutError(f'{path}: cannot be read as the dataset,subject,filename,label '
+                                    f'CSV ({type(e).__name__}: {e})') from e
   out = {}
-  with open(path, newline='', encoding='utf-8-sig') as f:
-    for i, row in enumerate(csv.reader(f), start=1):
-      if not row or not ''.join(row).strip():
-        continue
-      if len(row) < 4:
-        raise common.DatasetLayoutError(f'{path} line {i}: expected dataset,subject,filename,label; '
-                                        f'got {row}')
-      if i == 1 and not row[3].strip().isdigit():
-        continue  # a header line (HTNet's edited copy has one)
-      try:
-        out[normalise_row(row[0], row[1], row[2])] = int(row[3])
-      except ValueError as e:
-        raise common.DatasetLayoutError(f'{path} line {i}: cannot read {row} ({e})') from e
+  for i, row in enumerate(rows, start=1):
+    if not row or not ''.join(row).strip():
+      continue
+    if len(row) < 4:
+      raise common.DatasetLayoutError(f'{path} line {i}: expected dataset,subject,filename,label; '
+                                      f'got {row}')
+    if i == 1 and not row[3].strip().isdigit():
+      continue  # a header line (HTNet's edited copy has one)
+    try:
+      out[normalise_row(row[0], row[1], row[2])] = int(row[3])
+    except ValueError as e:
+      raise common.DatasetLayoutError(f'{path} line {i}: cannot read {row} ({e})') from e
+  return out
+
+
+GT_NAME = 'combined_3class_gt.csv'
+# CASME II as the composite reads it: every emotion, the newest sheet present (membership and labels
+# come from the official list, so the sheet only locates the frames).
+CASME2_CONFIG = casme2.Casme2Config(name='composite', classes=casme2.ALL_CLASSES, sheet='newest')
+
+
+def sources(manual_dir: str) -> Dict[str, str]:
+  """The files the prepared data is made from: the three datasets' sheets and frame roots and the
+  membership CSV (when present)."""
+  out = {}
+  gt = common.choose_file(manual_dir, 'megc2019_composite', 'membership list', re.escape(GT_NAME))
+  if gt:
+    out['membership'] = gt
+  out.update({f'casme2_{k}': v for k, v in casme2.sources(manual_dir, CASME2_CONFIG).items()})
+  out.update({f'samm_{k}': v for k, v in samm.sources(manual_dir).items()})
+  out.update({f'smic_{k}': v for k, v in smic.sources(manual_dir, 'HS').items()})
   return out
 
 
 def scan(manual_dir: str) -> Tuple[List[common.Clip], common.Report]:
   report = common.Report('megc2019_composite')
-  gts = common.find_files(manual_dir, r'combined_3class_gt\.csv')
-  if gts:
-    members = read_gt_csv(gts[0])
-    report.source['membership'] = os.path.relpath(gts[0], manual_dir)
+  gt = common.choose_file(manual_dir, 'megc2019_composite', 'membership list', re.escape(GT_NAME))
+  if gt:
+    members = read_gt_csv(gt)
+    report.source['membership'] = os.path.relpath(gt, manual_dir)
   else:
     members = builtin_membership()
     report.source['membership'] = 'built-in copy of combined_3class_gt.csv'
   found: Dict[Tuple[str, str, str], common.Clip] = {}
-  c_clips, c_report = casme2.scan(manual_dir, casme2.Casme2Config(name='x', classes=casme2.ALL_CLASSES))
+  c_clips, c_report = casme2.scan(manual_dir, CASME2_CONFIG)
   s_clips, s_report = samm.scan(manual_dir, samm.SammConfig(name='x', classes=samm.ALL_CLASSES))
   m_clips, m_report = smic.scan_modality(manual_dir, 'HS')
   for sub in (c_report, s_report, m_report):
@@ -155,7 +179,7 @@ def scan(manual_dir: str) -> Tuple[List[common.Clip], common.Report]:
     report.source.update({f'{sub.dataset}_{k}': v for k, v in sub.source.items()})
   for clip in c_clips + s_clips + m_clips:
     found[(clip.dataset, clip.subject, clip.clip)] = clip
-  if not gts:
+  if not gt:
     for clip in m_clips:
       members[(clip.dataset, clip.subject, clip.clip)] = CLASSES.index(clip.emotion)
   clips = []
@@ -182,6 +206,9 @@ class Megc2019Composite(common.MEBuilder):
   manual_dir (optionally with the official combined_3class_gt.csv).
   """
   BUILDER_CONFIGS = [CompositeConfig(name='3class', description='negative, positive, surprise')]
+
+  def source_files(self, manual_dir: str) -> Dict[str, str]:
+    return sources(manual_dir)
 
   def _scan(self, manual_dir):
     return scan(manual_dir)

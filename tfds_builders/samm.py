@@ -5,10 +5,15 @@ Expected under ``manual_dir`` (nesting such as ``SAMM/SAMM`` is fine)::
   SAMM_Micro_FACS_Codes_v2.xlsx            (13-row preamble; header row 14 starts with 'Subject')
   006/006_1_2/006_05562.jpg ...            (frame numbers padded to 4 or 5 digits per video)
 
-Rules (each application is listed in the preparation report): the header row is found by its
-``Subject`` cell; ``Subject`` text ``'006'`` or number ``6`` both give the LOSO id ``006``; frame
-numbers are the integer after the last ``_`` (natural sort); an apex outside onset..offset is set to
-the midpoint; the ``Duration`` formula is never needed; grayscale frames are replicated to RGB.
+Rules (each application is listed in the preparation report): the sheet is the released
+``SAMM_Micro_FACS_Codes_v2.xlsx`` when present, else the one other ``*Micro_FACS_Codes*.xlsx``
+(macOS ``._*`` files are ignored; several different candidates are refused, listing them); the
+header row is found by its ``Subject`` cell; ``Subject`` text ``'006'`` or number ``6`` both give the
+LOSO id ``006``; emotions are lower-cased with ``others`` -> ``other``, and every row left out
+(emotion outside the protocol or unknown) is reported; frame numbers are the integer after the last
+``_`` (natural sort); an apex outside onset..offset is set to the midpoint unless its frame is in the
+clip folder (then the onset/offset moves to it); the ``Duration`` formula is never needed; grayscale
+frames are replicated to RGB.
 
 Builder configs: ``5class`` (anger, contempt, happiness, surprise, other; 136 clips, 27 subjects),
 ``all`` (all eight emotions, 159 clips).
@@ -17,7 +22,7 @@ Builder configs: ``5class`` (anger, contempt, happiness, surprise, other; 136 cl
 import dataclasses
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
@@ -26,12 +31,16 @@ from tfds_builders import common
 FIVE_CLASSES = ('anger', 'contempt', 'happiness', 'surprise', 'other')
 ALL_CLASSES = ('anger', 'contempt', 'happiness', 'surprise', 'other', 'disgust', 'fear', 'sadness')
 SHEET_PATTERN = r'.*Micro_FACS_Codes.*\.xlsx'
+SHEET_NAME = 'SAMM_Micro_FACS_Codes_v2.xlsx'  # the released file name (preferred)
+EMOTIONS = common.Emotions(ALL_CLASSES, (('others', 'other'), ('happy', 'happiness'),
+                                         ('sad', 'sadness'), ('angry', 'anger')))
 FPS = 200.0
 
 
 @dataclasses.dataclass
 class SammConfig(tfds.core.BuilderConfig):
   classes: Tuple[str, ...] = FIVE_CLASSES
+  drop_slash_apex: bool = False  # drop the rows whose apex is '/' (else: apex at the midpoint)
 
 
 def _is_subject_root(path: str) -> bool:
@@ -48,25 +57,31 @@ def find_frame_root(manual_dir: str) -> Optional[str]:
 
 
 def normalise_emotion(text: str) -> str:
-  e = text.strip().lower()
-  return 'other' if e == 'others' else e
+  return EMOTIONS.normalise(text)
 
 
-def scan(manual_dir: str, config: SammConfig) -> Tuple[List[common.Clip], common.Report]:
-  report = common.Report('samm')
-  sheets = common.find_files(manual_dir, SHEET_PATTERN)
-  if not sheets:
-    raise common.DatasetLayoutError(f'samm: no SAMM_Micro_FACS_Codes*.xlsx sheet under {manual_dir}')
-  sheet = sheets[0]
+def sources(manual_dir: str) -> Dict[str, str]:
+  """The files the prepared data is made from: the ``sheet`` and the ``frames`` root."""
+  sheet = common.choose_file(manual_dir, 'samm', 'FACS codes sheet', SHEET_PATTERN, (SHEET_NAME,))
+  if sheet is None:
+    raise common.DatasetLayoutError(f'samm: no {SHEET_NAME} (or other *Micro_FACS_Codes*.xlsx) sheet '
+                                    f'under {manual_dir}{common.layout_hint(manual_dir)}')
   root = find_frame_root(manual_dir)
   if root is None:
     raise common.DatasetLayoutError(f'samm: no frame folders like 006/006_1_2/006_05562.jpg under '
                                     f'{manual_dir}')
+  return {'sheet': sheet, 'frames': root}
+
+
+def scan(manual_dir: str, config: SammConfig) -> Tuple[List[common.Clip], common.Report]:
+  report = common.Report('samm')
+  src = sources(manual_dir)
+  sheet, root = src['sheet'], src['frames']
   report.source = {'sheet': os.path.relpath(sheet, manual_dir),
                    'frames': os.path.relpath(root, manual_dir) or '.'}
   clips, annotated = common.clips_from_sheet(
-      'samm', sheet, root, manual_dir, lambda n: f'{n:03d}', normalise_emotion, config.classes,
-      FPS, report, sheet_name='MICRO_ONLY')
+      'samm', sheet, root, manual_dir, lambda n: f'{n:03d}', EMOTIONS, config.classes,
+      FPS, report, sheet_name='MICRO_ONLY', drop_slash_apex=config.drop_slash_apex)
   common.report_unannotated_folders(root, annotated, report)
   return clips, report
 
@@ -85,6 +100,9 @@ class Samm(common.MEBuilder):
       SammConfig(name='5class', description='anger, contempt, happiness, surprise, other'),
       SammConfig(name='all', classes=ALL_CLASSES, description='all eight estimated emotions'),
   ]
+
+  def source_files(self, manual_dir: str) -> Dict[str, str]:
+    return sources(manual_dir)
 
   def _scan(self, manual_dir):
     return scan(manual_dir, self.builder_config)

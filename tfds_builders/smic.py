@@ -19,7 +19,7 @@ Builder configs: ``hs_3class`` (164 clips, 16 subjects), ``vis_3class``, ``nir_3
 import dataclasses
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
@@ -36,6 +36,14 @@ class SmicConfig(tfds.core.BuilderConfig):
   modality: str = 'HS'
 
 
+def frame_variant(manual_dir: str, root: str) -> str:
+  """``'cropped'`` when the path below ``manual_dir`` names a crop (``SMIC_all_cropped``), else
+  ``'raw'``. Only the part below ``manual_dir`` counts: ``/data/my_cropped_data/SMIC`` says nothing
+  about the frames inside it."""
+  rel = os.path.relpath(os.path.abspath(root), os.path.abspath(manual_dir))
+  return 'cropped' if 'crop' in rel.lower() else 'raw'
+
+
 def find_modality_root(manual_dir: str, modality: str) -> Optional[str]:
   """The ``<modality>`` folder holding ``s<N>/micro``; cropped copies are preferred over raw."""
   def ok(p):
@@ -43,19 +51,26 @@ def find_modality_root(manual_dir: str, modality: str) -> Optional[str]:
         re.fullmatch(r's\d+', d) and os.path.isdir(os.path.join(p, d, 'micro'))
         for d in common.subdirs(p))
   roots = common.find_dirs(manual_dir, ok)
-  roots.sort(key=lambda p: ('crop' not in p.lower(), len(p)))
+  roots.sort(key=lambda p: (frame_variant(manual_dir, p) != 'cropped', len(p)))
   return roots[0] if roots else None
 
 
-def scan_modality(manual_dir: str, modality: str, dataset: str = 'smic'
-                  ) -> Tuple[List[common.Clip], common.Report]:
-  report = common.Report(dataset)
+def sources(manual_dir: str, modality: str) -> Dict[str, str]:
+  """What the prepared data is made from: the ``frames`` root (SMIC has no sheet)."""
   root = find_modality_root(manual_dir, modality)
   if root is None:
     raise common.DatasetLayoutError(
         f'smic: no {modality}/s<N>/micro/<emotion>/<clip>/ folders under {manual_dir} (expected '
         f'SMIC_all_cropped/{modality}/s1/micro/negative/s1_ne_01/...)')
-  report.source = {'frames': os.path.relpath(root, manual_dir) or '.', 'modality': modality}
+  return {'frames': root}
+
+
+def scan_modality(manual_dir: str, modality: str, dataset: str = 'smic'
+                  ) -> Tuple[List[common.Clip], common.Report]:
+  report = common.Report(dataset)
+  root = sources(manual_dir, modality)['frames']
+  report.source = {'frames': os.path.relpath(root, manual_dir) or '.', 'modality': modality,
+                   'frame_variant': frame_variant(manual_dir, root)}
   clips = []
   for subject in common.subdirs(root):
     if not re.fullmatch(r's\d+', subject):
@@ -106,6 +121,9 @@ class Smic(common.MEBuilder):
       SmicConfig(name='vis_3class', modality='VIS', description='SMIC-VIS, 25 fps'),
       SmicConfig(name='nir_3class', modality='NIR', description='SMIC-NIR, 25 fps'),
   ]
+
+  def source_files(self, manual_dir: str) -> Dict[str, str]:
+    return sources(manual_dir, self.builder_config.modality)
 
   def _scan(self, manual_dir):
     return scan_modality(manual_dir, self.builder_config.modality)
