@@ -264,3 +264,263 @@ def test_prepare_synthetic_small(tmp_path):
   assert e['frames'][0].shape == (64, 64, 3)
   assert 10 <= len(e['frames']) <= 16
   assert 0 <= e['apex_index'] < len(e['frames'])
+
+
+# ------------------------------------------------------------- issue 7 (data) and issue 11 items
+def test_apex_before_onset_on_disk_moves_onset(tmp_path):
+  """Issue 7 item 2, mirrored: an apex before the onset whose frame is in the clip folder."""
+  row = (9, 'EP05_05', 20, 18, 24, 12, 'happiness', range(18, 25))
+  root = fixtures.write_casme2(str(tmp_path), extra_rows=[row])
+  clips, report = casme2.scan(root, OLD_SHEET)
+  c = {c.clip: c for c in clips}['EP05_05']
+  assert (c.onset, c.apex, c.offset, c.frame_numbers[0], c.apex_index) == (18, 18, 24, 18, 0)
+  assert [i['action'] for i in _find(report, 'apex 18 before onset 20')] == ['onset set to the apex 18']
+
+
+def test_cropped_and_selected_are_decided_below_manual_dir(tmp_path):
+  """Issue 7 item 3: words in the path above manual_dir do not choose the frame variant."""
+  manual = str(tmp_path / 'my_cropped_data')
+  base = fixtures.write_smic(manual)  # SMIC_all_cropped/HS/...
+  for subj, emo, clip, first, count in fixtures.SMIC_CLIPS:
+    fixtures.write_frames(os.path.join(base, 'SMIC_all_raw', 'HS', subj, 'micro', emo, clip),
+                          range(first, first + count), 'image{:06d}.bmp')
+  clips, report = smic.scan_modality(base, 'HS')
+  assert report.source['frames'] == os.path.join('SMIC_all_cropped', 'HS')
+  assert report.source['frame_variant'] == 'cropped'
+  assert os.path.basename(clips[0].frames[0]).startswith('reg_image')
+  # Only raw frames: said so.
+  only_raw = str(tmp_path / 'cropped_sets' / 'SMIC')
+  for subj, emo, clip, first, count in fixtures.SMIC_CLIPS:
+    fixtures.write_frames(os.path.join(only_raw, 'SMIC_all_raw', 'HS', subj, 'micro', emo, clip),
+                          range(first, first + count), 'image{:06d}.bmp')
+  assert smic.scan_modality(only_raw, 'HS')[1].source['frame_variant'] == 'raw'
+  # CASME II raw: CASME2_RAW_selected (onset..offset) over the full CASME2-RAW sequences, also
+  # when manual_dir itself sits under a folder named "selected".
+  root = fixtures.write_casme2(str(tmp_path / 'selected_sets'), doubled=False, raw=True,
+                               sheet_name='CASME2-coding-20190701.xlsx')
+  for subj, name, *_, frames in fixtures.CASME2_ROWS:
+    if frames is not None:
+      fixtures.write_frames(os.path.join(root, 'CASME2-RAW', f'sub{subj:02d}', name),
+                            range(1, max(frames) + 5), 'img{}.jpg')
+  _, report = casme2.scan(root, casme2.Casme2Config(name='5class_raw', frames='raw'))
+  assert report.source['frames'] == 'CASME2_RAW_selected'
+
+
+def _sheet_files(tmp_path):
+  """(name, bytes) of damaged or misnamed workbooks."""
+  good_xlsx = tmp_path / 'good.xlsx'
+  fixtures.write_casme2_sheet(str(good_xlsx), fixtures.CASME2_ROWS)
+  good_xls = tmp_path / 'good.xls'
+  fixtures.write_casme2_sheet(str(good_xls), fixtures.CASME2_ROWS)
+  x, xl = good_xlsx.read_bytes(), good_xls.read_bytes()
+  return {'truncated.xls': xl[:len(xl) // 2], 'garbage.xls': b'<html>not a workbook</html>',
+          'empty.xls': b'', 'truncated.xlsx': x[:len(x) // 2], 'garbage.xlsx': b'\x00' * 100,
+          'ole_garbage.xls': xl[:8] + b'\x00' * 600}
+
+
+def test_damaged_sheets_are_one_clear_error(tmp_path, capfd):
+  """Issue 7 item 4: damaged or misnamed sheets name the file; xlrd prints nothing."""
+  for name, data in _sheet_files(tmp_path).items():
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(common.DatasetLayoutError) as e:
+      common.read_sheet(str(path))
+    assert str(path) in str(e.value) and '\n' not in str(e.value), (name, e.value)
+  out, err = capfd.readouterr()
+  assert 'WARNING' not in out + err
+  # An .xlsx saved under an .xls name (and the other way round) is read by its content.
+  good = tmp_path / 'good.xlsx'
+  (tmp_path / 'xlsx_named.xls').write_bytes(good.read_bytes())
+  (tmp_path / 'xls_named.xlsx').write_bytes((tmp_path / 'good.xls').read_bytes())
+  want = common.read_sheet(str(good))
+  assert common.read_sheet(str(tmp_path / 'xlsx_named.xls'))[0] == want[0]
+  header, rows = common.read_sheet(str(tmp_path / 'xls_named.xlsx'))
+  assert header[:2] == want[0][:2] and len(rows) == len(want[1])
+
+
+def test_legacy_xls_sheet_and_worksheet_choice(tmp_path):
+  """The CASME2_label_Ver_2.xls config reads a real .xls; a missing worksheet name is clear."""
+  root = fixtures.write_casme2(str(tmp_path), sheet_name='CASME2_label_Ver_2.xls')
+  clips, report = casme2.scan(root, casme2.Casme2Config(name='5class_ver2', sheet='ver2'))
+  assert len(clips) == 7 and report.source['sheet_version'] == 'ver2'
+  wb, _ = fixtures.samm_workbook()
+  wb.active.title = 'Sheet1'
+  wb.create_sheet('Notes')
+  wb.save(tmp_path / 'two.xlsx')
+  with pytest.raises(common.DatasetLayoutError, match=r"no worksheet named 'MICRO_ONLY' and several"):
+    common.read_sheet(str(tmp_path / 'two.xlsx'), sheet='MICRO_ONLY')
+
+
+def test_samm_sheet_choice(tmp_path):
+  """Issue 7 item 5: ._ files ignored, the released name preferred, ambiguity refused."""
+  root = fixtures.write_samm(str(tmp_path), nested=False)
+  (tmp_path / 'SAMM' / '._SAMM_Micro_FACS_Codes_v2.xlsx').write_bytes(b'\x00\x05\x16\x07 mac')
+  wb, ws = fixtures.samm_workbook()  # another version that sorts first, no data rows
+  wb.save(tmp_path / 'SAMM' / 'SAMM_20181215_Micro_FACS_Codes_v2.xlsx')
+  clips, report = samm.scan(root, samm.SammConfig(name='5class'))
+  assert report.source['sheet'] == 'SAMM_Micro_FACS_Codes_v2.xlsx' and len(clips) == 5
+  os.remove(os.path.join(root, 'SAMM_Micro_FACS_Codes_v2.xlsx'))
+  ws.cell(row=15, column=1, value='006')
+  wb.save(tmp_path / 'SAMM' / 'SAMM_old_Micro_FACS_Codes.xlsx')
+  with pytest.raises(common.DatasetLayoutError,
+                     match=r"several different FACS codes sheet files .*'SAMM_20181215_Micro_FACS_"
+                           r"Codes_v2.xlsx', 'SAMM_old_Micro_FACS_Codes.xlsx'"):
+    samm.scan(root, samm.SammConfig(name='5class'))
+  # Only the ._ file: no sheet (it is not taken for one).
+  for name in ('SAMM_20181215_Micro_FACS_Codes_v2.xlsx', 'SAMM_old_Micro_FACS_Codes.xlsx'):
+    os.remove(os.path.join(root, name))
+  with pytest.raises(common.DatasetLayoutError, match='no SAMM_Micro_FACS_Codes_v2.xlsx'):
+    samm.scan(root, samm.SammConfig(name='5class'))
+
+
+def test_emotion_aliases_and_dropped_rows_reported(tmp_path):
+  """Issue 7 item 6: 'Other'/'others', 'Happy' map onto the sheet's spelling; unknown reported."""
+  rows = [(8, 'EP01_01', 5, 6, 8, 4, 'Other', range(5, 9)),
+          (8, 'EP01_02', 5, 6, 8, 4, 'Happy ', range(5, 9)),
+          (8, 'EP01_03', 5, 6, 8, 4, 'contempt', range(5, 9))]
+  root = fixtures.write_casme2(str(tmp_path), extra_rows=rows)
+  clips, report = casme2.scan(root, OLD_SHEET)
+  got = {c.clip: c.label for c in clips if c.subject == 'sub08'}
+  assert got == {'EP01_01': 'others', 'EP01_02': 'happiness'}
+  assert [(i['problem'], i['action']) for i in _find(report, 'EP01_03')] == [
+      ("emotion 'contempt' is none of the known ['happiness', 'surprise', 'disgust', 'repression', "
+       "'others', 'fear', 'sadness']", 'skipped')]
+  # Every sheet row is either a clip or a report entry.
+  header, sheet_rows = common.read_sheet(report_path := os.path.join(root, report.source['sheet']))
+  dropped = {i['where'].split(' (')[0] for i in report.issues if 'row' in i['where']
+             and i['action'].startswith('skipped')}
+  assert len(clips) + len(dropped) == len(sheet_rows), (report_path, header)
+
+
+def test_drop_slash_apex_counts_on_the_published_casme2_counts(tmp_path):
+  """Issue 7 item 7: the README counts, on fixtures with the published per-class counts."""
+  counts = {}
+  for sheet, config in (('20140508', '5class_20140508'), ('20190701', '5class')):
+    root = fixtures.write_casme2_release(str(tmp_path / sheet), sheet)
+    base = {c.name: c for c in casme2.Casme2.BUILDER_CONFIGS}[config]
+    for drop in (False, True):
+      import dataclasses  # pylint: disable=g-import-not-at-top
+      clips, report = casme2.scan(root, dataclasses.replace(base, drop_slash_apex=drop))
+      counts[(sheet, drop)] = len(clips)
+      assert ('EP12_01f' in {c.clip for c in clips}) is not drop
+      if drop:
+        assert [i['action'] for i in _find(report, "apex is '/'")] == ['skipped (drop_slash_apex)']
+      per = {k: sum(c.label == k for c in clips) for k in casme2.FIVE_CLASSES}
+      assert per == {'happiness': 32, 'surprise': 25 if sheet == '20140508' else 28,
+                     'disgust': 63 - drop, 'repression': 27, 'others': 99}
+      assert len({c.subject for c in clips}) == 26
+      if sheet == '20140508':  # sub12/EP09_06: apex 111 after offset 106, frames to 111 on disk
+        e = {c.clip: c for c in clips if c.subject == 'sub12'}['EP09_06']
+        assert (e.apex, e.offset, len(e.frames)) == (111, 111, 46)
+  assert counts == {('20140508', False): 246, ('20140508', True): 245,
+                    ('20190701', False): 249, ('20190701', True): 248}
+
+
+def test_drop_slash_apex_config_prepares_its_own_variant(tmp_path):
+  manual = fixtures.write_casme2(str(tmp_path / 'manual'))
+  cfg = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', manual)
+  cfg.drop_slash_apex = True
+  report = prepare.prepare(cfg)
+  assert report['num_clips'] == 6
+  assert report[prepare.STATUS_KEY]['record']['options'] == {'drop_slash_apex': True}
+  assert '5class_20140508_drop_slash_apex' in report[prepare.STATUS_KEY]['data_dir']
+  cfg.drop_slash_apex = False
+  assert prepare.prepare(cfg)['num_clips'] == 7  # the default variant, prepared beside it
+  smic_cfg = _data_config('smic', 'hs_3class', tmp_path / 'tfds', manual)
+  smic_cfg.drop_slash_apex = True
+  with pytest.raises(common.DatasetLayoutError, match='no apex annotation'):
+    prepare.builder_for(smic_cfg)
+
+
+def test_casme3_same_onset_twice_in_one_video(tmp_path):
+  """Issue 7 item 8: distinct names, reported; an exact repeat of a row is skipped."""
+  extra = [('spNO.1', 'j', 28, 31, 35, '12', 'I', 'surprise'),   # same onset as row 3, other ME
+           ('spNO.1', 'j', 28, 30, 33, '24', 'VII', 'happy')]    # an exact repeat of row 3
+  root = fixtures.write_casme3(str(tmp_path), extra_rows=extra)
+  cfg = casme3.Casme3(config='3class', data_dir=str(tmp_path / 'd')).builder_config
+  clips, report = casme3.scan(root, cfg)
+  got = {c.clip: c for c in clips if c.subject == 'spNO.1'}
+  assert sorted(got) == ['b_166', 'j_28', 'j_28_2']
+  assert (got['j_28'].offset, got['j_28_2'].offset, got['j_28_2'].label) == (33, 35, 'surprise')
+  assert [i['action'] for i in _find(report, 'a second micro-expression with onset 28')] == [
+      'named j_28_2']
+  assert [i['action'] for i in _find(report, 'repeats row 3 exactly')] == ['skipped (duplicate row)']
+  # And the whole preparation goes through (the duplicate used to abort it).
+  data = _data_config('casme3', '3class', tmp_path / 'tfds', root)
+  assert prepare.prepare(data)['num_clips'] == 5
+
+
+def test_casme2_config_names_its_sheet(tmp_path):
+  """Issue 7 item 10: '5class' is the 20190701 sheet; never silently the other one."""
+  root = fixtures.write_casme2(str(tmp_path))  # only CASME2-coding-20140508.xlsx
+  with pytest.raises(common.DatasetLayoutError,
+                     match='no coding sheet CASME2-coding-20190701.xlsx .* read by '
+                           '--config.data.builder_config=5class_20140508'):
+    casme2.scan(root, casme2.Casme2Config(name='5class'))
+  fixtures.write_casme2_sheet(os.path.join(root, 'CASME2-coding-20190701.xlsx'),
+                              fixtures.CASME2_ROWS[:3])
+  assert len(casme2.scan(root, casme2.Casme2Config(name='5class'))[0]) == 3
+  assert len(casme2.scan(root, OLD_SHEET)[0]) == 7
+  descriptions = {c.name: c.description for c in casme2.Casme2.BUILDER_CONFIGS}
+  assert '20190701' in descriptions['5class'] and '249' in descriptions['5class']
+
+
+def test_record_checked_on_reuse_and_rebuild(tmp_path):
+  """Issue 7 item 10 / issue 11 item 3: the prepared data's sources are recorded and checked."""
+  manual = fixtures.write_casme2(str(tmp_path / 'a'))
+  cfg = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', manual)
+  first = prepare.prepare(cfg)
+  record = first[prepare.STATUS_KEY]['record']
+  sheet = os.path.join(manual, 'CASME2-coding-20140508.xlsx')
+  assert record['manual_dir'] == os.path.realpath(manual)
+  assert record['sheet'] == 'CASME2-coding-20140508.xlsx'
+  assert record['sheet_sha256'] == common.file_sha256(sheet)
+  assert record['frames'] == os.path.join('Cropped', 'Cropped')
+  builder = prepare.builder_for(cfg)
+  assert prepare.stored_record(builder) == record  # stored in metadata.json
+  # Reuse without manual_dir: says plainly from which folder and sheet.
+  text = prepare.format_report(prepare.prepare(_data_config('casme2', '5class_20140508',
+                                                            tmp_path / 'tfds', '')))
+  assert text.splitlines()[0].startswith(f'Reusing the prepared data in {builder.data_dir}')
+  assert os.path.realpath(manual) in text.splitlines()[0]
+  assert 'CASME2-coding-20140508.xlsx' in text.splitlines()[0]
+  # Another manual_dir: refused, naming the key; nothing changes.
+  other = fixtures.write_casme2(str(tmp_path / 'b'), extra_rows=[
+      (8, 'EP01_01', 5, 6, 8, 4, 'happiness', range(5, 9))])
+  mtime = os.path.getmtime(builder.data_dir)
+  with pytest.raises(prepare.PreparedDataError, match='differ in manual_dir: recorded') as e:
+    prepare.prepare(_data_config('casme2', '5class_20140508', tmp_path / 'tfds', other))
+  assert 'rebuild=True' in str(e.value) and '\n' not in str(e.value)
+  assert os.path.getmtime(builder.data_dir) == mtime
+  # A changed sheet in the recorded folder: refused, naming the sheet's hash.
+  fixtures.write_casme2_sheet(sheet, fixtures.CASME2_ROWS[:4])
+  with pytest.raises(prepare.PreparedDataError, match='sheet_sha256: the content of'):
+    prepare.prepare(cfg)
+  # A missing manual_dir: the error says what the data_dir holds.
+  with pytest.raises(common.DatasetLayoutError, match='does not exist.*already holds casme2 prepared '
+                                                      'from'):
+    prepare.prepare(_data_config('casme2', '5class_20140508', tmp_path / 'tfds', tmp_path / 'gone'))
+  # rebuild=True prepares it again from the new folder.
+  cfg_b = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', other)
+  cfg_b.rebuild = True
+  rebuilt = prepare.prepare(cfg_b)
+  assert rebuilt[prepare.STATUS_KEY]['status'] == 'rebuilt' and rebuilt['num_clips'] == 8
+  assert prepare.stored_record(prepare.builder_for(cfg_b))['manual_dir'] == os.path.realpath(other)
+  assert len(prepare.builder_for(cfg_b).as_data_source(split='train')) == 8
+  # A rebuild that fails leaves the previous data in place.
+  fixtures.corrupt(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f', 'reg_img47.jpg'))
+  cfg_a = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', manual)
+  cfg_a.rebuild = True
+  with pytest.raises(Exception, match='reg_img47.jpg'):
+    prepare.prepare(cfg_a)
+  kept = prepare.builder_for(cfg_b)
+  assert kept.is_prepared() and len(kept.as_data_source(split='train')) == 8
+  assert prepare.stored_record(kept)['manual_dir'] == os.path.realpath(other)
+
+
+def test_manual_dir_that_is_a_file(tmp_path):
+  """Issue 11 item 9: a file given as manual_dir is called a file, not "does not exist"."""
+  f = tmp_path / 'SAMM.zip'
+  f.write_bytes(b'PK\x03\x04')
+  with pytest.raises(common.DatasetLayoutError, match='is a file, not a folder'):
+    prepare.prepare(_data_config('samm', '5class', tmp_path / 'tfds', f))
