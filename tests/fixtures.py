@@ -43,7 +43,7 @@ CASME2_ROWS = [
     (3, 'EP01_2', 5, 7, 9, 14, 'repression', None),                  # row without a folder
     (4, 'EP12_01f', 261, '/', 269, '4+7', 'disgust', range(261, 270)),  # apex '/'
     (5, 'EP19_05f', 40, 44, 47, '4+7+L10', 'disgust', range(40, 48)),
-    (12, 'EP09_06', 66, 71, 70, 'R12', 'disgust', range(66, 72)),   # apex > offset, on disk (old sheet)
+    (12, 'EP09_06', 66, 71, 70, 'R12', 'disgust', range(66, 72)),   # apex > offset, on disk
     (7, 'EP06_02_01', 100, 101, 104, 17, 'repression', range(100, 105)),
 ]
 CASME2_ORPHAN = ('sub03', 'EP07_04')  # folder without a row
@@ -298,7 +298,7 @@ def casme2_release_rows(sheet: str) -> List[tuple]:
 
 
 def write_casme2_release(root: str, sheet: str = '20140508') -> str:
-  """A CASME II release with the published counts (:func:`casme2_release_rows`) under root/CASME2."""
+  """A CASME II release with the published counts (:func:`casme2_release_rows`), root/CASME2."""
   base = os.path.join(root, 'CASME2')
   rows = casme2_release_rows(sheet)
   write_casme2_sheet(os.path.join(base, f'CASME2-coding-{sheet}.xlsx'), rows)

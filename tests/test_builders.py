@@ -161,7 +161,8 @@ def test_casme3_scan_exact(tmp_path):
   # Apex 49 before onset 50: the long video holds frame 49, which is no evidence: midpoint.
   assert got[('spNO.2', 'c_50')].apex == 51 and got[('spNO.2', 'c_50')].onset == 50
   assert len(_find(report, 'apex 49 outside')) == 1
-  assert [i['action'] for i in _find(report, "emotion 'others'")] == ['skipped (not in the protocol)']
+  assert [i['action'] for i in _find(report, "emotion 'others'")] == [
+      'skipped (not in the protocol)']
   assert len(report.issues) == 2
   cfg4 = casme3.Casme3(config='4class', data_dir=str(tmp_path / 'd')).builder_config
   clips4, _ = casme3.scan(root, cfg4)
@@ -274,7 +275,8 @@ def test_apex_before_onset_on_disk_moves_onset(tmp_path):
   clips, report = casme2.scan(root, OLD_SHEET)
   c = {c.clip: c for c in clips}['EP05_05']
   assert (c.onset, c.apex, c.offset, c.frame_numbers[0], c.apex_index) == (18, 18, 24, 18, 0)
-  assert [i['action'] for i in _find(report, 'apex 18 before onset 20')] == ['onset set to the apex 18']
+  assert [i['action'] for i in _find(report, 'apex 18 before onset 20')] == [
+      'onset set to the apex 18']
 
 
 def test_cropped_and_selected_are_decided_below_manual_dir(tmp_path):
@@ -347,7 +349,8 @@ def test_legacy_xls_sheet_and_worksheet_choice(tmp_path):
   wb.active.title = 'Sheet1'
   wb.create_sheet('Notes')
   wb.save(tmp_path / 'two.xlsx')
-  with pytest.raises(common.DatasetLayoutError, match=r"no worksheet named 'MICRO_ONLY' and several"):
+  with pytest.raises(common.DatasetLayoutError,
+                     match=r"no worksheet named 'MICRO_ONLY' and several"):
     common.read_sheet(str(tmp_path / 'two.xlsx'), sheet='MICRO_ONLY')
 
 
@@ -444,7 +447,8 @@ def test_casme3_same_onset_twice_in_one_video(tmp_path):
   assert (got['j_28'].offset, got['j_28_2'].offset, got['j_28_2'].label) == (33, 35, 'surprise')
   assert [i['action'] for i in _find(report, 'a second micro-expression with onset 28')] == [
       'named j_28_2']
-  assert [i['action'] for i in _find(report, 'repeats row 3 exactly')] == ['skipped (duplicate row)']
+  assert [i['action'] for i in _find(report, 'repeats row 3 exactly')] == [
+      'skipped (duplicate row)']
   # And the whole preparation goes through (the duplicate used to abort it).
   data = _data_config('casme3', '3class', tmp_path / 'tfds', root)
   assert prepare.prepare(data)['num_clips'] == 5
@@ -497,8 +501,8 @@ def test_record_checked_on_reuse_and_rebuild(tmp_path):
   with pytest.raises(prepare.PreparedDataError, match='sheet_sha256: the content of'):
     prepare.prepare(cfg)
   # A missing manual_dir: the error says what the data_dir holds.
-  with pytest.raises(common.DatasetLayoutError, match='does not exist.*already holds casme2 prepared '
-                                                      'from'):
+  with pytest.raises(common.DatasetLayoutError,
+                     match='does not exist.*already holds casme2 prepared from'):
     prepare.prepare(_data_config('casme2', '5class_20140508', tmp_path / 'tfds', tmp_path / 'gone'))
   # rebuild=True prepares it again from the new folder.
   cfg_b = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', other)

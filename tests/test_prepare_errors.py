@@ -1,8 +1,8 @@
 """Bad inputs to ``main.py --mode=prepare``, run as a user would (issue 11).
 
 Each case runs ``main.py`` in a subprocess on a ``:smoke`` config and a fixture folder, and asserts
-what the user sees: exit code 2, exactly one ``error:`` line on stderr holding the expected fragment,
-and no traceback anywhere. The runs go two at a time (each starts TensorFlow, about 5 s).
+what the user sees: exit code 2, exactly one ``error:`` line on stderr holding the expected
+fragment, and no traceback anywhere. The runs go two at a time (each starts TensorFlow, about 5 s).
 """
 
 import concurrent.futures

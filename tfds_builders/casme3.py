@@ -9,7 +9,7 @@ Expected under ``manual_dir``::
 
 Several micro-expressions come from one video (same Subject and Filename); a clip is named
 ``<Filename>_<Onset>`` and its LOSO id is the ``spNO.<n>`` subject. Two of them with the same onset
-in one video are named ``<Filename>_<Onset>`` and ``<Filename>_<Onset>_2`` (in sheet order, reported);
+in one video are named ``<Filename>_<Onset>`` and ``<Filename>_<Onset>_2`` (sheet order, reported);
 a row repeating another row exactly is reported and skipped. Emotions are lower-cased with aliases
 (``Others`` -> ``others``, ``sadness`` -> ``sad``, ``happiness`` -> ``happy``); every row left out
 (emotion outside the protocol or unknown) is reported. An apex outside onset..offset is set to the
@@ -34,8 +34,9 @@ EMOTIONS = ('disgust', 'surprise', 'others', 'fear', 'anger', 'sad', 'happy')
 THREE = {'disgust': 'negative', 'fear': 'negative', 'anger': 'negative', 'sad': 'negative',
          'happy': 'positive', 'surprise': 'surprise'}
 FOUR = dict(THREE, others='others')
-ALIASES = common.Emotions(EMOTIONS, (('other', 'others'), ('sadness', 'sad'), ('happiness', 'happy'),
-                                     ('angry', 'anger'), ('disgusted', 'disgust')))
+ALIASES = common.Emotions(EMOTIONS, (('other', 'others'), ('sadness', 'sad'),
+                                     ('happiness', 'happy'), ('angry', 'anger'),
+                                     ('disgusted', 'disgust')))
 SHEET_PATTERN = r'cas\(me\)3_part_A_ME_label.*\.xlsx'
 SHEET_NAME = 'cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx'  # the released file name (preferred)
 

@@ -239,8 +239,8 @@ def _pick_worksheet(path: str, names: Sequence[str], wanted: Optional[str]) -> s
     return wanted if wanted is not None else names[0]
   if len(names) == 1:
     return names[0]
-  raise DatasetLayoutError(f'{path}: no worksheet named {wanted!r} and several others {list(names)}; '
-                           f'expected the released file with its {wanted!r} sheet')
+  raise DatasetLayoutError(f'{path}: no worksheet named {wanted!r} and several others '
+                           f'{list(names)}; expected the released file with its {wanted!r} sheet')
 
 
 def read_table(path: str, sheet: Optional[str] = None) -> Tuple[str, List[List[Any]]]:
@@ -284,8 +284,8 @@ def read_table(path: str, sheet: Optional[str] = None) -> Tuple[str, List[List[A
                                f'({type(e).__name__}: {e}); copy it again from the release') from e
     return name, table
   kind = 'empty file' if not magic else f'starts with bytes {magic[:4]!r}'
-  raise DatasetLayoutError(f'{path}: not an Excel workbook ({kind}); expected the .xlsx/.xls coding '
-                           'sheet of the release')
+  raise DatasetLayoutError(f'{path}: not an Excel workbook ({kind}); expected the .xlsx/.xls '
+                           'coding sheet of the release')
 
 
 def read_sheet(path: str, header_first_cell: str = 'Subject', sheet: Optional[str] = None,
@@ -478,13 +478,13 @@ def choose_file(manual_dir: str, dataset: str, what: str, pattern: str, exact: S
     return None
   if len({file_sha256(f) for f in preferred}) > 1:
     names = [os.path.relpath(f, manual_dir) for f in preferred]
-    raise DatasetLayoutError(f'{dataset}: several different {what} files under {manual_dir}: {names}; '
-                             'keep only the one to use (or pass the folder that holds it)')
+    raise DatasetLayoutError(f'{dataset}: several different {what} files under {manual_dir}: '
+                             f'{names}; keep only the one to use')
   return preferred[0]
 
 
 def layout_hint(manual_dir: str, pattern: str = r'.*\.(xlsx|xls|csv)') -> str:
-  """``'; found: a.xlsx, b.xls'`` listing the sheet-like files that are there, for error messages."""
+  """``'; found a.xlsx, b.xls'``: the sheet-like files that are there, for error messages."""
   found = [os.path.relpath(f, manual_dir) for f in find_files(manual_dir, pattern)]
   if not found:
     return '; there is no .xlsx/.xls/.csv file at all'
@@ -519,8 +519,9 @@ def check_manual_dir(manual_dir: str, dataset: str, expected: str) -> str:
                              f'--config.data.manual_dir=/path/to/the/unpacked/dataset ({expected}).')
   path = os.path.expanduser(str(manual_dir))
   if os.path.isfile(path):
-    raise DatasetLayoutError(f'{dataset}: manual_dir {path} is a file, not a folder: pass the folder '
-                             f'the dataset was unpacked into, not an archive or a sheet ({expected}).')
+    raise DatasetLayoutError(f'{dataset}: manual_dir {path} is a file, not a folder: pass the '
+                             'folder the dataset was unpacked into, not an archive or a sheet '
+                             f'({expected}).')
   if not os.path.exists(path):
     raise DatasetLayoutError(f'{dataset}: manual_dir {path} does not exist ({expected}).')
   if not os.path.isdir(path):

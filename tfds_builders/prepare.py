@@ -131,7 +131,8 @@ def _describe(record: Dict[str, Any]) -> str:
   sheets = [f"{k} {record[k]} (sha256 {str(record.get(k + '_sha256', ''))[:12]})"
             for k in sorted(record) if k.endswith('sheet') or k == 'membership']
   frames = [f'{k} {record[k]}' for k in sorted(record) if k.endswith('frames')]
-  return f"{record['manual_dir']}" + (f" ({', '.join(sheets + frames)})" if sheets or frames else '')
+  details = f" ({', '.join(sheets + frames)})" if sheets or frames else ''
+  return f"{record['manual_dir']}{details}"
 
 
 def _mismatch_message(builder, stored, current, keys) -> str:
@@ -210,8 +211,8 @@ def prepare(data_config) -> Dict[str, Any]:
     current = prepared_data_record(builder, manual)
   except common.DatasetLayoutError as e:
     raise common.DatasetLayoutError(
-        f'{e} The data_dir already holds {builder.name} prepared from {_describe(stored)}; leave out '
-        '--config.data.manual_dir to reuse it') from e
+        f'{e} The data_dir already holds {builder.name} prepared from {_describe(stored)}; leave '
+        'out --config.data.manual_dir to reuse it') from e
   keys = differing_keys(stored, current)
   if not keys and not rebuild:
     return _with_status(builder, 'reused', stored)

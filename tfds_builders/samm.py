@@ -8,12 +8,12 @@ Expected under ``manual_dir`` (nesting such as ``SAMM/SAMM`` is fine)::
 Rules (each application is listed in the preparation report): the sheet is the released
 ``SAMM_Micro_FACS_Codes_v2.xlsx`` when present, else the one other ``*Micro_FACS_Codes*.xlsx``
 (macOS ``._*`` files are ignored; several different candidates are refused, listing them); the
-header row is found by its ``Subject`` cell; ``Subject`` text ``'006'`` or number ``6`` both give the
-LOSO id ``006``; emotions are lower-cased with ``others`` -> ``other``, and every row left out
-(emotion outside the protocol or unknown) is reported; frame numbers are the integer after the last
-``_`` (natural sort); an apex outside onset..offset is set to the midpoint unless its frame is in the
-clip folder (then the onset/offset moves to it); the ``Duration`` formula is never needed; grayscale
-frames are replicated to RGB.
+header row is found by its ``Subject`` cell; ``Subject`` text ``'006'`` or number ``6`` both give
+the LOSO id ``006``; emotions are lower-cased with ``others`` -> ``other``, and every row left out
+(emotion outside the protocol or unknown) is reported; frame numbers are the integer after the
+last ``_`` (natural sort); an apex outside onset..offset is set to the midpoint unless its frame is
+in the clip folder (then the onset/offset moves to it); the ``Duration`` formula is never needed;
+grayscale frames are replicated to RGB.
 
 Builder configs: ``5class`` (anger, contempt, happiness, surprise, other; 136 clips, 27 subjects),
 ``all`` (all eight emotions, 159 clips).
@@ -64,8 +64,8 @@ def sources(manual_dir: str) -> Dict[str, str]:
   """The files the prepared data is made from: the ``sheet`` and the ``frames`` root."""
   sheet = common.choose_file(manual_dir, 'samm', 'FACS codes sheet', SHEET_PATTERN, (SHEET_NAME,))
   if sheet is None:
-    raise common.DatasetLayoutError(f'samm: no {SHEET_NAME} (or other *Micro_FACS_Codes*.xlsx) sheet '
-                                    f'under {manual_dir}{common.layout_hint(manual_dir)}')
+    raise common.DatasetLayoutError(f'samm: no {SHEET_NAME} (or other *Micro_FACS_Codes*.xlsx) '
+                                    f'sheet under {manual_dir}{common.layout_hint(manual_dir)}')
   root = find_frame_root(manual_dir)
   if root is None:
     raise common.DatasetLayoutError(f'samm: no frame folders like 006/006_1_2/006_05562.jpg under '
