@@ -498,7 +498,7 @@ def test_record_checked_on_reuse_and_rebuild(tmp_path):
   assert os.path.getmtime(builder.data_dir) == mtime
   # A changed sheet in the recorded folder: refused, naming the sheet's hash.
   fixtures.write_casme2_sheet(sheet, fixtures.CASME2_ROWS[:4])
-  with pytest.raises(prepare.PreparedDataError, match='sheet_sha256: the content of'):
+  with pytest.raises(prepare.PreparedDataError, match='sheet_sha256: CASME2-coding-20140508.xlsx is not the recorded file'):
     prepare.prepare(cfg)
   # A missing manual_dir: the error says what the data_dir holds.
   with pytest.raises(common.DatasetLayoutError,

@@ -123,12 +123,12 @@ def differing_keys(stored: Dict[str, Any], current: Dict[str, Any]) -> List[str]
 
 
 def _describe(record: Dict[str, Any]) -> str:
-  """``'/data/CASME2 (sheet CASME2-coding-20190701.xlsx, sha256 3f2a...)'`` for messages."""
+  """``'/data/CASME2 (sheet CASME2-coding-20190701.xlsx sha256:3f2a..., frames Cropped)'``."""
   if not record:
     return 'an unknown source (no preparation record: made by an older mpt_jax)'
   if 'manual_dir' not in record:
     return f"generated data ({record['dataset']}/{record['builder_config']})"
-  sheets = [f"{k} {record[k]} (sha256 {str(record.get(k + '_sha256', ''))[:12]})"
+  sheets = [f"{k} {record[k]} sha256:{str(record.get(k + '_sha256', ''))[:12]}"
             for k in sorted(record) if k.endswith('sheet') or k == 'membership']
   frames = [f'{k} {record[k]}' for k in sorted(record) if k.endswith('frames')]
   details = f" ({', '.join(sheets + frames)})" if sheets or frames else ''
@@ -139,7 +139,7 @@ def _mismatch_message(builder, stored, current, keys) -> str:
   shown = []
   for k in keys:
     if k.endswith('_sha256') and k[:-7] not in keys:
-      shown.append(f'{k}: the content of {current.get(k[:-7])} changed')
+      shown.append(f'{k}: {current.get(k[:-7])} is not the recorded file (other content)')
     else:
       shown.append(f'{k}: recorded {stored.get(k)!r}, now {current.get(k)!r}')
   return (f'{builder.name}/{current["builder_config"]} in {builder.data_dir} was prepared from '
