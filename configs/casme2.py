@@ -11,6 +11,4 @@ from configs import common
 def get_config(arg=None):
   config = common.dataset_config('casme2', 5, '5class', arg, smoke_subjects=('sub01', 'sub02'))
   # '5class' reads CASME2-coding-20190701.xlsx (249 clips); '5class_20140508' the original sheet.
-  config.data.rebuild = False  # --mode=prepare: prepare again over data made from other sources.
-  config.data.drop_slash_apex = False  # Drop the rows whose apex is '/' (else: midpoint apex).
   return config

@@ -8,6 +8,4 @@ from configs import common
 
 def get_config(arg=None):
   config = common.dataset_config('casme3', 3, '3class', arg, smoke_subjects=('spNO.1', 'spNO.2'))
-  config.data.rebuild = False  # --mode=prepare: prepare again over data made from other sources.
-  config.data.drop_slash_apex = False  # Drop the rows whose apex is '/' (else: midpoint apex).
   return config

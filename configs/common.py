@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.builder_config = ''  # TFDS builder config (class protocol), '' = the default.
   config.data.data_dir = '~/tensorflow_datasets'  # Where prepared TFDS datasets live.
   config.data.manual_dir = ''  # The dataset folder as unpacked (used by --mode=prepare).
+  config.data.rebuild = False  # --mode=prepare: prepare again over data made from other sources.
+  config.data.drop_slash_apex = False  # Drop the rows whose apex is '/' (else: midpoint apex);
+  #                                      CASME II, SAMM, CAS(ME)^3 only.
   config.data.subjects = ()  # Restrict LOSO to these subjects (empty = every subject).
   config.data.hflip = True  # Training augmentation: random horizontal flip of the whole clip.
   config.data.max_rotation_deg = 0.0  # Option: random rotation in +-N degrees (same for all frames).

@@ -10,5 +10,4 @@ from configs import common
 def get_config(arg=None):
   config = common.dataset_config('megc2019_composite', 3, '3class', arg,
                                  smoke_subjects=('sub01', 's1'))  # SMIC ids are unpadded
-  config.data.rebuild = False  # --mode=prepare: prepare again over data made from other sources.
   return config

@@ -9,6 +9,4 @@ from configs import common
 
 def get_config(arg=None):
   config = common.dataset_config('samm', 5, '5class', arg, smoke_subjects=('006', '007'))
-  config.data.rebuild = False  # --mode=prepare: prepare again over data made from other sources.
-  config.data.drop_slash_apex = False  # Drop the rows whose apex is '/' (else: midpoint apex).
   return config

@@ -9,5 +9,4 @@ from configs import common
 
 def get_config(arg=None):
   config = common.dataset_config('smic', 3, 'hs_3class', arg, smoke_subjects=('s1', 's2'))
-  config.data.rebuild = False  # --mode=prepare: prepare again over data made from other sources.
   return config
