@@ -71,25 +71,44 @@ def _run(mode):
     from mpt_jax import profile
     print(json.dumps(profile.profile(_need_config())))
   elif mode == 'prepare':
+    config = _need_config()
+    _hide_gpus_from_tensorflow()
     import tfds_builders.prepare as prep
-    print(prep.format_report(prep.prepare(_need_config().data)))
+    print(prep.format_report(prep.prepare(config.data)))
   elif mode == 'train':
     from mpt_jax import loso, report
     config, workdir = _need_config(), _need_workdir()
+    loso.preflight(config, workdir)  # fast checks before the slow TensorFlow import
+    _hide_gpus_from_tensorflow()
     _maybe_distributed()
     summary = loso.train_and_evaluate(config, workdir)
     print(report.results_table(summary))
-    print(f'Results: {os.path.join(os.path.abspath(workdir), "report.md")}')
+    print(f'Results: {os.path.join(workdir, "report.md")}')
   elif mode == 'eval':
     from mpt_jax import evaluate
-    print(evaluate.summary_lines(evaluate.evaluate(FLAGS.config, _need_workdir())))
+    from mpt_jax import workdir as wd
+    workdir = _need_workdir()
+    wd.load_run_config(workdir, FLAGS.config)
+    wd.read_run_info(workdir)
+    _hide_gpus_from_tensorflow()
+    print(evaluate.summary_lines(evaluate.evaluate(FLAGS.config, workdir)))
   elif mode == 'predict':
     if not FLAGS.input:
       raise UserError('--input is required: a folder of frames or a video file')
     from mpt_jax import predict as predict_lib
-    result = predict_lib.predict(_need_workdir(), FLAGS.input, FLAGS.onset, FLAGS.offset,
+    from mpt_jax import workdir as wd
+    workdir = _need_workdir()
+    wd.load_run_config(workdir, FLAGS.config)
+    wd.read_run_info(workdir)  # (predict runs no TensorFlow op: no GPU to hide from it)
+    result = predict_lib.predict(workdir, FLAGS.input, FLAGS.onset, FLAGS.offset,
                                  FLAGS.crop_face, config=FLAGS.config)
     print(json.dumps(result))
+
+
+def _hide_gpus_from_tensorflow():
+  """TF (TFDS, TensorBoard) must not take GPU memory; imported late, only when needed."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
 
 
 def _maybe_distributed():
@@ -109,9 +128,6 @@ def main(argv):
   logging.logging.captureWarnings(True)
   if FLAGS.mode in ('predict', 'profile'):
     logging.set_verbosity(logging.WARNING)  # stdout is the JSON answer
-  if FLAGS.mode != 'profile':
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')  # TF (TFDS, TensorBoard) must not take GPU memory
   try:
     _run(FLAGS.mode)
   except UserError as e:
@@ -121,7 +137,12 @@ def main(argv):
 def _fail(message: str) -> None:
   """Prints ``error: <message>`` as one line on stderr and exits with code 2."""
   print('error: ' + ' '.join(str(message).split()), file=sys.stderr)
-  sys.exit(2)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  # Not sys.exit: after a failed checkpoint read, Orbax's background asyncio threads print
+  # "Event loop is closed" tracebacks during interpreter shutdown. Every record is already written
+  # atomically and the workdir lock is released, so nothing is lost by skipping the shutdown.
+  os._exit(2)  # pylint: disable=protected-access
 
 
 def _config_argument(argv):
@@ -162,10 +183,12 @@ def _run_config_for_overrides(argv, config_arg):
   workdir = _flag_value(argv, 'workdir')
   if not workdir:
     _fail('--workdir is required, e.g. --workdir=runs/samm')
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if not os.path.isfile(os.path.join(workdir, 'config.json')):
-    _fail(f'{workdir} holds no run (no config.json); train first with python main.py '
-          f'--config=... --workdir={workdir}')
+  from mpt_jax import workdir as wd  # pylint: disable=g-import-not-at-top
+  workdir = wd.resolve(workdir)
+  try:
+    wd.load_run_config(workdir)
+  except UserError as e:
+    _fail(str(e))
   here = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mpt_jax', 'workdir.py')
   return [argv[0], f'--config={here}:{workdir}'] + list(argv[1:])
 

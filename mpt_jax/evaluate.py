@@ -38,6 +38,13 @@ def evaluate(config: Optional[Any], workdir: str, data=None) -> Dict[str, Any]:
   config = wd.load_run_config(workdir, config)
   loso.validate_config(config)
   info = wd.read_run_info(workdir)
+  for s in range(int(config.num_seeds)):  # before loading the data: fold records only
+    seed = int(config.seed) + s
+    finished = wd.finished_subjects(workdir, seed, info['subjects'])
+    if len(finished) < len(info['subjects']):
+      raise loso.RunError(f'{workdir}: {len(finished)} of {len(info["subjects"])} folds of seed '
+                          f'{seed} have finished training; resume training with the same command '
+                          'first')
   data = data if data is not None else input_pipeline.load(config)
   exp = loso.Experiment(config, data)
   wd.check_protocol(info, wd.protocol_record(data.names, data.subjects, data.labels, data.classes),

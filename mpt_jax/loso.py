@@ -371,6 +371,20 @@ def _motion_example(exp: Experiment, workdir: str, seed: int, subject: str):
           'apex': exp.data.apex[idx], 'names': exp.data.names[idx].tolist()}
 
 
+def preflight(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The checks of a training run that need no data (fast); returns the resolved workdir."""
+  workdir = wd.resolve(workdir)
+  wd.check_usable(workdir)
+  model = validate_config(config)
+  wd.compare_config(config, workdir)
+  if config.model.pretrained_path:  # read and check the file now, before the data loads
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            jax.ShapeDtypeStruct((1,) + mpt_lib.input_shape(config.model),
+                                                 jax.numpy.float32))['params']
+    pretrained.load_backbone(config.model.pretrained_path, shapes, model.num_heads)
+  return workdir
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        data: Optional[input_pipeline.ClipSet] = None) -> Dict[str, Any]:
   """Runs (or resumes) the whole LOSO experiment and writes results, report and figures.
@@ -380,11 +394,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       (unless training itself fails, e.g. a non-finite loss, which names the fold and epoch).
   """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  workdir = wd.resolve(workdir)
   # 1. Checks that read only: workdir, config values, config vs workdir, data, model, init.
-  wd.check_usable(workdir)
-  validate_config(config)
-  wd.compare_config(config, workdir)
+  workdir = preflight(config, workdir)
   info = wd.read_run_info(workdir, required=False)
   data = data if data is not None else input_pipeline.load(config)
   exp = Experiment(config, data)

@@ -127,7 +127,6 @@ def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False,
     config: the config from the command line (its resumable keys, e.g. a moved pretrained file,
       are used), or None for the workdir's own config.
   """
-  from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
   workdir = wd.resolve(workdir)
   config = wd.load_run_config(workdir, config)
   info = wd.read_run_info(workdir)
@@ -138,8 +137,10 @@ def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False,
   if not finished:
     raise wd.RunError(f'{workdir}: no fold has finished training yet (0 of {len(subjects)}); '
                       'resume training with the same command first')
+  frames = read_frames(path)
+  from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
   stored = BUILDERS[config.data.name].FRAME_SIZE
-  clip = preprocess(read_frames(path), config, stored, onset, offset, crop_face)
+  clip = preprocess(frames, config, stored, onset, offset, crop_face)
   model = mpt_lib.build_model(config.model, len(classes))
   params = pretrained.init_params(model, config.model, jax.random.PRNGKey(seed))
   wd.check_init_fingerprint(info, seed, partition.tree_fingerprint(params), workdir)
