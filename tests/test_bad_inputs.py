@@ -300,8 +300,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over(ctx, tmp_path):
 
 def test_non_finite_loss_stops_the_fold_and_writes_no_result(ctx):
   workdir = os.path.join(ctx['root'], 'nan run')
-  r = run_main(*train(ctx, workdir, '--config.train.learning_rate=1e30',
-                      '--config.train.num_epochs=3'))
+  r = run_main(*train(ctx, workdir, '--config.train.learning_rate=3e38',
+                      '--config.train.num_epochs=2'))  # Adam steps of 3e38 overflow the logits
   assert_one_line_error(r, 'fold 1/3 (p01), epoch')
   assert 'not finite' in r.stderr
   assert not os.path.exists(wd.result_path(workdir, 0, 'p01'))
@@ -343,10 +343,10 @@ def test_predict_places_the_apex_where_the_model_does(ctx, monkeypatch):
   from mpt_jax import pretrained  # pylint: disable=g-import-not-at-top
   from mpt_jax.models import mpt as mpt_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  config = helpers.tiny_config()
-  model = mpt_lib.build_model(config.model, 5)
-  params = pretrained.init_params(model, config.model, jax.random.PRNGKey(0))
   for t in (7, 8):
+    config = helpers.tiny_config(num_frames=t)
+    model = mpt_lib.build_model(config.model, 5)
+    params = pretrained.init_params(model, config.model, jax.random.PRNGKey(0))
     clips = helpers.random_clips(frames=t)
     default = model.apply({'params': params}, clips)
     explicit = model.apply({'params': params}, clips,
