@@ -67,7 +67,8 @@ def read_frames(path: str) -> List[np.ndarray]:
   cap.release()
   if not out:
     size = os.path.getsize(path)
-    what = 'it is empty (0 bytes)' if size == 0 else f'{size} bytes that are not a video OpenCV reads'
+    what = ('it is empty (0 bytes)' if size == 0
+            else f'{size} bytes that are not a video OpenCV reads')
     raise PredictError(f'{path}: no frame could be read; {what}. Give a video file or a folder of '
                        'frames')
   return out

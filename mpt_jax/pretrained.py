@@ -54,9 +54,11 @@ def _read_npz(path: str) -> Dict[str, np.ndarray]:
     if 'pickle' in str(e):
       raise CheckpointError(f'{path}: holds object (pickled) arrays, which are never loaded; a '
                             'ViT checkpoint holds plain number arrays') from e
-    raise CheckpointError(f'{path}: not a readable .npz checkpoint ({type(e).__name__}: {e})') from e
+    raise CheckpointError(
+        f'{path}: not a readable .npz checkpoint ({type(e).__name__}: {e})') from e
   except (zipfile.BadZipFile, OSError, EOFError) as e:
-    raise CheckpointError(f'{path}: not a readable .npz checkpoint ({type(e).__name__}: {e})') from e
+    raise CheckpointError(
+        f'{path}: not a readable .npz checkpoint ({type(e).__name__}: {e})') from e
 
 
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:

@@ -153,7 +153,7 @@ def compare_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes ``config.json`` unless the workdir already has one (call :func:`compare_config` first)."""
+  """Writes ``config.json`` unless the workdir has one (which :func:`compare_config` checks)."""
   if not compare_config(config, workdir):
     write_json(config_path(workdir), json.loads(config.to_json()))
 

@@ -378,7 +378,8 @@ def test_other_prepared_data_is_refused_naming_the_clips(ctx):
   data = input_pipeline.load(config)
   fewer = data.subset(np.arange(len(data)) != 3)
   before = checksum(ctx['finished'])
-  with pytest.raises(wd.RunError, match=rf'1 clips differ: {data.names[3]} \(only in the workdir\)'):
+  one = rf'1 clips differ: {data.names[3]} \(only in the workdir\)'
+  with pytest.raises(wd.RunError, match=one):
     loso.train_and_evaluate(config, ctx['finished'], data=fewer)
   relabelled = input_pipeline.ClipSet(data.clips, (data.labels + 1) % 5, data.apex, data.subjects,
                                       data.names, data.classes)
