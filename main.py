@@ -7,13 +7,18 @@ Kept short on purpose; the logic lives in importable modules:
   python main.py --mode=predict --workdir=runs/samm --input=/path/to/clip  # class probabilities
   python main.py --mode=prepare --config=configs/samm.py --config.data.manual_dir=/data/SAMM
   python main.py --mode=profile --config=configs/casme2.py                 # Table V numbers
+
+Progress logs go to stdout; a user mistake is one line ``error: ...`` on stderr and exit code 2.
 """
 
 import json
 import os
+import re
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow only decodes the prepared images here; its oneDNN notice would be noise on stderr.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -36,10 +41,15 @@ flags.DEFINE_bool('crop_face', False, 'predict: detect and crop the face (OpenCV
 
 
 class _QuietLibraries(logging.logging.Filter):
-  """Drops the per-save INFO chatter of Orbax (warnings and errors still pass)."""
+  """Drops the per-save INFO chatter of Orbax (other warnings and errors still pass)."""
 
   def filter(self, record):
-    return record.levelno >= logging.logging.WARNING or '/orbax/' not in record.pathname
+    if '/orbax/' not in record.pathname:
+      return True
+    # Read-only restores (eval, predict) are intended; Orbax warns about them.
+    message = record.getMessage()
+    return (record.levelno >= logging.logging.WARNING and 'read only' not in message
+            and 'read_only' not in message)
 
 
 def _need_config():
@@ -51,7 +61,7 @@ def _need_config():
 def _need_workdir():
   if not FLAGS.workdir:
     raise UserError('--workdir is required, e.g. --workdir=runs/samm')
-  return FLAGS.workdir
+  return os.path.abspath(os.path.expanduser(FLAGS.workdir))
 
 
 def _run(mode):
@@ -61,27 +71,44 @@ def _run(mode):
     from mpt_jax import profile
     print(json.dumps(profile.profile(_need_config())))
   elif mode == 'prepare':
+    config = _need_config()
+    _hide_gpus_from_tensorflow()
     import tfds_builders.prepare as prep
-    print(prep.format_report(prep.prepare(_need_config().data)))
+    print(prep.format_report(prep.prepare(config.data)))
   elif mode == 'train':
     from mpt_jax import loso, report
     config, workdir = _need_config(), _need_workdir()
+    loso.preflight(config, workdir)  # fast checks before the slow TensorFlow import
+    _hide_gpus_from_tensorflow()
     _maybe_distributed()
     summary = loso.train_and_evaluate(config, workdir)
     print(report.results_table(summary))
-    print(f'Results: {os.path.join(os.path.abspath(workdir), "report.md")}')
+    print(f'Results: {os.path.join(workdir, "report.md")}')
   elif mode == 'eval':
     from mpt_jax import evaluate
+    from mpt_jax import workdir as wd
     workdir = _need_workdir()
-    config = FLAGS.config if FLAGS.config is not None else evaluate.load_run_config(workdir)
-    print(evaluate.summary_lines(evaluate.evaluate(config, workdir)))
+    wd.load_run_config(workdir, FLAGS.config)
+    wd.read_run_info(workdir)
+    _hide_gpus_from_tensorflow()
+    print(evaluate.summary_lines(evaluate.evaluate(FLAGS.config, workdir)))
   elif mode == 'predict':
     if not FLAGS.input:
       raise UserError('--input is required: a folder of frames or a video file')
     from mpt_jax import predict as predict_lib
-    result = predict_lib.predict(_need_workdir(), FLAGS.input, FLAGS.onset, FLAGS.offset,
-                             FLAGS.crop_face)
+    from mpt_jax import workdir as wd
+    workdir = _need_workdir()
+    wd.load_run_config(workdir, FLAGS.config)
+    wd.read_run_info(workdir)  # (predict runs no TensorFlow op: no GPU to hide from it)
+    result = predict_lib.predict(workdir, FLAGS.input, FLAGS.onset, FLAGS.offset,
+                                 FLAGS.crop_face, config=FLAGS.config)
     print(json.dumps(result))
+
+
+def _hide_gpus_from_tensorflow():
+  """TF (TFDS, TensorBoard) must not take GPU memory; imported late, only when needed."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
 
 
 def _maybe_distributed():
@@ -94,27 +121,93 @@ def _maybe_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  if FLAGS.mode != 'profile':
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')  # TF (TFDS, TensorBoard) must not take GPU memory
+  handler = logging.get_absl_handler()
+  handler.addFilter(_QuietLibraries())
+  # Logs (progress, warnings) on stdout; stderr carries only the one-line error of a user mistake.
+  handler.python_handler.stream = sys.stdout
+  logging.logging.captureWarnings(True)
+  if FLAGS.mode in ('predict', 'profile'):
+    logging.set_verbosity(logging.WARNING)  # stdout is the JSON answer
   try:
     _run(FLAGS.mode)
   except UserError as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
+
+
+def _fail(message: str) -> None:
+  """Prints ``error: <message>`` as one line on stderr and exits with code 2."""
+  print('error: ' + ' '.join(str(message).split()), file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  # Not sys.exit: after a failed checkpoint read, Orbax's background asyncio threads print
+  # "Event loop is closed" tracebacks during interpreter shutdown. Every record is already written
+  # atomically and the workdir lock is released, so nothing is lost by skipping the shutdown.
+  os._exit(2)  # pylint: disable=protected-access
+
+
+def _config_argument(argv):
+  for i, a in enumerate(argv[1:], 1):
+    if a.startswith('--config='):
+      return a[len('--config='):]
+    if a == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _last_error_line(text: str) -> str:
+  """The innermost ``SomeError: message`` line of a message that embeds a traceback."""
+  lines = [l.strip() for l in str(text).splitlines() if l.strip()]
+  errs = [l for l in lines if re.match(r'^[A-Za-z_.]*(Error|Exception): ', l)]
+  return errs[-1] if errs else ' '.join(lines)
+
+
+def _flag_value(argv, name):
+  for i, a in enumerate(argv[1:], 1):
+    if a.startswith(f'--{name}='):
+      return a[len(name) + 3:]
+    if a == f'--{name}' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _run_config_for_overrides(argv, config_arg):
+  """eval/predict with ``--config.<key>=...`` overrides but no ``--config``: the run's own config.
+
+  The overrides then apply to the workdir's ``config.json`` (read through
+  :func:`mpt_jax.workdir.get_config`), e.g. ``--config.model.pretrained_path=/new/place.npz``.
+  """
+  mode = _flag_value(argv, 'mode')
+  overrides = [a for a in argv[1:] if a.startswith('--config.')]
+  if config_arg is not None or mode not in ('eval', 'predict') or not overrides:
+    return argv
+  workdir = _flag_value(argv, 'workdir')
+  if not workdir:
+    _fail('--workdir is required, e.g. --workdir=runs/samm')
+  from mpt_jax import workdir as wd  # pylint: disable=g-import-not-at-top
+  workdir = wd.resolve(workdir)
+  try:
+    wd.load_run_config(workdir)
+  except UserError as e:
+    _fail(str(e))
+  here = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mpt_jax', 'workdir.py')
+  return [argv[0], f'--config={here}:{workdir}'] + list(argv[1:])
 
 
 def parse_flags(argv):
-  """Parses flags; a bad config override is one clear line, not a traceback."""
+  """Parses flags; a bad config file, argument or override is one clear line, not a traceback."""
+  config_arg = _config_argument(argv)
+  argv = _run_config_for_overrides(argv, config_arg)
+  if config_arg is not None:
+    path = config_arg.split(':', 1)[0]
+    if not os.path.isfile(path):
+      _fail(f'--config: no config file {path} (the dataset configs are in configs/, e.g. '
+            '--config=configs/samm.py or configs/synthetic.py:smoke)')
   try:
     return FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    print(f'error: cannot parse the command line ({type(e).__name__}: {e}). Config overrides '
-          f'given: {overrides}; every key is listed in configs/common.py.', file=sys.stderr)
-    sys.exit(2)
+    _fail(f'cannot parse the command line ({_last_error_line(e)}). Config overrides given: '
+          f'{overrides}; every key is listed in configs/common.py.')
 
 
 if __name__ == '__main__':

@@ -2,72 +2,96 @@
 
 The last-epoch predictions are recomputed from the checkpoints and compared with the ones the
 training run stored; the oracle best-epoch numbers (if enabled) can only come from the per-epoch
-predictions stored during training, since only the final checkpoint of a fold is kept.
+predictions stored during training, since only the final checkpoint of a fold is kept. Checkpoints
+are opened read-only: evaluation creates no folder and writes only ``results_eval.json``.
 """
 
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from absl import logging
 
 from mpt_jax import input_pipeline
 from mpt_jax import loso
 from mpt_jax import train as train_lib
+from mpt_jax import workdir as wd
 
 
-def load_run_config(workdir: str):
-  """The config a workdir was trained with."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.expanduser(workdir), 'config.json')
-  if not os.path.exists(path):
-    raise loso.RunError(f'{workdir} holds no run (no config.json); train first with '
-                        f'python main.py --config=... --workdir={workdir}')
-  return ml_collections.ConfigDict(loso.read_json(path))
+def load_run_config(workdir: str, given=None):
+  """The config a workdir was trained with (see :func:`mpt_jax.workdir.load_run_config`)."""
+  return wd.load_run_config(wd.resolve(workdir), given)
 
 
-def evaluate(config, workdir: str, data=None) -> Dict[str, Any]:
-  """Recomputes results from checkpoints; writes ``results_eval.json`` and returns the summary."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if not os.path.exists(os.path.join(workdir, 'config.json')):
-    load_run_config(workdir)  # raises the explanatory error
-  loso.check_workdir_config(config, workdir)
+def evaluate(config: Optional[Any], workdir: str, data=None) -> Dict[str, Any]:
+  """Recomputes results from checkpoints; writes ``results_eval.json`` and returns the summary.
+
+  Args:
+    config: the config from the command line (its resumable keys, e.g. a moved pretrained file,
+      are used), or None for the workdir's own config.
+    workdir: the run directory.
+    data: the protocol in memory (default: loaded from the config).
+
+  Raises:
+    errors.UserError: no run, unfinished folds, a damaged checkpoint, other data or weights.
+  """
+  workdir = wd.resolve(workdir)
+  config = wd.load_run_config(workdir, config)
+  loso.validate_config(config)
+  info = wd.read_run_info(workdir)
+  for s in range(int(config.num_seeds)):  # before loading the data: fold records only
+    seed = int(config.seed) + s
+    finished = wd.finished_subjects(workdir, seed, info['subjects'])
+    if len(finished) < len(info['subjects']):
+      raise loso.RunError(f'{workdir}: {len(finished)} of {len(info["subjects"])} folds of seed '
+                          f'{seed} have finished training; resume training with the same command '
+                          'first')
   data = data if data is not None else input_pipeline.load(config)
   exp = loso.Experiment(config, data)
-  info = loso.read_json(os.path.join(workdir, 'run_info.json'))
+  wd.check_protocol(info, wd.protocol_record(data.names, data.subjects, data.labels, data.classes),
+                    workdir)
   results_by_seed, identical = {}, True
   for s in range(int(config.num_seeds)):
     seed = int(config.seed) + s
+    finished = wd.finished_subjects(workdir, seed, exp.subjects)
+    if len(finished) < len(exp.subjects):
+      raise loso.RunError(f'{workdir}: {len(finished)} of {len(exp.subjects)} folds of seed {seed} '
+                          'have finished training; resume training with the same command first')
     exp.init(seed)
-    fp = info.get('backbone_fingerprint', {}).get(str(seed))
-    if fp != exp.backbone_fingerprint:
-      raise loso.RunError(f'The frozen backbone differs from the trained run (fingerprint '
-                          f'{exp.backbone_fingerprint} vs {fp}); check config.model.pretrained_path')
+    wd.check_init_fingerprint(info, seed, exp.init_fingerprint, workdir)
     results = []
     for i, subject in enumerate(exp.subjects):
-      fdir = loso.fold_dir(workdir, seed, subject)
-      ckpt = train_lib.FoldCheckpointer(os.path.join(fdir, 'checkpoints'))
-      epoch = ckpt.latest_epoch()
-      if epoch is None or epoch != int(config.train.num_epochs):
-        raise loso.RunError(f'Fold {subject} (seed {seed}) is not finished (last checkpoint: '
-                            f'{epoch}); resume training with the same command first')
-      _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
-      ckpt.close()
+      stored = wd.read_json(wd.result_path(workdir, seed, subject))
+      try:
+        ckpt = train_lib.FoldCheckpointer(wd.checkpoint_dir(workdir, seed, subject),
+                                          read_only=True)
+        try:
+          epoch = ckpt.latest_epoch()
+          if epoch != int(config.train.num_epochs):
+            raise train_lib.CheckpointDamagedError(
+                f'its last checkpoint is epoch {epoch}, not {config.train.num_epochs}')
+          _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
+        finally:
+          ckpt.close()
+      except train_lib.CheckpointDamagedError as e:
+        raise train_lib.CheckpointDamagedError(
+            f'Fold {subject} (seed {seed}) cannot be evaluated: {e}. Its stored predictions are '
+            'in result.json; to recompute them, move the fold folder aside and train again') from e
       _, test_idx = input_pipeline.split_for_subject(data, subject)
       preds = exp.predict(state.params, test_idx).argmax(-1)
-      stored_path = os.path.join(fdir, 'result.json')
-      stored = loso.read_json(stored_path) if os.path.exists(stored_path) else None
-      if stored is not None and stored['predictions'] != preds.tolist():
+      if stored['predictions'] != preds.tolist():
         identical = False
         logging.warning('Fold %s: recomputed predictions differ from the stored ones', subject)
       results.append({
           'subject': subject, 'seed': seed, 'fold': i, 'n': int(len(test_idx)),
-          'clips': data.names[test_idx].tolist(), 'labels': data.labels[test_idx].tolist(), 'predictions': preds.tolist(),
-          'per_epoch_predictions': stored['per_epoch_predictions'] if stored else [],
-          'history': stored['history'] if stored else {}})
+          'clips': data.names[test_idx].tolist(), 'labels': data.labels[test_idx].tolist(),
+          'predictions': preds.tolist(),
+          'per_epoch_predictions': stored.get('per_epoch_predictions', []),
+          'history': stored.get('history', {})})
     results_by_seed[seed] = results
   summary = loso.summarise(config, data.classes, results_by_seed)
   summary['identical_to_training_run'] = identical
-  loso.write_json(os.path.join(workdir, 'results_eval.json'), summary)
+  with wd.Lock(workdir):
+    wd.write_json(os.path.join(workdir, 'results_eval.json'), summary)
   return summary
 
 
@@ -77,4 +101,3 @@ def summary_lines(summary: Dict[str, Any]) -> str:
   if 'identical_to_training_run' in summary:
     text += f"\nidentical to the training run's predictions: {summary['identical_to_training_run']}"
   return text
-

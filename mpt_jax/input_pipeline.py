@@ -71,6 +71,14 @@ def apex_on_timeline(apex_index: int, n: int, t_count: int) -> int:
   return int(np.clip(np.round(apex_index * (t_count - 1) / (n - 1)), 0, t_count - 1))
 
 
+def middle_apex(t_count: int) -> int:
+  """The default apex on a T-frame timeline when none is annotated: ``(T - 1) // 2``.
+
+  The one definition shared by prediction and the model's default (``MPT.__call__``).
+  """
+  return (int(t_count) - 1) // 2
+
+
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
   """Bilinear resize of (T, H, W, 3) to (T, size, size, 3) (antialiased when shrinking)."""
   if frames.shape[1:3] == (size, size):

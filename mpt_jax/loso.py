@@ -1,22 +1,21 @@
 """The LOSO loop: leave-one-subject-out training and evaluation with a resumable record.
 
 ``train_and_evaluate(config, workdir)`` trains one model per held-out subject (per seed), evaluates
-it on that subject and writes, in ``workdir``::
+it on that subject and writes the workdir records described in :mod:`mpt_jax.workdir`, plus
+``seed_<s>/fold_<subject>/events.*`` (TensorBoard scalars) and ``results.json``, ``report.md`` and
+``figures/`` (see :mod:`mpt_jax.report`).
 
-  config.json             the run's config (a different config is refused, naming the keys)
-  run_info.json           backbone fingerprint, devices, versions
-  seed_<s>/fold_<subject>/checkpoints/   Orbax checkpoints (trainable parameters + optimizer)
-  seed_<s>/fold_<subject>/result.json    the fold's predictions (written once the fold is done)
-  seed_<s>/fold_<subject>/events.*       TensorBoard scalars of the fold
-  results.json, report.md, figures/      (see :mod:`mpt_jax.report`)
-
-A finished fold (``result.json`` present) is never retrained; an unfinished one resumes from its
-last checkpoint. Data order and augmentation depend only on (seed, fold, epoch), so a resumed run ends with
-exactly the metrics of an uninterrupted one. Every fold starts from the same freshly initialised
-trainable parameters (same seed); the frozen backbone is one set of arrays shared by all folds.
+Everything a run needs is checked before the workdir is touched (config values, model, optimizer,
+pretrained file, dataset, batch sizes, the protocol and the initial parameters against an earlier
+run in the same workdir), so a refused run changes nothing there. The run then holds the workdir's
+lock. A finished fold (``result.json`` present) is never retrained; an unfinished one resumes from
+its last checkpoint (a damaged one is moved aside and the fold retrained). Data order and
+augmentation depend only on (seed, fold, epoch), so a resumed run ends with exactly the metrics of
+an uninterrupted one. Every fold starts from the same freshly initialised trainable parameters (same
+seed); the frozen backbone is one set of arrays shared by all folds.
 """
 
-import json
+import math
 import os
 import platform
 import time
@@ -32,64 +31,80 @@ from mpt_jax import input_pipeline
 from mpt_jax import metrics as metrics_lib
 from mpt_jax import partition
 from mpt_jax import pretrained
+from mpt_jax import report as report_lib
 from mpt_jax import train as train_lib
+from mpt_jax import workdir as wd
 from mpt_jax.models import mpt as mpt_lib
 
-# Keys that may change between runs in one workdir without changing the results.
-RESUMABLE_KEYS = ('data.data_dir', 'data.manual_dir', 'model.pretrained_path',
-                  'train.log_every_steps')
+RunError = wd.RunError
 
 
-class RunError(errors.UserError):
-  """A run that cannot start or continue (the message says why)."""
+class ConfigError(errors.UserError):
+  """A config value that cannot work (the message names the key)."""
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Atomic JSON write (temporary file + rename), so a crash never leaves a half file."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, sort_keys=False)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+# Counts that must be at least 1 (key: what it counts).
+_POSITIVE = ('num_seeds', 'train.num_epochs', 'train.batch_size', 'train.eval_batch_size',
+             'train.eval_every_epochs', 'train.checkpoint_every_epochs', 'train.log_every_steps',
+             'model.num_frames', 'model.image_size', 'model.num_prompts',
+             'model.adapter_reduction', 'model.tokenizer_dim', 'model.tokenizer_patch')
+_NON_NEGATIVE = ('train.num_devices', 'train.warmup_epochs', 'train.weight_decay')
+_CHOICES = {'train.optimizer': ('adam', 'adamw', 'sgd'),
+            'train.schedule': ('constant', 'cosine'),
+            'model.training_strategy': tuple(partition.STRATEGIES)}
 
 
-def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+def _get(config, key):
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
 
 
-def _flat(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    key = f'{prefix}{k}'
-    if isinstance(v, dict):
-      out.update(_flat(v, key + '.'))
-    else:
-      out[key] = list(v) if isinstance(v, tuple) else v
-  return out
+def validate_config(config: ml_collections.ConfigDict, num_classes: Optional[int] = None):
+  """Checks every config value a run uses, without touching data or workdir.
 
+  Builds the model (unknown variant, modality, prompt or adapter type; image size vs patch size).
 
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Saves the config on the first run; refuses a different one later, naming the keys."""
-  path = os.path.join(workdir, 'config.json')
-  current = json.loads(config.to_json())
-  if os.path.exists(path):
-    saved = _flat(read_json(path))
-    now = _flat(current)
-    diff = sorted(k for k in set(saved) | set(now)
-                  if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS)
-    if diff:
-      details = '; '.join(f'{k}: workdir {saved.get(k)!r} vs now {now.get(k)!r}' for k in diff[:8])
-      raise RunError(f'{workdir} was created with a different config ({details}). Use another '
-                     '--workdir or the original config.')
-  else:
-    os.makedirs(workdir, exist_ok=True)
-    write_json(path, current)
+  Returns:
+    the model (built with ``num_classes``, or ``config.data.num_classes``, or 2).
+
+  Raises:
+    ConfigError: naming the first bad key.
+  """
+  for key in _POSITIVE:
+    try:
+      value = _get(config, key)
+    except KeyError:
+      continue
+    if int(value) < 1:
+      raise ConfigError(f'config.{key} is {value}; it must be at least 1')
+  for key in _NON_NEGATIVE:
+    if float(_get(config, key)) < 0:
+      raise ConfigError(f'config.{key} is {_get(config, key)}; it must be 0 or more')
+  lr = float(config.train.learning_rate)
+  if not math.isfinite(lr) or lr <= 0:
+    raise ConfigError(f'config.train.learning_rate is {lr}; it must be a positive number')
+  for key, choices in _CHOICES.items():
+    if _get(config, key) not in choices:
+      raise ConfigError(f'config.{key} is {_get(config, key)!r}; it must be one of '
+                        f'{", ".join(choices)}')
+  if config.model.training_strategy == 'scratch' and config.model.pretrained_path:
+    raise ConfigError(f'training_strategy scratch trains from a random init and would ignore '
+                      f'config.model.pretrained_path ({config.model.pretrained_path}); unset it '
+                      "(--config.model.pretrained_path='') or choose another strategy")
+  if num_classes is None:
+    num_classes = int(config.data.get('num_classes', 2) or 2)
+  try:
+    return mpt_lib.build_model(config.model, num_classes)
+  except errors.UserError:
+    raise
+  except (ValueError, KeyError) as e:
+    raise ConfigError(f'config.model is not a valid model: {e}') from e
 
 
 def fold_dir(workdir: str, seed: int, subject: str) -> str:
-  return os.path.join(workdir, f'seed_{seed}', f'fold_{subject}')
+  return wd.fold_dir(workdir, seed, subject)
 
 
 class Experiment:
@@ -112,7 +127,7 @@ class Experiment:
     self.num_devices = len(self.devices)  # local
     self.global_devices = self.num_devices * self.process_count
     self.strategy = config.model.training_strategy
-    self.model = mpt_lib.build_model(config.model, len(data.classes))
+    self.model = validate_config(config, len(data.classes))
     self.subjects = data.subject_list
     if len(self.subjects) < 2:
       raise RunError(f'LOSO needs at least 2 subjects; the data has {self.subjects}')
@@ -130,11 +145,17 @@ class Experiment:
     self.data_on_device = input_pipeline.device_arrays(data, self.devices)
     self.geometric = (float(config.data.max_rotation_deg) > 0
                       or float(config.data.min_crop_scale) < 1.0)
+    self.seed = None  # the seed of the last init()
 
   def init(self, seed: int) -> None:
     """Initial parameters for ``seed``: trainable init (same for every fold) and frozen leaves."""
     self.seed = seed  # pylint: disable=attribute-defined-outside-init
-    params = pretrained.init_params(self.model, self.config.model, jax.random.PRNGKey(seed))
+    try:
+      params = pretrained.init_params(self.model, self.config.model, jax.random.PRNGKey(seed))
+    except errors.UserError:
+      raise
+    except (ValueError, TypeError) as e:  # shapes the config's model values cannot produce
+      raise ConfigError(f'config.model cannot be initialised: {e}') from e
     self.labels_tree = partition.param_labels(params, self.strategy)  # pylint: disable=attribute-defined-outside-init
     self.trainable0, self.frozen = partition.split_params(params, self.strategy)  # pylint: disable=attribute-defined-outside-init
     # The schedule horizon uses the largest fold so that one compiled step serves every fold.
@@ -145,7 +166,9 @@ class Experiment:
         self.model, self.tx, self.labels_tree,
         self.devices if self.process_count == 1 else None,
         eval_devices=self.devices, geometric_augmentation=self.geometric)  # pylint: disable=attribute-defined-outside-init
-    self.backbone_fingerprint = partition.tree_fingerprint(self.frozen)  # pylint: disable=attribute-defined-outside-init
+    # The whole initial tree: a changed pretrained file or init is refused on resume, whatever
+    # the strategy trains.
+    self.init_fingerprint = partition.tree_fingerprint(params)  # pylint: disable=attribute-defined-outside-init
 
   def fresh_state(self) -> train_lib.TrainState:
     return train_lib.create_state(self.trainable0, self.frozen, self.tx)
@@ -172,21 +195,34 @@ def train_fold(exp: Experiment, seed: int, fold_index: int, subject: str, workdi
   """Trains (or resumes) the fold holding out ``subject``; returns its result record."""
   config = exp.config
   fdir = fold_dir(workdir, seed, subject)
-  os.makedirs(fdir, exist_ok=True)
+  wd.makedirs(fdir)
   train_idx, test_idx = input_pipeline.split_for_subject(exp.data, subject)
-  ckpt = train_lib.FoldCheckpointer(os.path.join(fdir, 'checkpoints'))
+  ckpt_dir = wd.checkpoint_dir(workdir, seed, subject)
+  ckpt = train_lib.FoldCheckpointer(ckpt_dir)
   state = exp.fresh_state()
   history_path = os.path.join(fdir, 'history.json')
   history: Dict[str, List[Any]] = {'epoch': [], 'train_loss': [], 'train_accuracy': [],
                                    'test_accuracy': [], 'test_predictions': [], 'learning_rate': []}
   start_epoch = 0
   if ckpt.latest_epoch() is not None:
-    start_epoch, state = ckpt.restore(state, exp.strategy)
-    if os.path.exists(history_path):
-      history = read_json(history_path)
+    try:
+      start_epoch, state = ckpt.restore(state, exp.strategy)
+    except train_lib.CheckpointDamagedError as e:
+      # Only the latest checkpoint is kept, so there is no earlier one to fall back to: keep the
+      # damaged one aside (never delete data) and retrain this fold from the start.
+      ckpt.close()
+      aside = f'{ckpt_dir}.damaged.{int(time.time())}'
+      os.replace(ckpt_dir, aside)
+      logging.warning('Fold %s (seed %d): %s; moved it to %s and retraining the fold from the '
+                      'start', subject, seed, e, aside)
+      ckpt = train_lib.FoldCheckpointer(ckpt_dir)
+      start_epoch, state = 0, exp.fresh_state()
+    if start_epoch and os.path.exists(history_path):
+      history = wd.read_json(history_path)
       keep = [i for i, e in enumerate(history['epoch']) if e <= start_epoch]
       history = {k: [v[i] for i in keep] for k, v in history.items()}
-    logging.info('Fold %s: resuming after epoch %d', subject, start_epoch)
+    if start_epoch:
+      logging.info('Fold %s: resuming after epoch %d', subject, start_epoch)
   num_epochs = int(config.train.num_epochs)
   t0 = time.time()
   logits = None  # held-out logits of the final state, once computed
@@ -207,6 +243,12 @@ def train_fold(exp: Experiment, seed: int, fold_index: int, subject: str, workdi
     w = np.asarray(m['count'], np.float64)
     train_loss = float(np.dot(m['loss'], w) / w.sum())
     train_acc = float(np.dot(m['accuracy'], w) / w.sum())
+    if not np.all(np.isfinite(np.asarray(m['loss'], np.float64))):
+      ckpt.close()
+      raise RunError(f'seed {seed} fold {fold_index + 1}/{len(exp.subjects)} ({subject}), epoch '
+                     f'{epoch}: the training loss became {train_loss} (not finite); nothing of '
+                     'this epoch is saved and the fold has no result. Lower '
+                     '--config.train.learning_rate or check the pretrained weights')
     lr = float(exp.schedule(int(jax.device_get(state.step))))
     history['epoch'].append(epoch)
     history['train_loss'].append(train_loss)
@@ -227,7 +269,7 @@ def train_fold(exp: Experiment, seed: int, fold_index: int, subject: str, workdi
       scalars['test_accuracy'] = history['test_accuracy'][-1]
     writer.write_scalars(epoch, scalars)
     if epoch % max(1, int(config.train.checkpoint_every_epochs)) == 0 or epoch == num_epochs:
-      write_json(history_path, history)
+      wd.write_json(history_path, history)
       ckpt.save(epoch, state, exp.strategy)
     elapsed = time.time() - t0
     eta = elapsed / (epoch - start_epoch) * (num_epochs - epoch)
@@ -251,7 +293,7 @@ def train_fold(exp: Experiment, seed: int, fold_index: int, subject: str, workdi
                                          'learning_rate')},
       'per_epoch_predictions': history['test_predictions'],
   }
-  write_json(os.path.join(fdir, 'result.json'), result)
+  wd.write_json(wd.result_path(workdir, seed, subject), result)
   return result
 
 
@@ -303,49 +345,107 @@ def summarise(config, classes, results_by_seed: Dict[int, List[Dict[str, Any]]])
     vals = [e[mode] for e in per_seed.values() if mode in e]
     if vals:
       summary[f'{mode}_over_seeds'] = {k: metrics_lib.mean_std([v[k] for v in vals]) for k in keys}
+  per_ds = [e['last_epoch_per_dataset'] for e in per_seed.values()
+            if 'last_epoch_per_dataset' in e]
+  if per_ds:
+    summary['last_epoch_per_dataset_over_seeds'] = {
+        ds: {k: metrics_lib.mean_std([p[ds][k] for p in per_ds]) for k in keys}
+        for ds in per_ds[0]}
   return summary
+
+
+def _motion_example(exp: Experiment, workdir: str, seed: int, subject: str):
+  """Inputs of the report's motion figure: the first fold's final model on 3 of its clips."""
+  try:
+    ckpt = train_lib.FoldCheckpointer(wd.checkpoint_dir(workdir, seed, subject), read_only=True)
+    try:
+      _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
+    finally:
+      ckpt.close()
+  except train_lib.CheckpointDamagedError as e:  # figures must never fail a finished run
+    logging.warning('No motion figure: %s', e)
+    return None
+  _, test_idx = input_pipeline.split_for_subject(exp.data, subject)
+  idx = test_idx[:3]
+  return {'model': exp.model, 'params': state.params, 'clips': exp.data.clips[idx],
+          'apex': exp.data.apex[idx], 'names': exp.data.names[idx].tolist()}
+
+
+def preflight(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The checks of a training run that need no data (fast); returns the resolved workdir."""
+  workdir = wd.resolve(workdir)
+  wd.check_usable(workdir)
+  model = validate_config(config)
+  wd.compare_config(config, workdir)
+  if config.model.pretrained_path:  # read and check the file now, before the data loads
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            jax.ShapeDtypeStruct((1,) + mpt_lib.input_shape(config.model),
+                                                 jax.numpy.float32))['params']
+    pretrained.load_backbone(config.model.pretrained_path, shapes, model.num_heads)
+  return workdir
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        data: Optional[input_pipeline.ClipSet] = None) -> Dict[str, Any]:
-  """Runs (or resumes) the whole LOSO experiment and writes results, report and figures."""
+  """Runs (or resumes) the whole LOSO experiment and writes results, report and figures.
+
+  Raises:
+    errors.UserError: for anything the user can fix; then nothing in ``workdir`` has changed
+      (unless training itself fails, e.g. a non-finite loss, which names the fold and epoch).
+  """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from mpt_jax import report as report_lib  # pylint: disable=g-import-not-at-top
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  check_workdir_config(config, workdir)
+  # 1. Checks that read only: workdir, config values, config vs workdir, data, model, init.
+  workdir = preflight(config, workdir)
+  info = wd.read_run_info(workdir, required=False)
   data = data if data is not None else input_pipeline.load(config)
   exp = Experiment(config, data)
+  protocol = wd.protocol_record(data.names, data.subjects, data.labels, data.classes)
+  wd.check_protocol(info, protocol, workdir)
+  first_seed = int(config.seed)
+  exp.init(first_seed)
+  wd.check_init_fingerprint(info, first_seed, exp.init_fingerprint, workdir)
+  # 2. Writes, under the workdir's lock.
+  lock = wd.Lock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()
+  try:
+    return _run(config, workdir, data, exp, protocol, metric_writers)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir, data, exp, protocol, metric_writers) -> Dict[str, Any]:
+  """The LOSO loop of :func:`train_and_evaluate`, once every check passed and the lock is held."""
+  wd.save_config(config, workdir)
   logging.info('LOSO over %d subjects, %d clips, %d device(s) (%s)', len(exp.subjects), len(data),
                exp.num_devices, jax.devices()[0].platform)
   results_by_seed = {}
-  run_info_path = os.path.join(workdir, 'run_info.json')
   t_run = time.time()
   total_folds = int(config.num_seeds) * len(exp.subjects)
   folds_done_now = 0
   for s in range(int(config.num_seeds)):
     seed = int(config.seed) + s
-    exp.init(seed)
-    info = read_json(run_info_path) if os.path.exists(run_info_path) else {}
-    fp = info.get('backbone_fingerprint', {}).get(str(seed))
-    if fp is not None and fp != exp.backbone_fingerprint:
-      raise RunError(f'The frozen backbone differs from the one this workdir was trained with '
-                     f'(fingerprint {exp.backbone_fingerprint} vs {fp}); check '
-                     'config.model.pretrained_path')
-    info.setdefault('backbone_fingerprint', {})[str(seed)] = exp.backbone_fingerprint
+    if exp.seed != seed:
+      exp.init(seed)
+    info = wd.read_run_info(workdir, required=False)
+    wd.check_init_fingerprint(info, seed, exp.init_fingerprint, workdir)
+    info.setdefault('init_fingerprint', {})[str(seed)] = exp.init_fingerprint
+    info.pop('backbone_fingerprint', None)  # older runs: frozen leaves only
     info.update({'devices': [str(d) for d in exp.devices], 'jax': jax.__version__,
                  'python': platform.python_version(), 'subjects': exp.subjects,
-                 'num_clips': len(data), 'classes': list(data.classes),
+                 'num_clips': len(data), 'classes': list(data.classes), 'protocol': protocol,
                  'trainable_params': partition.count_trainable(
                      partition.merge_params(exp.trainable0, exp.frozen), exp.strategy)})
-    write_json(run_info_path, info)
+    wd.write_json(wd.run_info_path(workdir), info)
     logging.info('Seed %d: parameters by part %s, trainable parts %s', seed,
                  partition.count_by_part(partition.merge_params(exp.trainable0, exp.frozen)),
                  partition.trainable_parts(exp.strategy))
     results = []
     for i, subject in enumerate(exp.subjects):
-      path = os.path.join(fold_dir(workdir, seed, subject), 'result.json')
+      path = wd.result_path(workdir, seed, subject)
       if os.path.exists(path):
-        results.append(read_json(path))
+        results.append(wd.read_json(path))
         continue
       writer = metric_writers.create_default_writer(fold_dir(workdir, seed, subject),
                                                     just_logging=jax.process_index() > 0)
@@ -362,7 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    done, total_folds, per_fold * (total_folds - done))
     results_by_seed[seed] = results
   summary = summarise(config, data.classes, results_by_seed)
-  write_json(os.path.join(workdir, 'results.json'), summary)
+  wd.write_json(os.path.join(workdir, 'results.json'), summary)
   run_writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   for seed, entry in summary['seeds'].items():
     for i, f in enumerate(entry['folds']):
@@ -370,5 +470,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   last = summary['last_epoch_over_seeds']
   run_writer.write_scalars(0, {f'final/{k}': v['mean'] for k, v in last.items()})
   run_writer.close()
-  report_lib.write_report(config, workdir, summary, exp, results_by_seed)
+  first_seed = sorted(results_by_seed)[0]
+  if exp.seed != first_seed:
+    exp.init(first_seed)
+  motion = _motion_example(exp, workdir, first_seed, results_by_seed[first_seed][0]['subject'])
+  report_lib.write_report(config, workdir, summary, results_by_seed, motion)
   return summary

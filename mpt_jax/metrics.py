@@ -1,10 +1,19 @@
 """Micro-expression recognition metrics over the concatenated predictions of all LOSO folds (SPEC §8).
 
 As in the reference codes (STSTNet, HTNet, MEB, MOL): predictions of every fold are concatenated and
-the metrics are computed once. UF1 is the mean over classes of ``2TP / (2TP + FP + FN)`` (sklearn's
-macro F1), UAR the mean per-class recall (sklearn's balanced accuracy), WF1 the support-weighted F1.
-A class absent from both labels and predictions has an undefined F1; it counts as 0 (sklearn's
-``zero_division=0``) and is named in ``undefined_classes``.
+the metrics are computed once. One definition for UF1 and UAR, on every set of predictions (a whole
+protocol, or a subset such as one source dataset of the MEGC2019 composite):
+
+* UF1 is the mean over the classes *present in the labels* of ``2TP / (2TP + FP + FN)``
+  (sklearn: ``f1_score(average='macro', labels=<classes present>)``);
+* UAR is the mean over the same classes of the recall ``TP / (TP + FN)``
+  (sklearn: ``recall_score(average='macro', labels=<classes present>)``, i.e. balanced accuracy);
+* WF1 is the support-weighted F1; accuracy the fraction correct.
+
+A class with no clip in the labels has no recall, so it is left out of both means (its false
+positives still lower the other classes' F1 and recall); such classes are named in
+``undefined_classes``. When every class is present (a full LOSO protocol) UF1 is sklearn's plain
+macro F1. Over seeds, :func:`mean_std` gives the population standard deviation (ddof = 0).
 """
 
 from typing import Any, Dict, Sequence
@@ -42,13 +51,13 @@ def from_confusion(cm: np.ndarray, class_names: Sequence[str] = ()) -> Dict[str,
   return {
       'n': int(total),
       'accuracy': float(tp.sum() / total) if total else float('nan'),
-      'uf1': float(f1.mean()),
+      'uf1': float(f1[present].mean()) if present.any() else float('nan'),
       'uar': float(recall[present].mean()) if present.any() else float('nan'),
       'wf1': float((f1 * support).sum() / support.sum()) if support.sum() else float('nan'),
       'per_class_accuracy': {n: float(r) if s else None for n, r, s in zip(names, recall, support)},
       'per_class_f1': {n: float(v) for n, v in zip(names, f1)},
       'support': {n: int(s) for n, s in zip(names, support)},
-      'undefined_classes': [n for n, d in zip(names, denom_f1) if d == 0],
+      'undefined_classes': [n for n, s in zip(names, support) if s == 0],
       'confusion_matrix': cm.astype(int).tolist(),
   }
 
@@ -58,7 +67,11 @@ def compute(labels: Sequence[int], preds: Sequence[int], class_names: Sequence[s
   return from_confusion(confusion_matrix(labels, preds, len(class_names)), class_names)
 
 
+STD_DDOF = 0  # Over seeds: population standard deviation (numpy's default), stated in every record.
+
+
 def mean_std(values: Sequence[float]) -> Dict[str, float]:
-  """Mean and (population, ddof=0) standard deviation over seeds."""
+  """Mean and population (ddof = 0) standard deviation over seeds."""
   v = np.asarray(values, np.float64)
-  return {'mean': float(v.mean()), 'std': float(v.std()), 'n': int(v.size)}
+  return {'mean': float(v.mean()), 'std': float(v.std(ddof=STD_DDOF)), 'n': int(v.size),
+          'ddof': STD_DDOF}

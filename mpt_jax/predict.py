@@ -6,10 +6,13 @@ micro-expression; without them the whole clip is used. With ``crop_face`` the la
 OpenCV's bundled Haar cascade in the middle frame gives one square crop (enlarged by 20%) applied to
 every frame, so the crop itself adds no motion. The frames then go through exactly the training
 preprocessing (resize to the dataset's stored frame size, temporal resampling to T, resize to
-``image_size``). The apex is taken as the middle of the clip.
+``image_size``). The apex is taken as the middle of the resampled clip
+(:func:`mpt_jax.input_pipeline.middle_apex`, the model's own default).
 
-The prediction averages the softmax of every fold's final model of the run's first seed (each is
-a model trained without one subject); the per-fold probabilities are returned too.
+The prediction averages the softmax of the final model of every *finished* fold of the run's first
+seed (each is a model trained without one subject; a fold still training is left out, and the
+output says how many folds were used); the per-fold probabilities are returned too. Checkpoints are
+opened read-only: prediction writes nothing into the workdir.
 """
 
 import os
@@ -20,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from absl import logging
+
 from mpt_jax import errors
-from mpt_jax import evaluate
 from mpt_jax import input_pipeline
-from mpt_jax import loso
 from mpt_jax import partition
 from mpt_jax import pretrained
 from mpt_jax import train as train_lib
+from mpt_jax import workdir as wd
 from mpt_jax.models import mpt as mpt_lib
 
 
@@ -36,7 +40,7 @@ class PredictError(errors.UserError):
 
 def read_frames(path: str) -> List[np.ndarray]:
   """RGB uint8 frames of a frame folder or a video file."""
-  path = os.path.expanduser(path)
+  path = wd.resolve(path)
   if os.path.isdir(path):
     from tfds_builders import common  # pylint: disable=g-import-not-at-top
     frames = common.list_frames(path)
@@ -62,7 +66,11 @@ def read_frames(path: str) -> List[np.ndarray]:
     out.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
   cap.release()
   if not out:
-    raise PredictError(f'{path}: OpenCV could not read any frame from this file')
+    size = os.path.getsize(path)
+    what = ('it is empty (0 bytes)' if size == 0
+            else f'{size} bytes that are not a video OpenCV reads')
+    raise PredictError(f'{path}: no frame could be read; {what}. Give a video file or a folder of '
+                       'frames')
   return out
 
 
@@ -89,6 +97,8 @@ def preprocess(frames: List[np.ndarray], config, stored_size: int, onset=None, o
   n = len(frames)
   lo = 0 if onset is None else int(onset)
   hi = n - 1 if offset is None else int(offset)
+  if lo > hi:
+    raise PredictError(f'--onset {lo} is after --offset {hi}; the onset must come first')
   if not 0 <= lo <= hi < n:
     raise PredictError(f'onset/offset {onset}/{offset} outside the clip of {n} frames (0..{n - 1})')
   frames = frames[lo:hi + 1]
@@ -105,42 +115,61 @@ def preprocess(frames: List[np.ndarray], config, stored_size: int, onset=None, o
                                      int(config.model.image_size))
 
 
-def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False) -> Dict[str, Any]:
-  """Class probabilities for one clip from the run in ``workdir``."""
-  from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
-  config = evaluate.load_run_config(workdir)
-  info = loso.read_json(os.path.join(workdir, 'run_info.json'))
+def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False,
+            config=None) -> Dict[str, Any]:
+  """Class probabilities for one clip from the run in ``workdir``.
+
+  Args:
+    workdir: the trained run.
+    path: a folder of frames or a video file.
+    onset: first frame used (index into the frames), or None for the first.
+    offset: last frame used, or None for the last.
+    crop_face: crop the face found by the Haar cascade.
+    config: the config from the command line (its resumable keys, e.g. a moved pretrained file,
+      are used), or None for the workdir's own config.
+  """
+  workdir = wd.resolve(workdir)
+  config = wd.load_run_config(workdir, config)
+  info = wd.read_run_info(workdir)
   classes = info['classes']
-  stored = BUILDERS[config.data.name].FRAME_SIZE
-  clip = preprocess(read_frames(path), config, stored, onset, offset, crop_face)
-  model = mpt_lib.build_model(config.model, len(classes))
   seed = int(config.seed)
+  subjects = info['subjects']
+  finished = wd.finished_subjects(workdir, seed, subjects)
+  if not finished:
+    raise wd.RunError(f'{workdir}: no fold has finished training yet (0 of {len(subjects)}); '
+                      'resume training with the same command first')
+  frames = read_frames(path)
+  from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
+  stored = BUILDERS[config.data.name].FRAME_SIZE
+  clip = preprocess(frames, config, stored, onset, offset, crop_face)
+  model = mpt_lib.build_model(config.model, len(classes))
   params = pretrained.init_params(model, config.model, jax.random.PRNGKey(seed))
+  wd.check_init_fingerprint(info, seed, partition.tree_fingerprint(params), workdir)
   strategy = config.model.training_strategy
   trainable, frozen = partition.split_params(params, strategy)
-  if partition.tree_fingerprint(frozen) != info['backbone_fingerprint'][str(seed)]:
-    raise loso.RunError('The frozen backbone differs from the trained run; check '
-                        'config.model.pretrained_path in the workdir config')
   tx = partition.make_optimizer(config.train, params, strategy, 1)
   apply = jax.jit(lambda p, x, a: jax.nn.softmax(model.apply({'params': p}, x, a)))
   x = jnp.asarray(clip[None], jnp.float32)
-  apex = jnp.asarray([int(config.model.num_frames) // 2], jnp.int32)
+  apex = jnp.asarray([input_pipeline.middle_apex(int(config.model.num_frames))], jnp.int32)
   per_fold = {}
-  for subject in info['subjects']:
-    ckpt = train_lib.FoldCheckpointer(os.path.join(loso.fold_dir(workdir, seed, subject),
-                                                   'checkpoints'))
-    if ckpt.latest_epoch() is None:
-      ckpt.close()
-      continue
-    _, state = ckpt.restore(train_lib.create_state(trainable, frozen, tx), strategy)
-    ckpt.close()
+  for subject in finished:
+    try:
+      ckpt = train_lib.FoldCheckpointer(wd.checkpoint_dir(workdir, seed, subject), read_only=True)
+      try:
+        _, state = ckpt.restore(train_lib.create_state(trainable, frozen, tx), strategy)
+      finally:
+        ckpt.close()
+    except train_lib.CheckpointDamagedError as e:
+      raise train_lib.CheckpointDamagedError(
+          f'Fold {subject} (seed {seed}) cannot be used for prediction: {e}') from e
     per_fold[subject] = np.asarray(apply(state.params, x, apex))[0]
-  if not per_fold:
-    raise loso.RunError(f'{workdir} has no trained fold checkpoints yet')
+  if len(finished) < len(subjects):
+    logging.warning('Using the %d of %d folds that finished training', len(finished),
+                    len(subjects))
   mean = np.mean(list(per_fold.values()), axis=0)
   return {'input': path, 'frames_used': [0 if onset is None else onset, offset],
           'prediction': classes[int(mean.argmax())],
           'probabilities': {c: round(float(p), 6) for c, p in zip(classes, mean)},
-          'folds': len(per_fold),
+          'folds': len(per_fold), 'folds_total': len(subjects),
           'per_fold': {s: {c: round(float(p), 6) for c, p in zip(classes, v)}
                        for s, v in per_fold.items()}}

@@ -41,11 +41,24 @@ class CheckpointError(errors.UserError):
 
 
 def _read_npz(path: str) -> Dict[str, np.ndarray]:
+  if not zipfile.is_zipfile(path):
+    with open(path, 'rb') as f:
+      head = f.read(6)
+    what = ('an empty file' if not head else 'a single .npy array, not an .npz archive'
+            if head == b'\x93NUMPY' else 'not an .npz file (an .npz is a zip archive)')
+    raise CheckpointError(f'{path}: {what}; give the ViT-B_16.npz or model.safetensors checkpoint')
   try:
     with np.load(path, allow_pickle=False) as data:
       return {k: np.asarray(data[k]) for k in data.files}
-  except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-    raise CheckpointError(f'{path}: not a readable .npz checkpoint ({type(e).__name__}: {e})') from e
+  except ValueError as e:
+    if 'pickle' in str(e):
+      raise CheckpointError(f'{path}: holds object (pickled) arrays, which are never loaded; a '
+                            'ViT checkpoint holds plain number arrays') from e
+    raise CheckpointError(
+        f'{path}: not a readable .npz checkpoint ({type(e).__name__}: {e})') from e
+  except (zipfile.BadZipFile, OSError, EOFError) as e:
+    raise CheckpointError(
+        f'{path}: not a readable .npz checkpoint ({type(e).__name__}: {e})') from e
 
 
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
@@ -127,7 +140,10 @@ def _convert_hf(flat: Dict[str, np.ndarray], num_heads: int) -> Dict[str, np.nda
 
 def read_checkpoint(path: str, num_heads: int) -> Dict[str, np.ndarray]:
   """Reads a checkpoint file into flat vit_jax keys (``pre_logits``/``head`` still included)."""
-  path = os.path.expanduser(path)
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(path):
+    raise CheckpointError(f'config.model.pretrained_path {path} is a folder; give the checkpoint '
+                          'file itself (ViT-B_16.npz, an AugReg .npz or model.safetensors)')
   if not os.path.isfile(path):
     raise CheckpointError(f'Pretrained checkpoint not found: {path} (set config.model.pretrained_path '
                           'to a local ViT-B_16.npz, an AugReg .npz or a model.safetensors)')
@@ -190,11 +206,18 @@ def load_backbone(path: str, params: Any, num_heads: int) -> Any:
   if bad:
     raise CheckpointError(f'{path}: mis-shaped keys (wrong ViT variant?): {bad[:10]}')
   flat = traverse_util.flatten_dict(params, sep='/')
-  for key in expected:
+  for key in sorted(expected):
     value = ckpt[key]
     if value.dtype.kind == 'V':  # bfloat16 stored by np.savez as raw void
       value = value.view(jnp.bfloat16)
-    flat[key] = jnp.asarray(value, dtype=flat[key].dtype)
+    if value.dtype.kind not in 'fiu' and value.dtype != jnp.bfloat16:
+      raise CheckpointError(f'{path}: key {key} holds {value.dtype} values, not numbers')
+    value = jnp.asarray(value, dtype=flat[key].dtype)
+    if not bool(jnp.isfinite(value).all()):
+      bad = int((~jnp.isfinite(value)).sum())
+      raise CheckpointError(f'{path}: key {key} holds {bad} NaN or infinite value(s); the file is '
+                            'damaged (download it again)')
+    flat[key] = value
   return traverse_util.unflatten_dict(flat, sep='/')
 
 

@@ -1,5 +1,6 @@
-"""``report.md`` and figures of a finished LOSO run.
+"""``report.md`` and figures of a finished LOSO run: a pure function of the results.
 
+Nothing here reads checkpoints or builds an experiment; the caller passes what the figures need.
 The table follows the paper's format (Acc and F1 in %, plus UAR and WF1), with the honest
 last-epoch numbers first and, only when enabled, the oracle best-epoch numbers labelled as such.
 Figures (PNG, in ``figures/``): confusion matrix, per-class accuracy, training curves of every fold,
@@ -7,17 +8,20 @@ and for a few clips the dynamic image, the magnified motion and the learned temp
 """
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from mpt_jax import input_pipeline
-
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+METRICS_NOTE = ('UF1 and UAR average per-class F1 and recall over the classes present in the '
+                'evaluated labels (a class with no clip there is left out of both); ± is the '
+                'population standard deviation over seeds (ddof = 0).')
 
 
 def _fmt(ms: Dict[str, float], pct: bool = True) -> str:
@@ -87,18 +91,23 @@ def plot_curves(results: List[Dict[str, Any]], path: str) -> None:
   plt.close(fig)
 
 
-def plot_motion(exp, params: Any, indices: np.ndarray, path: str) -> None:
-  """For a few clips: first frame, dynamic image, magnified motion at the apex, Gaussians."""
-  model = exp.model
-  clips = jnp.asarray(exp.data.clips[indices], jnp.float32)
-  apex = jnp.asarray(exp.data.apex[indices])
+def plot_motion(example: Dict[str, Any], path: str) -> None:
+  """For a few clips: first frame, dynamic image, magnified motion at the apex, Gaussians.
+
+  Args:
+    example: ``model``, ``params``, ``clips`` (N, T, S, S, 3), ``apex`` (N,), ``names`` (N,).
+    path: the PNG to write.
+  """
+  model = example['model']
+  clips = jnp.asarray(example['clips'], jnp.float32)
+  apex = jnp.asarray(example['apex'])
   _, aux = jax.jit(lambda p, x, a: model.apply({'params': p}, x, a, return_aux=True))(
-      params, clips, apex)
-  n = len(indices)
+      example['params'], clips, apex)
+  n = len(clips)
   fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False)
   for i in range(n):
     axes[i, 0].imshow(np.asarray(clips[i, 0]))
-    axes[i, 0].set_title(exp.data.names[indices[i]].split('/', 1)[1], fontsize=8)
+    axes[i, 0].set_title(example['names'][i].split('/', 1)[-1], fontsize=8)
     axes[i, 1].imshow(np.asarray(aux['rgb_input'][i]))
     axes[i, 1].set_title('dynamic image')
     if 'motion' in aux:
@@ -119,11 +128,18 @@ def plot_motion(exp, params: Any, indices: np.ndarray, path: str) -> None:
   plt.close(fig)
 
 
-def write_report(config, workdir: str, summary: Dict[str, Any], exp,
-                 results_by_seed: Dict[int, List[Dict[str, Any]]]) -> str:
-  """Writes ``report.md`` and ``figures/``; returns the report text."""
-  from mpt_jax import loso  # pylint: disable=g-import-not-at-top
-  from mpt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+def write_report(config, workdir: str, summary: Dict[str, Any],
+                 results_by_seed: Dict[int, List[Dict[str, Any]]],
+                 motion_example: Optional[Dict[str, Any]] = None) -> str:
+  """Writes ``report.md`` and ``figures/``; returns the report text.
+
+  Args:
+    config: the run's config.
+    workdir: the run directory.
+    summary: :func:`mpt_jax.loso.summarise`'s output.
+    results_by_seed: the fold records per seed.
+    motion_example: inputs of :func:`plot_motion`, or None to skip that figure.
+  """
   figdir = os.path.join(workdir, 'figures')
   os.makedirs(figdir, exist_ok=True)
   classes = list(summary['classes'])
@@ -134,19 +150,8 @@ def write_report(config, workdir: str, summary: Dict[str, Any], exp,
                  f'{summary["dataset"]}, last epoch, seed {first_seed}')
   plot_per_class(last['per_class_accuracy'], os.path.join(figdir, 'per_class_accuracy.png'))
   plot_curves(results_by_seed[first_seed], os.path.join(figdir, 'training_curves.png'))
-  try:
-    subject = results_by_seed[first_seed][0]['subject']
-    ckpt = train_lib.FoldCheckpointer(os.path.join(loso.fold_dir(workdir, first_seed, subject),
-                                                   'checkpoints'))
-    if getattr(exp, 'seed', None) != first_seed:
-      exp.init(first_seed)
-    _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
-    ckpt.close()
-    _, test_idx = input_pipeline.split_for_subject(exp.data, subject)
-    plot_motion(exp, state.params, test_idx[:3], os.path.join(figdir, 'motion_examples.png'))
-  except (OSError, ValueError, KeyError) as e:  # figures must never fail a finished run
-    from absl import logging  # pylint: disable=g-import-not-at-top
-    logging.warning('Could not draw the motion figure: %s', e)
+  if motion_example is not None:
+    plot_motion(motion_example, os.path.join(figdir, 'motion_examples.png'))
   lines = [f'# MPT LOSO results: {summary["dataset"]}', '',
            f'{len(seed_entry["folds"])} folds (one per subject), '
            f'{sum(f["n"] for f in seed_entry["folds"])} clips, classes: {", ".join(classes)}; '
@@ -164,13 +169,15 @@ def write_report(config, workdir: str, summary: Dict[str, Any], exp,
                  f"{'-' if acc is None else f'{100 * acc:.1f}'} | "
                  f"{100 * last['per_class_f1'][c]:.1f} |")
   per_ds = seed_entry.get('last_epoch_per_dataset')
-  if per_ds:
-    lines += ['', '## Per source dataset (seed %d, last epoch)' % first_seed, '',
+  per_ds_seeds = summary.get('last_epoch_per_dataset_over_seeds')
+  if per_ds and per_ds_seeds:
+    lines += ['', '## Per source dataset (last epoch, over seeds)', '',
               '| dataset | n | Acc (%) | UF1 (%) | UAR (%) |', '|---|---|---|---|---|']
-    lines += [f"| {ds} | {m['n']} | {100 * m['accuracy']:.2f} | {100 * m['uf1']:.2f} | "
-              f"{100 * m['uar']:.2f} |" for ds, m in per_ds.items()]
+    lines += [f"| {ds} | {per_ds[ds]['n']} | {_fmt(m['accuracy'])} | {_fmt(m['uf1'])} | "
+              f"{_fmt(m['uar'])} |" for ds, m in per_ds_seeds.items()]
   lines += ['', '## Per fold (seed %d)' % first_seed, '', '| subject | n | accuracy |', '|---|---|---|']
   lines += [f"| {f['subject']} | {f['n']} | {100 * f['accuracy']:.1f} |" for f in seed_entry['folds']]
+  lines += ['', METRICS_NOTE]
   lines += ['', '![confusion](figures/confusion_matrix.png)',
             '![per class](figures/per_class_accuracy.png)',
             '![curves](figures/training_curves.png)', '![motion](figures/motion_examples.png)', '']

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from mpt_jax import augment
+from mpt_jax import errors
 from mpt_jax import partition
 
 AXIS = 'batch'
@@ -102,21 +103,38 @@ def make_steps(model, tx: optax.GradientTransformation, labels_tree: Any, device
 
 
 # --------------------------------------------------------------------------------- checkpoints
+class CheckpointDamagedError(errors.UserError):
+  """A fold checkpoint that is missing or cannot be restored (the message names it)."""
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+  text = ' '.join(str(e).split())
+  return f'{type(e).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+
+
 class FoldCheckpointer:
   """Orbax ``CheckpointManager`` for one fold; keeps the latest epoch only.
 
   Orbax writes into a temporary folder and renames it when the save is complete, so a process
   killed during a save leaves no half checkpoint behind: the previous one is restored instead, and
-  the leftover temporary folder is removed when the manager is opened again.
+  the leftover temporary folder is removed when the manager is opened again. With ``read_only``
+  (evaluation, prediction) nothing is created or cleaned up, and a missing folder is an error.
   """
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: str, read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                             cleanup_tmp_directories=True,
-                                             enable_async_checkpointing=False))
+    if read_only and not os.path.isdir(self.directory):
+      raise CheckpointDamagedError(f'checkpoint folder {self.directory} is missing')
+    try:
+      self.manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only,
+                                               cleanup_tmp_directories=not read_only,
+                                               read_only=read_only,
+                                               enable_async_checkpointing=False))
+    except OSError as e:
+      raise CheckpointDamagedError(f'cannot open checkpoint folder {self.directory} '
+                                   f'({_one_line(e)})') from e
 
   def latest_epoch(self):
     return self.manager.latest_step()
@@ -138,11 +156,17 @@ class FoldCheckpointer:
                   {k: np.asarray(jax.device_get(v)) for k, v in trainable.items()}, sep='/'),
               'opt_state': [np.asarray(jax.device_get(x)) for x in leaves],
               'step': np.asarray(0, np.int32)}
-    item = self.manager.restore(epoch, args=ocp.args.StandardRestore(target))
+    if epoch is None:
+      raise CheckpointDamagedError(f'{self.directory} holds no checkpoint')
+    try:
+      item = self.manager.restore(epoch, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # Orbax/tensorstore raise many types for missing or truncated files
+      raise CheckpointDamagedError(f'checkpoint {self.directory}/{epoch} is damaged '
+                                   f'({_one_line(e)})') from e
     restored = traverse_util.flatten_dict(item['trainable'], sep='/')
     if set(restored) != set(trainable):
-      raise ValueError(f'Checkpoint {self.directory}/{epoch} does not match the model: '
-                       f'{sorted(set(restored) ^ set(trainable))[:5]}')
+      raise CheckpointDamagedError(f'checkpoint {self.directory}/{epoch} does not match the '
+                                   f'model: {sorted(set(restored) ^ set(trainable))[:5]}')
     params = partition.merge_params({k: jnp.asarray(v) for k, v in restored.items()}, frozen)
     opt_state = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in item['opt_state']])
     return epoch, TrainState(step=jnp.asarray(item['step'], jnp.int32), params=params,

@@ -38,7 +38,27 @@ def test_absent_class_and_bad_input():
   m = metrics.compute([0, 0, 1], [0, 1, 1], ['a', 'b', 'c'])
   assert m['undefined_classes'] == ['c'] and m['per_class_accuracy']['c'] is None
   assert m['uf1'] == pytest.approx(skm.f1_score([0, 0, 1], [0, 1, 1], average='macro',
-                                                labels=[0, 1, 2], zero_division=0))
+                                                labels=[0, 1]))
   with pytest.raises(ValueError, match='outside'):
     metrics.compute([0, 3], [0, 1], ['a', 'b'])
-  assert metrics.mean_std([0.5, 0.7]) == pytest.approx({'mean': 0.6, 'std': 0.1, 'n': 2})
+  assert metrics.mean_std([0.5, 0.7]) == pytest.approx({'mean': 0.6, 'std': 0.1, 'n': 2,
+                                                        'ddof': 0})
+  assert metrics.mean_std([0.5, 0.7])['std'] == pytest.approx(np.std([0.5, 0.7], ddof=0))
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_uf1_and_uar_share_one_definition_on_subsets(seed):
+  """A subset (one source dataset of the composite) may lack classes, in the labels, the
+  predictions or both: UF1 and UAR both average over the classes present in the labels."""
+  rng = np.random.default_rng(seed)
+  k = 4
+  labels = rng.integers(0, 3, 60)  # class 3 never occurs in the labels
+  labels[labels == seed % 3] = (seed + 1) % 3  # and one more class is absent
+  preds = np.where(rng.random(60) < 0.5, labels, rng.integers(0, k, 60))  # may predict 3
+  m = metrics.compute(labels, preds, [str(i) for i in range(k)])
+  present = np.unique(labels)
+  assert len(present) == 2
+  assert m['uf1'] == pytest.approx(skm.f1_score(labels, preds, average='macro', labels=present))
+  assert m['uar'] == pytest.approx(skm.recall_score(labels, preds, average='macro',
+                                                    labels=present))
+  assert sorted(m['undefined_classes']) == sorted(str(c) for c in set(range(k)) - set(present))
