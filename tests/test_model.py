@@ -7,7 +7,9 @@ import optax
 import pytest
 from flax import traverse_util
 
+from configs import ablations
 from configs import common
+from mpt_jax import errors
 from mpt_jax import partition
 from mpt_jax.models import mpt
 from mpt_jax.models import vit
@@ -36,25 +38,135 @@ def test_default_b16_counts_exact():
   assert sum(parts.values()) == 91_251_407
 
 
-@pytest.mark.parametrize('overrides,trainable_strategy,expected', [
-    ({'adapter_type': 'shared'}, 'mpt', 12 * BRANCH + 109_386 + 3845),
-    ({'adapter_type': 'none'}, 'mpt', 109_386 + 3845),
-    ({'prompt_type': 'none'}, 'mpt', 3 * 12 * BRANCH + 3845),
-    ({'prompt_type': 'vpt_shallow'}, 'mpt', 3 * 12 * BRANCH + 5 * 768 + 3845),
-    ({'prompt_type': 'vpt_deep'}, 'mpt', 3 * 12 * BRANCH + 12 * 5 * 768 + 3845),
-    ({'adapter_reduction': 4}, 'mpt', 3 * 12 * (768 * 192 * 2 + 192 + 768) + 109_386 + 3845),
-    ({'num_prompts': 10}, 'mpt', 3 * 12 * BRANCH + 109_386 + 2 * (1024 * 5 + 5) + 3845),
-    ({'vit': 'B_32'}, 'mpt', 3 * 12 * BRANCH + 109_386 + 3845),
-    ({}, 'linear_probe', 3845),
-    ({}, 'prompt_only', 109_386 + 3845),
-    ({}, 'adapter_only', 3 * 12 * BRANCH + 3845),
-    ({}, 'full_finetune', 91_251_407),
+@pytest.mark.parametrize('overrides,expected', [
+    ({'adapter_type': 'shared'}, 12 * BRANCH + 109_386 + 3845),
+    ({'adapter_type': 'none'}, 109_386 + 3845),
+    # Without prompts there is no motion group, hence no motion branch (2 branches per block).
+    ({'prompt_type': 'none'}, 2 * 12 * BRANCH + 3845),
+    ({'prompt_type': 'none', 'adapter_type': 'shared'}, 12 * BRANCH + 3845),
+    ({'prompt_type': 'vpt_shallow'}, 3 * 12 * BRANCH + 5 * 768 + 3845),
+    ({'prompt_type': 'vpt_deep'}, 3 * 12 * BRANCH + 12 * 5 * 768 + 3845),
+    ({'adapter_reduction': 4}, 3 * 12 * (768 * 192 * 2 + 192 + 768) + 109_386 + 3845),
+    ({'num_prompts': 10}, 3 * 12 * BRANCH + 109_386 + 2 * (1024 * 5 + 5) + 3845),
+    ({'vit': 'B_32'}, 3 * 12 * BRANCH + 109_386 + 3845),
 ])
-def test_variant_counts(overrides, trainable_strategy, expected):
+def test_variant_counts(overrides, expected):
   p = _param_shapes(overrides)
-  assert partition.count_trainable(p, trainable_strategy) == expected
+  assert partition.count_trainable(p, 'mpt') == expected
   if overrides.get('vit') == 'B_32':
     assert partition.count_by_part(p)['backbone'] == 88_224_232 - 769_000  # vit_jax models_test: ViT-B_32 with a 1000-class head
+  if overrides.get('prompt_type') == 'none' and 'adapter_type' not in overrides:
+    blocks = [v['adapter'] for k, v in p['Transformer'].items() if k.startswith('encoderblock_')]
+    assert len(blocks) == 12 and all(set(a) == {'cls', 'patch'} for a in blocks)
+
+
+PLAIN_VIT_B16 = 86_567_656 - 769_000 + 768 * 5 + 5  # vit_jax's ViT-B_16 with a 5-class head
+MPT_B16 = 5_452_751
+# The trainable count of every row of configs/ablations.py (paper Tables VI-XI, Fig. 5), CASME II's
+# 5 classes. Derivations: BRANCH = 148,320 per adapter branch at r = 8; tokenizer 109,386 at K = 5
+# (+2,050 per extra K); head 3,845.
+TABLE_COUNTS = {
+    'strategy=scratch': PLAIN_VIT_B16,  # 85,802,501
+    'strategy=full_finetune': PLAIN_VIT_B16,
+    'strategy=linear_probe': 3845,
+    'strategy=prompt_only': 109_386 + 3845,  # 113,231
+    'strategy=adapter_only': 2 * 12 * BRANCH + 3845,  # 3,563,525
+    'strategy=mpt': MPT_B16,
+    'prompt=none': 2 * 12 * BRANCH + 3845,
+    'prompt=vpt_shallow': 3 * 12 * BRANCH + 5 * 768 + 3845,  # 5,347,205
+    'prompt=vpt_deep': 3 * 12 * BRANCH + 12 * 5 * 768 + 3845,  # 5,389,445
+    'prompt=motion': MPT_B16,
+    'adapter=none': 109_386 + 3845,
+    'adapter=shared': 12 * BRANCH + 109_386 + 3845,  # 1,893,071
+    'adapter=group': MPT_B16,
+    'vit=B_16': MPT_B16,
+    'vit=B_32': MPT_B16,  # the tokenizer's 16 x 16 conv does not depend on the ViT's patch
+    'alpha=0': MPT_B16, 'alpha=5': MPT_B16, 'alpha=10': MPT_B16, 'alpha=20': MPT_B16,
+    'alpha=30': MPT_B16,
+    'r=4': 10_764_623, 'r=8': MPT_B16, 'r=16': 2_796_815, 'r=32': 1_468_847,
+    'K=1': 5_444_551, 'K=2': 5_446_601, 'K=3': 5_448_651, 'K=4': 5_450_701, 'K=5': MPT_B16,
+    'K=6': 5_454_801, 'K=7': 5_456_851, 'K=8': 5_458_901, 'K=9': 5_460_951, 'K=10': 5_463_001,
+}
+
+
+def test_every_table_row_is_pinned():
+  assert sorted(arg for _, _, arg in ablations.ROWS) == sorted(TABLE_COUNTS)
+  assert 3 * 12 * BRANCH + 109_386 + 3845 == MPT_B16
+  for r, n in ((4, 10_764_623), (16, 2_796_815), (32, 1_468_847)):
+    w = 768 // r
+    assert 3 * 12 * (2 * 768 * w + w + 768) + 109_386 + 3845 == n
+  for k in range(1, 11):
+    assert TABLE_COUNTS[f'K={k}'] == MPT_B16 + 2 * 1025 * (k - 5)
+
+
+@pytest.mark.parametrize('arg', [arg for _, _, arg in ablations.ROWS])
+def test_table_row_trainable_counts(arg):
+  config = ablations.get_config(arg)
+  model = mpt.build_model(config.model, config.data.num_classes)
+  clip = jnp.zeros((1,) + mpt.input_shape(config.model))
+  p = jax.eval_shape(model.init, jax.random.PRNGKey(0), clip)['params']
+  strategy = config.model.training_strategy
+  assert partition.count_trainable(p, strategy) == TABLE_COUNTS[arg]
+  # No strategy leaves a frozen, randomly initialised prompt or adapter in the model: everything
+  # that is not the (pretrained) backbone trains.
+  _, frozen = partition.split_params(p, strategy)
+  assert all(partition.part_of(tuple(k.split('/'))) == 'backbone' for k in frozen), sorted(frozen)
+
+
+@pytest.mark.parametrize('strategy,has_tokenizer,has_adapter', [
+    ('mpt', True, True), ('scratch', False, False), ('full_finetune', False, False),
+    ('linear_probe', False, False), ('prompt_only', True, False), ('adapter_only', False, True),
+])
+def test_strategy_defines_architecture(strategy, has_tokenizer, has_adapter):
+  p = _param_shapes({'training_strategy': strategy})
+  assert ('tokenizer' in p) == has_tokenizer
+  assert ('adapter' in p['Transformer']['encoderblock_0']) == has_adapter
+  if strategy == 'adapter_only':
+    assert set(p['Transformer']['encoderblock_0']['adapter']) == {'cls', 'patch'}
+
+
+@pytest.mark.parametrize('strategy,overrides,keys', [
+    ('linear_probe', {'prompt_type': 'motion'}, ['prompt_type']),
+    ('linear_probe', {'adapter_type': 'group'}, ['adapter_type']),
+    ('linear_probe', {'prompt_type': 'vpt_deep', 'adapter_type': 'shared'},
+     ['prompt_type', 'adapter_type']),
+    ('prompt_only', {'adapter_type': 'group'}, ['adapter_type']),
+    ('prompt_only', {'prompt_type': 'none'}, ['prompt_type']),
+    ('adapter_only', {'prompt_type': 'motion'}, ['prompt_type']),
+    ('adapter_only', {'adapter_type': 'none'}, ['adapter_type']),
+])
+def test_contradicting_explicit_flags_are_refused(strategy, overrides, keys):
+  config = common.get_config()
+  config.model.training_strategy = strategy
+  for k, v in overrides.items():
+    config.model[k] = v
+  with pytest.raises(errors.UserError) as info:
+    mpt.build_model(config.model, 5)
+  msg = str(info.value)
+  assert '\n' not in msg and f"training_strategy='{strategy}'" in msg
+  for k in keys:
+    assert f'config.model.{k}=' in msg
+
+
+def test_explicit_flags_that_agree_are_kept():
+  for strategy, overrides, arch in [
+      ('linear_probe', {'prompt_type': 'none', 'adapter_type': 'none'}, ('none', 'none')),
+      ('prompt_only', {'prompt_type': 'vpt_deep'}, ('vpt_deep', 'none')),
+      ('adapter_only', {'adapter_type': 'shared'}, ('none', 'shared')),
+      ('mpt', {'prompt_type': 'none'}, ('none', 'group')),
+      ('scratch', {'prompt_type': 'motion', 'adapter_type': 'group'}, ('motion', 'group')),
+      ('full_finetune', {}, ('none', 'none')),
+  ]:
+    config = common.get_config()
+    config.model.training_strategy = strategy
+    for k, v in overrides.items():
+      config.model[k] = v
+    model = mpt.build_model(config.model, 5)
+    assert (model.prompt_type, model.adapter_type) == arch, strategy
+  config = common.get_config()
+  config.model.prompt_type = 'prompts'
+  with pytest.raises(errors.UserError, match='config.model.prompt_type must be one of'):
+    mpt.build_model(config.model, 5)
 
 
 def test_zero_adapters_no_prompts_equal_plain_backbone():

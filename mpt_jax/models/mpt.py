@@ -21,12 +21,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mpt_jax import errors
+from mpt_jax import partition
 from mpt_jax.models import dynamic_image
 from mpt_jax.models import magnification
 from mpt_jax.models import tokenizer as tokenizer_lib
 from mpt_jax.models import vit
 
-PROMPT_TYPES = ('motion', 'vpt_shallow', 'vpt_deep', 'none')
+PROMPT_TYPES = partition.PROMPT_TYPES
 INPUT_NORMS = ('minus_one_one', 'imagenet')
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,21 +148,30 @@ def build_magnifier(model_config: ml_collections.ConfigDict) -> magnification.Ma
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MPT:
-  """Builds :class:`MPT` from ``config.model`` (backbone variant, prompts, adapters, motion)."""
-  backbone = vit.vit_config(model_config.vit)
+  """Builds :class:`MPT` from ``config.model`` (backbone variant, prompts, adapters, motion).
+
+  The prompt and adapter types are those of :func:`mpt_jax.partition.resolve_architecture`: what
+  the training strategy implies unless the config sets them explicitly (a contradiction raises
+  :class:`mpt_jax.partition.StrategyError`).
+  """
+  prompt_type, adapter_type = partition.resolve_architecture(model_config)
+  try:
+    backbone = vit.vit_config(model_config.vit)
+  except ValueError as e:
+    raise errors.UserError(f'config.model.vit: {e}') from e
   for key in ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads', 'num_layers'):
     override = model_config.get(f'vit_{key}', None)
     if override:
       backbone[key] = override
   if model_config.image_size % backbone.patch_size:
-    raise ValueError(f'image_size {model_config.image_size} is not a multiple of the patch size '
-                     f'{backbone.patch_size}')
+    raise errors.UserError(f'config.model.image_size {model_config.image_size} is not a multiple '
+                           f'of the patch size {backbone.patch_size}')
   return MPT(
       num_classes=num_classes, patch_size=backbone.patch_size, hidden_size=backbone.hidden_size,
       mlp_dim=backbone.mlp_dim, num_heads=backbone.num_heads, num_layers=backbone.num_layers,
       image_size=int(model_config.image_size), input_modality=model_config.input_modality,
-      input_norm=model_config.input_norm, prompt_type=model_config.prompt_type,
-      num_prompts=int(model_config.num_prompts), adapter_type=model_config.adapter_type,
+      input_norm=model_config.input_norm, prompt_type=prompt_type,
+      num_prompts=int(model_config.num_prompts), adapter_type=adapter_type,
       adapter_reduction=int(model_config.adapter_reduction),
       tokenizer_dim=int(model_config.tokenizer_dim),
       tokenizer_patch=int(model_config.tokenizer_patch), magnifier=build_magnifier(model_config))
