@@ -1,5 +1,6 @@
 """The MPT model end to end: parameter counts, identity at init, gradients and freezing."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -259,3 +260,100 @@ def test_unknown_options_raise():
     partition.trainable_parts('lora')
   with pytest.raises(ValueError, match='Unknown ViT variant'):
     vit.vit_config('H_14')
+
+
+# ---------------------------------------------------------------------------------------------
+# Token routing (item 20 of issue 7): which adapter branch sees which tokens, where the prompts go.
+
+def _gelu_tanh(x):
+  return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def test_group_adapter_routes_each_group_to_its_own_branch():
+  from mpt_jax.models import adapter  # pylint: disable=g-import-not-at-top
+  k, n, d = 3, 6, 16
+  h = jnp.asarray(np.random.default_rng(0).normal(size=(2, 1 + k + n, d)), jnp.float32)
+  module = adapter.GroupAdapter('group', reduction=4, num_prompts=k)
+  params = module.init(jax.random.PRNGKey(0), h)['params']
+  assert set(params) == {'cls', 'motion', 'patch'}
+  # Distinct, non-zero weights in every branch (``up`` starts at zero, which would hide routing).
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape), v.dtype), params)
+  out = np.asarray(module.apply({'params': params}, h))
+
+  def branch(name, x):
+    p = {m: {q: np.asarray(v, np.float64) for q, v in w.items()} for m, w in params[name].items()}
+    y = _gelu_tanh(x @ p['down']['kernel'] + p['down']['bias'])
+    return x + y @ p['up']['kernel'] + p['up']['bias']
+
+  x = np.asarray(h, np.float64)
+  ref = np.concatenate([branch('cls', x[:, :1]), branch('motion', x[:, 1:1 + k]),
+                        branch('patch', x[:, 1 + k:])], axis=1)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def _block_inputs(config, clips):
+  """Initialises the model and records the input of every encoder block (in call order)."""
+  model = mpt.build_model(config.model, 5)
+  params = model.init(jax.random.PRNGKey(0), clips)['params']
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, vit.Encoder1DBlock) and context.method_name == '__call__':
+      seen.append(np.asarray(args[0]))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    _, aux = model.apply({'params': params}, clips, return_aux=True)
+  return model, params, aux, seen
+
+
+def test_prompts_follow_the_class_token_without_position_embedding():
+  config = helpers.tiny_config()  # motion prompts, K = 5
+  clips = helpers.random_clips()
+  model, params, aux, seen = _block_inputs(config, clips)
+  k = model.num_prompts
+  # The tokenizer's K tokens, computed on their own from the same parameters.
+  from mpt_jax.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  tok = tokenizer_lib.GaussianTokenizer(k, model.hidden_size, config.model.tokenizer_dim,
+                                        config.model.tokenizer_patch)
+  prompts, _ = tok.apply({'params': params['tokenizer']}, aux['motion'])
+  # The class token and patches with the position embedding, straight from the parameters.
+  pos = np.asarray(params['Transformer']['posembed_input']['pos_embedding'])[0]
+  patches = np.asarray(jax.lax.conv_general_dilated(
+      mpt.normalise_input(aux['rgb_input'], 'minus_one_one'),
+      params['embedding']['kernel'], (model.patch_size,) * 2, 'VALID',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))) + np.asarray(params['embedding']['bias'])
+  patches = patches.reshape(patches.shape[0], -1, patches.shape[-1])
+  cls = np.asarray(params['cls'])[0, 0] + pos[0]
+  first = seen[0]
+  assert first.shape[1] == 1 + k + patches.shape[1]
+  np.testing.assert_allclose(first[:, 0], np.broadcast_to(cls, first[:, 0].shape), atol=1e-5)
+  np.testing.assert_allclose(first[:, 1:1 + k], np.asarray(prompts), atol=1e-5)  # no pos. emb.
+  np.testing.assert_allclose(first[:, 1 + k:], patches + pos[1:], atol=1e-4)
+
+
+@pytest.mark.parametrize('prompt_type', ['vpt_deep', 'vpt_shallow'])
+def test_vpt_deep_replaces_the_prompts_at_every_block(prompt_type):
+  config = helpers.tiny_config(prompt_type=prompt_type)
+  config.model.vit_num_layers = 4  # more than two blocks, so "every block" means something
+  clips = helpers.random_clips()
+  model, params, _, seen = _block_inputs(config, clips)
+  k = model.num_prompts
+  assert len(seen) == 4
+  shallow = np.asarray(params['prompt'])[0]
+  np.testing.assert_allclose(seen[0][:, 1:1 + k], np.broadcast_to(shallow, seen[0][:, 1:1 + k].shape))
+  if prompt_type == 'vpt_deep':
+    deep = np.asarray(params['deep_prompt'])
+    assert deep.shape == (3, k, model.hidden_size)
+    for lyr in range(1, 4):
+      np.testing.assert_allclose(seen[lyr][:, 1:1 + k],
+                                 np.broadcast_to(deep[lyr - 1], seen[lyr][:, 1:1 + k].shape),
+                                 err_msg=f'block {lyr}')
+  else:
+    assert 'deep_prompt' not in params
+    for lyr in range(1, 4):  # the prompts carry on, transformed by the previous block
+      assert not np.allclose(seen[lyr][:, 1:1 + k], shallow)
+  # The class token and patches are never replaced.
+  for lyr in range(1, 4):
+    assert not np.allclose(seen[lyr][:, 0], seen[lyr - 1][:, 0])
