@@ -30,6 +30,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.adapter_reduction = 8  # r: adapter bottleneck is hidden_size / r (Table XI).
   m.tokenizer_dim = 64  # C: channels of the tokenizer's per-frame conv.
   m.tokenizer_patch = 16  # Kernel size and stride of the tokenizer's per-frame conv.
+  m.tokenizer_init = 'spread'  # Gaussian centres at init: spread (SPEC §4, (T-1)(k-0.5)/K) |
+  #                              middle (zero biases, all K at the clip's middle; comparison only).
   m.training_strategy = 'mpt'  # What trains, and the architecture (Table VI): mpt | scratch |
   #                              full_finetune | linear_probe | prompt_only | adapter_only.
   m.magnification = ml_collections.ConfigDict()

@@ -62,6 +62,7 @@ class MPT(nn.Module):
     adapter_reduction: r.
     tokenizer_dim: C of the tokenizer's per-frame conv.
     tokenizer_patch: kernel size and stride of that conv.
+    tokenizer_init: ``spread`` (SPEC §4) | ``middle`` (symmetric start, comparison only).
     magnifier: the (parameter-free) motion extractor.
   """
   num_classes: int
@@ -79,6 +80,7 @@ class MPT(nn.Module):
   adapter_reduction: int = 8
   tokenizer_dim: int = 64
   tokenizer_patch: int = 16
+  tokenizer_init: str = 'spread'
   magnifier: Optional[magnification.Magnifier] = None
 
   @property
@@ -115,7 +117,8 @@ class MPT(nn.Module):
           image_size=(self.image_size, self.image_size))
       motion = magnifier(clips)
       prompts, tok_aux = tokenizer_lib.GaussianTokenizer(
-          k, self.hidden_size, self.tokenizer_dim, self.tokenizer_patch, name='tokenizer')(motion)
+          k, self.hidden_size, self.tokenizer_dim, self.tokenizer_patch,
+          init=self.tokenizer_init, name='tokenizer')(motion)
       aux['motion'] = motion
       aux.update(tok_aux)
     elif self.prompt_type in ('vpt_shallow', 'vpt_deep'):
@@ -163,6 +166,10 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
     override = model_config.get(f'vit_{key}', None)
     if override:
       backbone[key] = override
+  tokenizer_init = model_config.get('tokenizer_init', 'spread')
+  if tokenizer_init not in ('spread', 'middle'):
+    raise errors.UserError(f"config.model.tokenizer_init must be 'spread' or 'middle', got "
+                           f'{tokenizer_init!r}')
   if model_config.image_size % backbone.patch_size:
     raise errors.UserError(f'config.model.image_size {model_config.image_size} is not a multiple '
                            f'of the patch size {backbone.patch_size}')
@@ -174,7 +181,8 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
       num_prompts=int(model_config.num_prompts), adapter_type=adapter_type,
       adapter_reduction=int(model_config.adapter_reduction),
       tokenizer_dim=int(model_config.tokenizer_dim),
-      tokenizer_patch=int(model_config.tokenizer_patch), magnifier=build_magnifier(model_config))
+      tokenizer_patch=int(model_config.tokenizer_patch),
+      tokenizer_init=tokenizer_init, magnifier=build_magnifier(model_config))
 
 
 def input_shape(model_config: ml_collections.ConfigDict) -> Tuple[int, ...]:
