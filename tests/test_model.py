@@ -357,3 +357,21 @@ def test_vpt_deep_replaces_the_prompts_at_every_block(prompt_type):
   # The class token and patches are never replaced.
   for lyr in range(1, 4):
     assert not np.allclose(seen[lyr][:, 0], seen[lyr - 1][:, 0])
+
+
+def test_alpha_zero_row_means_one_constant_prompt_repeated():
+  """Table X's alpha = 0 (documented in configs/ablations.py): no motion reaches the tokenizer."""
+  config = ablations.get_config('smoke,alpha=0')
+  assert config.model.magnification.alpha == 0.0
+  clips = helpers.random_clips(batch=3)
+  model, _, aux, seen = _block_inputs(config, clips)
+  k = model.num_prompts
+  assert float(jnp.abs(aux['motion']).max()) == 0.0
+  prompts = seen[0][:, 1:1 + k]
+  # K identical tokens, the same for every clip: one input-independent prompt repeated K times.
+  np.testing.assert_allclose(prompts, np.broadcast_to(prompts[:1, :1], prompts.shape), atol=1e-6)
+  # With alpha = 1 the band-passed motion reaches the tokenizer and the prompts depend on the clip.
+  config = ablations.get_config('smoke,alpha=1')
+  _, _, aux, seen = _block_inputs(config, clips)
+  assert float(jnp.abs(aux['motion']).max()) > 0
+  assert not np.allclose(seen[0][0, 1:1 + k], seen[0][1, 1:1 + k])

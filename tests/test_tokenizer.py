@@ -171,10 +171,10 @@ def test_centres_stay_distinct_after_training_on_synthetic_clips():
 
 def test_middle_init_is_the_symmetric_start_for_comparisons():
   tok = tokenizer.GaussianTokenizer(num_tokens=5, hidden_size=12, feature_dim=8, patch_size=8,
-                                    init='middle')
+                                    centre_init='middle')
   zero = jnp.zeros((1, 16, 32, 32, 3), jnp.float32)
   tokens, aux = tok.apply(tok.init(jax.random.PRNGKey(0), zero), zero)
   np.testing.assert_allclose(aux['mu'], 7.5, atol=1e-5)  # every centre at the middle
   np.testing.assert_allclose(tokens, np.broadcast_to(tokens[:, :1], tokens.shape), atol=1e-6)
   with pytest.raises(ValueError, match='spread'):
-    tokenizer.GaussianTokenizer(init='uniform').init(jax.random.PRNGKey(0), zero)
+    tokenizer.GaussianTokenizer(centre_init='uniform').init(jax.random.PRNGKey(0), zero)

@@ -118,7 +118,7 @@ class MPT(nn.Module):
       motion = magnifier(clips)
       prompts, tok_aux = tokenizer_lib.GaussianTokenizer(
           k, self.hidden_size, self.tokenizer_dim, self.tokenizer_patch,
-          init=self.tokenizer_init, name='tokenizer')(motion)
+          centre_init=self.tokenizer_init, name='tokenizer')(motion)
       aux['motion'] = motion
       aux.update(tok_aux)
     elif self.prompt_type in ('vpt_shallow', 'vpt_deep'):

@@ -14,7 +14,7 @@ behave like K = 1. The centre biases therefore start at ``logit((k - 0.5) / K)``
 ``mu_k = (T-1)(k - 0.5)/K`` (evenly spread), and the width biases at ``softplus^-1(T/(2K) - 0.5)``,
 so that ``sigma_k = T/(2K)`` (neighbouring Gaussians overlap at about one standard deviation), for an
 input that contributes nothing through ``W_mu`` / ``W_sigma``. The weight matrices keep their
-default initialisation. ``init='middle'`` (zero biases, every centre at the middle) reproduces the
+default initialisation. ``centre_init='middle'`` (zero biases, every centre at the middle) reproduces the
 symmetric start for comparisons only.
 """
 
@@ -73,7 +73,7 @@ class GaussianTokenizer(nn.Module):
     feature_dim: C, the channels of the per-frame conv.
     patch_size: the conv's kernel size and stride.
     min_sigma: lower bound of the Gaussian widths (in frames).
-    init: ``spread`` (SPEC §4: centres evenly spread, width T/(2K)) or ``middle`` (zero biases:
+    centre_init: ``spread`` (SPEC §4: centres evenly spread, width T/(2K)) or ``middle`` (zero biases:
       every centre at the clip's middle; the symmetric start, kept for comparison only).
   """
   num_tokens: int = 5
@@ -81,7 +81,7 @@ class GaussianTokenizer(nn.Module):
   feature_dim: int = 64
   patch_size: int = 16
   min_sigma: float = 0.5
-  init: str = 'spread'
+  centre_init: str = 'spread'
 
   @nn.compact
   def __call__(self, motion: jnp.ndarray) -> Tuple[jnp.ndarray, dict]:
@@ -98,13 +98,13 @@ class GaussianTokenizer(nn.Module):
     feats = jnp.mean(nn.gelu(x, approximate=True), axis=(1, 2)).reshape(b, t_count, -1)  # f_t
     flat = feats.reshape(b, t_count * self.feature_dim)  # F
     k = self.num_tokens
-    if self.init == 'spread':
+    if self.centre_init == 'spread':
       mu_bias = _constant_init(centre_bias(t_count, k))
       sigma_bias = _constant_init(width_bias(t_count, k, self.min_sigma))
-    elif self.init == 'middle':
+    elif self.centre_init == 'middle':
       mu_bias = sigma_bias = nn.initializers.zeros
     else:
-      raise ValueError(f"tokenizer init must be 'spread' or 'middle', got {self.init!r}")
+      raise ValueError(f"centre_init must be 'spread' or 'middle', got {self.centre_init!r}")
     mu_head = nn.Dense(k, bias_init=mu_bias, name='mu')
     sigma_head = nn.Dense(k, bias_init=sigma_bias, name='sigma')
     mu = (t_count - 1) * nn.sigmoid(mu_head(flat))
