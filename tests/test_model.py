@@ -47,6 +47,8 @@ def test_default_b16_counts_exact():
     ({'prompt_type': 'none', 'adapter_type': 'shared'}, 12 * BRANCH + 3845),
     ({'prompt_type': 'vpt_shallow'}, 3 * 12 * BRANCH + 5 * 768 + 3845),
     ({'prompt_type': 'vpt_deep'}, 3 * 12 * BRANCH + 12 * 5 * 768 + 3845),
+    # The paper's VPT-Deep 5.8 M: about 50 prompts per block (README, parameter counts).
+    ({'prompt_type': 'vpt_deep', 'num_prompts': 50}, 5_804_165),
     ({'adapter_reduction': 4}, 3 * 12 * (768 * 192 * 2 + 192 + 768) + 109_386 + 3845),
     ({'num_prompts': 10}, 3 * 12 * BRANCH + 109_386 + 2 * (1024 * 5 + 5) + 3845),
     ({'vit': 'B_32'}, 3 * 12 * BRANCH + 109_386 + 3845),
