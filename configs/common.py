@@ -18,14 +18,22 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.num_frames = 16  # T: frames after temporal resampling.
   m.input_modality = 'dynamic_image'  # RGB branch: dynamic_image | apex | apex_minus_onset | mesti.
   m.input_norm = 'minus_one_one'  # Backbone normalisation: minus_one_one (in21k ViT) | imagenet.
-  m.prompt_type = 'motion'  # Prompts (Table VII): motion | vpt_shallow | vpt_deep | none.
+  # The architecture follows the training strategy (paper Table VI). prompt_type and adapter_type
+  # left empty ('') take what training_strategy implies (mpt: motion + group; prompt_only:
+  # motion, no adapters; adapter_only: group, no prompts; linear_probe, full_finetune, scratch: the
+  # plain ViT). A non-empty value is "explicit": it is kept if the strategy allows it and refused,
+  # naming both keys, if it contradicts it (e.g. linear_probe with prompt_type=motion). The one
+  # function that applies this is mpt_jax.partition.resolve_architecture (called by build_model).
+  m.prompt_type = ''  # Prompts (Table VII): '' (strategy's) | motion | vpt_shallow | vpt_deep | none.
   m.num_prompts = 5  # K: motion prompt tokens (Fig. 5).
-  m.adapter_type = 'group'  # Adapters (Table VIII): group | shared | none.
+  m.adapter_type = ''  # Adapters (Table VIII): '' (strategy's) | group | shared | none.
   m.adapter_reduction = 8  # r: adapter bottleneck is hidden_size / r (Table XI).
   m.tokenizer_dim = 64  # C: channels of the tokenizer's per-frame conv.
   m.tokenizer_patch = 16  # Kernel size and stride of the tokenizer's per-frame conv.
-  m.training_strategy = 'mpt'  # What trains (Table VI): mpt | scratch | full_finetune |
-  #                              linear_probe | prompt_only | adapter_only.
+  m.tokenizer_init = 'spread'  # Gaussian centres at init: spread (SPEC §4, (T-1)(k-0.5)/K) |
+  #                              middle (zero biases, all K at the clip's middle; comparison only).
+  m.training_strategy = 'mpt'  # What trains, and the architecture (Table VI): mpt | scratch |
+  #                              full_finetune | linear_probe | prompt_only | adapter_only.
   m.magnification = ml_collections.ConfigDict()
   m.magnification.alpha = 20.0  # Amplification factor alpha (Table X).
   m.magnification.lambda_c = 16.0  # EVM cut-off wavelength in pixels (at image_size).

@@ -17,6 +17,8 @@ def get_config(arg=None):
     return config
   config.model.vit = 'small_demo'  # Small ViT for CPU (see mpt_jax/models/vit.py).
   config.model.training_strategy = 'scratch'  # No pretrained weights exist offline.
+  config.model.prompt_type = 'motion'  # The full MPT model, trained from scratch (explicit: the
+  config.model.adapter_type = 'group'  # 'scratch' strategy alone implies the plain ViT).
   config.model.image_size = 64  # The synthetic frames are stored at 64 px.
   config.model.tokenizer_patch = 8  # Tokenizer conv matches the 8 px patches.
   config.model.tokenizer_dim = 32  # Smaller tokenizer for the small ViT.

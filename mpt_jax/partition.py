@@ -5,6 +5,23 @@ embedding, encoder blocks, encoder norm), ``adapter``, ``prompt`` (the Gaussian 
 prompts) or ``head``. A training strategy names the parts that train; :func:`param_labels` turns that
 into the ``'trainable'`` / ``'frozen'`` labels that :func:`make_optimizer` feeds to
 ``optax.multi_transform`` (frozen leaves get ``optax.set_to_zero``, hence no optimizer state).
+
+A strategy also defines the architecture it names (paper Table VI), through
+:func:`resolve_architecture`: ``config.model.prompt_type`` and ``adapter_type`` left empty (``''``,
+the default) take the strategy's value from :data:`STRATEGY_ARCHITECTURE`; a value set explicitly is
+kept if the strategy allows it and refused with :class:`StrategyError` if it contradicts it (a
+linear probe with motion prompts would feed tokens from a frozen, random tokenizer into every block).
+
+Strategy, Table VI row, implied (prompt_type, adapter_type), explicit values refused:
+
+* ``mpt``: MPT; (motion, group); none (it trains whatever prompts and adapters the model has, so
+  Tables VII-XI vary them under this strategy);
+* ``scratch``: w/o pretraining; (none, none), the plain ViT; none (everything trains, so the MPT
+  model from scratch, as in the synthetic demo, is an explicit choice, not a contradiction);
+* ``full_finetune``: full fine-tuning; (none, none); none (everything trains);
+* ``linear_probe``: partial fine-tuning; (none, none); any prompt or adapter;
+* ``prompt_only``: motion prompt; (motion, none); any adapter, and prompt_type ``none``;
+* ``adapter_only``: group adapter; (none, group); any prompt, and adapter_type ``none``.
 """
 
 from typing import Any, Dict, Tuple
@@ -13,6 +30,8 @@ import jax
 import numpy as np
 import optax
 from flax import traverse_util
+
+from mpt_jax import errors
 
 PARTS = ('backbone', 'adapter', 'prompt', 'head')
 STRATEGIES: Dict[str, Tuple[str, ...]] = {
@@ -24,6 +43,68 @@ STRATEGIES: Dict[str, Tuple[str, ...]] = {
     'adapter_only': ('adapter', 'head'),
 }
 TRAINABLE, FROZEN = 'trainable', 'frozen'
+
+PROMPT_TYPES = ('motion', 'vpt_shallow', 'vpt_deep', 'none')
+ADAPTER_TYPES = ('group', 'shared', 'none')
+# The (prompt_type, adapter_type) a strategy implies when the config leaves them empty.
+STRATEGY_ARCHITECTURE: Dict[str, Tuple[str, str]] = {
+    'mpt': ('motion', 'group'),
+    'scratch': ('none', 'none'),  # Table VI "w/o pretraining": the plain ViT from random init.
+    'full_finetune': ('none', 'none'),  # Table VI "full fine-tuning": the plain pretrained ViT.
+    'linear_probe': ('none', 'none'),  # Table VI "partial fine-tuning": the head alone.
+    'prompt_only': ('motion', 'none'),  # Table VI "motion prompt": tokenizer + head.
+    'adapter_only': ('none', 'group'),  # Table VI "group adapter": adapters + head.
+}
+
+
+class StrategyError(errors.UserError):
+  """A model config whose prompt/adapter settings contradict its training strategy."""
+
+
+def _refusal(strategy: str, key: str, value: str) -> str:
+  implied = dict(zip(('prompt_type', 'adapter_type'), STRATEGY_ARCHITECTURE[strategy]))
+  return (f'config.model.{key}={value!r} contradicts config.model.training_strategy={strategy!r}, '
+          f'which implies {key}={implied[key]!r}: leave config.model.{key} empty (\'\') or choose '
+          'another training_strategy')
+
+
+def resolve_architecture(model_config) -> Tuple[str, str]:
+  """The ``(prompt_type, adapter_type)`` a model config describes, its strategy applied.
+
+  Empty (``''``) fields take the strategy's implied value (:data:`STRATEGY_ARCHITECTURE`); explicit
+  ones are checked against it.
+
+  Raises:
+    StrategyError: an unknown strategy, prompt or adapter type, or an explicit value that contradicts
+      the strategy (one line naming the keys).
+  """
+  strategy = model_config.training_strategy
+  if strategy not in STRATEGY_ARCHITECTURE:
+    raise StrategyError(f'config.model.training_strategy must be one of '
+                        f'{sorted(STRATEGY_ARCHITECTURE)}, got {strategy!r}')
+  prompt = model_config.get('prompt_type', '') or ''
+  adapter = model_config.get('adapter_type', '') or ''
+  if prompt and prompt not in PROMPT_TYPES:
+    raise StrategyError(f'config.model.prompt_type must be one of {PROMPT_TYPES} or empty, '
+                        f'got {prompt!r}')
+  if adapter and adapter not in ADAPTER_TYPES:
+    raise StrategyError(f'config.model.adapter_type must be one of {ADAPTER_TYPES} or empty, '
+                        f'got {adapter!r}')
+  implied_prompt, implied_adapter = STRATEGY_ARCHITECTURE[strategy]
+  if strategy == 'linear_probe':
+    bad = [(k, v) for k, v in (('prompt_type', prompt), ('adapter_type', adapter))
+           if v not in ('', 'none')]
+  elif strategy == 'prompt_only':
+    bad = [(k, v) for k, v, ok in (('prompt_type', prompt, prompt != 'none'),
+                                   ('adapter_type', adapter, adapter in ('', 'none'))) if not ok]
+  elif strategy == 'adapter_only':
+    bad = [(k, v) for k, v, ok in (('prompt_type', prompt, prompt in ('', 'none')),
+                                   ('adapter_type', adapter, adapter != 'none')) if not ok]
+  else:  # mpt trains every prompt and adapter it has; scratch and full_finetune train everything.
+    bad = []
+  if bad:
+    raise StrategyError('; '.join(_refusal(strategy, k, v) for k, v in bad))
+  return prompt or implied_prompt, adapter or implied_adapter
 
 
 def part_of(path: Tuple[str, ...]) -> str:
@@ -40,8 +121,9 @@ def part_of(path: Tuple[str, ...]) -> str:
 
 
 def trainable_parts(strategy: str) -> Tuple[str, ...]:
+  """The parts a training strategy trains."""
   if strategy not in STRATEGIES:
-    raise ValueError(f'training_strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}')
+    raise StrategyError(f'training_strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}')
   return STRATEGIES[strategy]
 
 

@@ -31,7 +31,16 @@ def _flops(fn, *args) -> float:
 
 
 def _model_flops(model_config: ml_collections.ConfigDict, num_classes: int, **overrides) -> float:
+  """Forward flops of ``model_config``'s model with some fields overridden.
+
+  The overrides name the architecture explicitly (``prompt_type``, ``adapter_type``); the strategy
+  is set to ``full_finetune``, which accepts every architecture, since flops do not depend on what
+  trains.
+  """
   cfg = ml_collections.ConfigDict(model_config.to_dict())
+  prompt_type, adapter_type = partition.resolve_architecture(model_config)
+  cfg.prompt_type, cfg.adapter_type = prompt_type, adapter_type
+  cfg.training_strategy = 'full_finetune'
   for k, v in overrides.items():
     cfg[k] = v
   model = mpt_lib.build_model(cfg, num_classes)
@@ -63,12 +72,15 @@ def profile(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   total = _model_flops(mc, num_classes)
   plain = _model_flops(mc, num_classes, prompt_type='none', adapter_type='none')
   no_adapter = _model_flops(mc, num_classes, adapter_type='none')
-  with_tokens = _model_flops(mc, num_classes, adapter_type='none', prompt_type='vpt_shallow')
   di = _flops(lambda x: dynamic_image.rgb_input(x, mc.input_modality,
                                                 jnp.zeros((1,), jnp.int32)), clip)
-  parts = {'backbone': plain - di, 'prompt_tokens': with_tokens - plain,
-           'adapters': total - no_adapter, 'dynamic_image': di}
-  if mc.prompt_type == 'motion':
+  parts = {'backbone': plain - di, 'adapters': total - no_adapter, 'dynamic_image': di}
+  if model.prompt_type != 'none':
+    with_tokens = _model_flops(mc, num_classes, adapter_type='none', prompt_type='vpt_shallow')
+    parts['prompt_tokens'] = with_tokens - plain
+  if model.prompt_type == 'vpt_deep':
+    parts['prompt_tokens'] += no_adapter - with_tokens  # replacing the prompts at every block
+  if model.prompt_type == 'motion':
     magnifier = mpt_lib.build_magnifier(mc)
     tok = tokenizer_lib.GaussianTokenizer(int(mc.num_prompts), model.hidden_size,
                                           int(mc.tokenizer_dim), int(mc.tokenizer_patch))
@@ -77,8 +89,8 @@ def profile(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     parts['tokenizer'] = _flops(lambda p, m: tok.apply(p, m)[0], tok_params, clip)
   parts['head'] = 2.0 * model.hidden_size * num_classes
   return {
-      'config': f'{mc.vit} {mc.training_strategy} prompt={mc.prompt_type} '
-                f'adapter={mc.adapter_type} r={mc.adapter_reduction} K={mc.num_prompts}',
+      'config': f'{mc.vit} {mc.training_strategy} prompt={model.prompt_type} '
+                f'adapter={model.adapter_type} r={mc.adapter_reduction} K={mc.num_prompts}',
       'trainable_params': partition.count_trainable(params, strategy),
       'total_params': sum(by_part.values()),
       'params_by_part': by_part,

@@ -32,6 +32,38 @@ def test_steady_state_means_constant_input_gives_zero():
   assert float(jnp.abs(y).max()) < 1e-6
 
 
+def _pyr_up_reference(img, shape):
+  """SPEC §3's up-sampling in plain numpy: zero insertion into 2n samples, the binomial kernel times 2
+  per axis under a reflect-101 border, cropped to ``shape`` (what ``cv2.pyrUp`` computes)."""
+  k = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 8.0
+  out = np.asarray(img, np.float64)
+  for axis, size in ((0, shape[0]), (1, shape[1])):
+    n = out.shape[axis]
+    up = np.zeros(out.shape[:axis] + (2 * n,) + out.shape[axis + 1:])
+    idx = [slice(None)] * out.ndim
+    idx[axis] = slice(0, None, 2)
+    up[tuple(idx)] = out
+    pad = [(0, 0)] * out.ndim
+    pad[axis] = (2, 2)
+    up = np.pad(up, pad, mode='reflect')
+    out = sum(w * np.take(up, np.arange(i, i + 2 * n), axis=axis) for i, w in enumerate(k))
+    out = np.take(out, np.arange(size), axis=axis)
+  return out
+
+
+@pytest.mark.parametrize('src,dst', [((16, 12), (32, 24)), ((7, 9), (14, 18)),
+                                     ((7, 9), (13, 17)), ((4, 4), (7, 8)), ((28, 28), (56, 56))])
+def test_pyr_up_matches_opencv_and_numpy_including_borders(src, dst):
+  rng = np.random.default_rng(4)
+  img = rng.random(src + (3,)).astype(np.float32)
+  ours = np.asarray(mag.pyr_up(jnp.asarray(img)[None], dst))[0]
+  ref = cv2.pyrUp(img, dstsize=(dst[1], dst[0]))
+  assert ours.shape == ref.shape == dst + (3,)
+  np.testing.assert_allclose(ours[2:-2, 2:-2], ref[2:-2, 2:-2], atol=1e-5)  # interior
+  np.testing.assert_allclose(ours, ref, atol=1e-5)  # the borders too (last row/column included)
+  np.testing.assert_allclose(ours, _pyr_up_reference(img, dst), atol=1e-5)
+
+
 def test_pyramid_reconstruction_is_identity():
   rng = np.random.default_rng(1)
   for h, w in ((224, 224), (37, 50), (32, 32)):
@@ -40,6 +72,24 @@ def test_pyramid_reconstruction_is_identity():
     pyr = mag.build_laplacian(x, levels)
     assert [p.shape[1:3] for p in pyr] == mag.level_shapes(h, w, levels)
     np.testing.assert_allclose(mag.collapse_laplacian(pyr), x, atol=1e-5)
+    # The band-pass levels are what the pyramid's own pyrDown/pyrUp leave, computed outside
+    # mpt_jax with OpenCV: a pyr_up that returns zeros (or anything else) fails here.
+    img = np.asarray(x[0])
+    for lvl in range(levels - 1):
+      low = cv2.pyrDown(img)
+      band = img - cv2.pyrUp(low, dstsize=(img.shape[1], img.shape[0]))
+      np.testing.assert_allclose(np.asarray(pyr[lvl][0]), band, atol=1e-5, err_msg=f'level {lvl}')
+      img = low
+    np.testing.assert_allclose(np.asarray(pyr[-1][0]), img, atol=1e-5)
+
+
+def test_smooth_image_has_little_fine_band_energy():
+  # A smooth image passes the low-pass almost unchanged, so its finest band is nearly empty.
+  yy, xx = np.mgrid[0:64, 0:64] / 64.0
+  img = 0.5 + 0.3 * np.sin(2 * np.pi * xx) * np.cos(np.pi * yy)
+  x = jnp.asarray(np.repeat(img[None, ..., None], 3, -1), jnp.float32)
+  pyr = mag.build_laplacian(x, mag.auto_levels(64, 64))
+  assert float(jnp.abs(pyr[0]).max()) < 0.05 * float(jnp.abs(x).max())  # 0.8 if pyr_up gave zeros
 
 
 def test_auto_levels_like_matlabpyrtools():

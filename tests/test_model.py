@@ -1,5 +1,6 @@
 """The MPT model end to end: parameter counts, identity at init, gradients and freezing."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,9 @@ import optax
 import pytest
 from flax import traverse_util
 
+from configs import ablations
 from configs import common
+from mpt_jax import errors
 from mpt_jax import partition
 from mpt_jax.models import mpt
 from mpt_jax.models import vit
@@ -36,25 +39,137 @@ def test_default_b16_counts_exact():
   assert sum(parts.values()) == 91_251_407
 
 
-@pytest.mark.parametrize('overrides,trainable_strategy,expected', [
-    ({'adapter_type': 'shared'}, 'mpt', 12 * BRANCH + 109_386 + 3845),
-    ({'adapter_type': 'none'}, 'mpt', 109_386 + 3845),
-    ({'prompt_type': 'none'}, 'mpt', 3 * 12 * BRANCH + 3845),
-    ({'prompt_type': 'vpt_shallow'}, 'mpt', 3 * 12 * BRANCH + 5 * 768 + 3845),
-    ({'prompt_type': 'vpt_deep'}, 'mpt', 3 * 12 * BRANCH + 12 * 5 * 768 + 3845),
-    ({'adapter_reduction': 4}, 'mpt', 3 * 12 * (768 * 192 * 2 + 192 + 768) + 109_386 + 3845),
-    ({'num_prompts': 10}, 'mpt', 3 * 12 * BRANCH + 109_386 + 2 * (1024 * 5 + 5) + 3845),
-    ({'vit': 'B_32'}, 'mpt', 3 * 12 * BRANCH + 109_386 + 3845),
-    ({}, 'linear_probe', 3845),
-    ({}, 'prompt_only', 109_386 + 3845),
-    ({}, 'adapter_only', 3 * 12 * BRANCH + 3845),
-    ({}, 'full_finetune', 91_251_407),
+@pytest.mark.parametrize('overrides,expected', [
+    ({'adapter_type': 'shared'}, 12 * BRANCH + 109_386 + 3845),
+    ({'adapter_type': 'none'}, 109_386 + 3845),
+    # Without prompts there is no motion group, hence no motion branch (2 branches per block).
+    ({'prompt_type': 'none'}, 2 * 12 * BRANCH + 3845),
+    ({'prompt_type': 'none', 'adapter_type': 'shared'}, 12 * BRANCH + 3845),
+    ({'prompt_type': 'vpt_shallow'}, 3 * 12 * BRANCH + 5 * 768 + 3845),
+    ({'prompt_type': 'vpt_deep'}, 3 * 12 * BRANCH + 12 * 5 * 768 + 3845),
+    # The paper's VPT-Deep 5.8 M: about 50 prompts per block (README, parameter counts).
+    ({'prompt_type': 'vpt_deep', 'num_prompts': 50}, 5_804_165),
+    ({'adapter_reduction': 4}, 3 * 12 * (768 * 192 * 2 + 192 + 768) + 109_386 + 3845),
+    ({'num_prompts': 10}, 3 * 12 * BRANCH + 109_386 + 2 * (1024 * 5 + 5) + 3845),
+    ({'vit': 'B_32'}, 3 * 12 * BRANCH + 109_386 + 3845),
 ])
-def test_variant_counts(overrides, trainable_strategy, expected):
+def test_variant_counts(overrides, expected):
   p = _param_shapes(overrides)
-  assert partition.count_trainable(p, trainable_strategy) == expected
+  assert partition.count_trainable(p, 'mpt') == expected
   if overrides.get('vit') == 'B_32':
     assert partition.count_by_part(p)['backbone'] == 88_224_232 - 769_000  # vit_jax models_test: ViT-B_32 with a 1000-class head
+  if overrides.get('prompt_type') == 'none' and 'adapter_type' not in overrides:
+    blocks = [v['adapter'] for k, v in p['Transformer'].items() if k.startswith('encoderblock_')]
+    assert len(blocks) == 12 and all(set(a) == {'cls', 'patch'} for a in blocks)
+
+
+PLAIN_VIT_B16 = 86_567_656 - 769_000 + 768 * 5 + 5  # vit_jax's ViT-B_16 with a 5-class head
+MPT_B16 = 5_452_751
+# The trainable count of every row of configs/ablations.py (paper Tables VI-XI, Fig. 5), CASME II's
+# 5 classes. Derivations: BRANCH = 148,320 per adapter branch at r = 8; tokenizer 109,386 at K = 5
+# (+2,050 per extra K); head 3,845.
+TABLE_COUNTS = {
+    'strategy=scratch': PLAIN_VIT_B16,  # 85,802,501
+    'strategy=full_finetune': PLAIN_VIT_B16,
+    'strategy=linear_probe': 3845,
+    'strategy=prompt_only': 109_386 + 3845,  # 113,231
+    'strategy=adapter_only': 2 * 12 * BRANCH + 3845,  # 3,563,525
+    'strategy=mpt': MPT_B16,
+    'prompt=none': 2 * 12 * BRANCH + 3845,
+    'prompt=vpt_shallow': 3 * 12 * BRANCH + 5 * 768 + 3845,  # 5,347,205
+    'prompt=vpt_deep': 3 * 12 * BRANCH + 12 * 5 * 768 + 3845,  # 5,389,445
+    'prompt=motion': MPT_B16,
+    'adapter=none': 109_386 + 3845,
+    'adapter=shared': 12 * BRANCH + 109_386 + 3845,  # 1,893,071
+    'adapter=group': MPT_B16,
+    'vit=B_16': MPT_B16,
+    'vit=B_32': MPT_B16,  # the tokenizer's 16 x 16 conv does not depend on the ViT's patch
+    'alpha=0': MPT_B16, 'alpha=5': MPT_B16, 'alpha=10': MPT_B16, 'alpha=20': MPT_B16,
+    'alpha=30': MPT_B16,
+    'r=4': 10_764_623, 'r=8': MPT_B16, 'r=16': 2_796_815, 'r=32': 1_468_847,
+    'K=1': 5_444_551, 'K=2': 5_446_601, 'K=3': 5_448_651, 'K=4': 5_450_701, 'K=5': MPT_B16,
+    'K=6': 5_454_801, 'K=7': 5_456_851, 'K=8': 5_458_901, 'K=9': 5_460_951, 'K=10': 5_463_001,
+}
+
+
+def test_every_table_row_is_pinned():
+  assert sorted(arg for _, _, arg in ablations.ROWS) == sorted(TABLE_COUNTS)
+  assert 3 * 12 * BRANCH + 109_386 + 3845 == MPT_B16
+  for r, n in ((4, 10_764_623), (16, 2_796_815), (32, 1_468_847)):
+    w = 768 // r
+    assert 3 * 12 * (2 * 768 * w + w + 768) + 109_386 + 3845 == n
+  for k in range(1, 11):
+    assert TABLE_COUNTS[f'K={k}'] == MPT_B16 + 2 * 1025 * (k - 5)
+
+
+@pytest.mark.parametrize('arg', [arg for _, _, arg in ablations.ROWS])
+def test_table_row_trainable_counts(arg):
+  config = ablations.get_config(arg)
+  model = mpt.build_model(config.model, config.data.num_classes)
+  clip = jnp.zeros((1,) + mpt.input_shape(config.model))
+  p = jax.eval_shape(model.init, jax.random.PRNGKey(0), clip)['params']
+  strategy = config.model.training_strategy
+  assert partition.count_trainable(p, strategy) == TABLE_COUNTS[arg]
+  # No strategy leaves a frozen, randomly initialised prompt or adapter in the model: everything
+  # that is not the (pretrained) backbone trains.
+  _, frozen = partition.split_params(p, strategy)
+  assert all(partition.part_of(tuple(k.split('/'))) == 'backbone' for k in frozen), sorted(frozen)
+
+
+@pytest.mark.parametrize('strategy,has_tokenizer,has_adapter', [
+    ('mpt', True, True), ('scratch', False, False), ('full_finetune', False, False),
+    ('linear_probe', False, False), ('prompt_only', True, False), ('adapter_only', False, True),
+])
+def test_strategy_defines_architecture(strategy, has_tokenizer, has_adapter):
+  p = _param_shapes({'training_strategy': strategy})
+  assert ('tokenizer' in p) == has_tokenizer
+  assert ('adapter' in p['Transformer']['encoderblock_0']) == has_adapter
+  if strategy == 'adapter_only':
+    assert set(p['Transformer']['encoderblock_0']['adapter']) == {'cls', 'patch'}
+
+
+@pytest.mark.parametrize('strategy,overrides,keys', [
+    ('linear_probe', {'prompt_type': 'motion'}, ['prompt_type']),
+    ('linear_probe', {'adapter_type': 'group'}, ['adapter_type']),
+    ('linear_probe', {'prompt_type': 'vpt_deep', 'adapter_type': 'shared'},
+     ['prompt_type', 'adapter_type']),
+    ('prompt_only', {'adapter_type': 'group'}, ['adapter_type']),
+    ('prompt_only', {'prompt_type': 'none'}, ['prompt_type']),
+    ('adapter_only', {'prompt_type': 'motion'}, ['prompt_type']),
+    ('adapter_only', {'adapter_type': 'none'}, ['adapter_type']),
+])
+def test_contradicting_explicit_flags_are_refused(strategy, overrides, keys):
+  config = common.get_config()
+  config.model.training_strategy = strategy
+  for k, v in overrides.items():
+    config.model[k] = v
+  with pytest.raises(errors.UserError) as info:
+    mpt.build_model(config.model, 5)
+  msg = str(info.value)
+  assert '\n' not in msg and f"training_strategy='{strategy}'" in msg
+  for k in keys:
+    assert f'config.model.{k}=' in msg
+
+
+def test_explicit_flags_that_agree_are_kept():
+  for strategy, overrides, arch in [
+      ('linear_probe', {'prompt_type': 'none', 'adapter_type': 'none'}, ('none', 'none')),
+      ('prompt_only', {'prompt_type': 'vpt_deep'}, ('vpt_deep', 'none')),
+      ('adapter_only', {'adapter_type': 'shared'}, ('none', 'shared')),
+      ('mpt', {'prompt_type': 'none'}, ('none', 'group')),
+      ('scratch', {'prompt_type': 'motion', 'adapter_type': 'group'}, ('motion', 'group')),
+      ('full_finetune', {}, ('none', 'none')),
+  ]:
+    config = common.get_config()
+    config.model.training_strategy = strategy
+    for k, v in overrides.items():
+      config.model[k] = v
+    model = mpt.build_model(config.model, 5)
+    assert (model.prompt_type, model.adapter_type) == arch, strategy
+  config = common.get_config()
+  config.model.prompt_type = 'prompts'
+  with pytest.raises(errors.UserError, match='config.model.prompt_type must be one of'):
+    mpt.build_model(config.model, 5)
 
 
 def test_zero_adapters_no_prompts_equal_plain_backbone():
@@ -147,3 +262,118 @@ def test_unknown_options_raise():
     partition.trainable_parts('lora')
   with pytest.raises(ValueError, match='Unknown ViT variant'):
     vit.vit_config('H_14')
+
+
+# ---------------------------------------------------------------------------------------------
+# Token routing (item 20 of issue 7): which adapter branch sees which tokens, where the prompts go.
+
+def _gelu_tanh(x):
+  return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def test_group_adapter_routes_each_group_to_its_own_branch():
+  from mpt_jax.models import adapter  # pylint: disable=g-import-not-at-top
+  k, n, d = 3, 6, 16
+  h = jnp.asarray(np.random.default_rng(0).normal(size=(2, 1 + k + n, d)), jnp.float32)
+  module = adapter.GroupAdapter('group', reduction=4, num_prompts=k)
+  params = module.init(jax.random.PRNGKey(0), h)['params']
+  assert set(params) == {'cls', 'motion', 'patch'}
+  # Distinct, non-zero weights in every branch (``up`` starts at zero, which would hide routing).
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape), v.dtype), params)
+  out = np.asarray(module.apply({'params': params}, h))
+
+  def branch(name, x):
+    p = {m: {q: np.asarray(v, np.float64) for q, v in w.items()} for m, w in params[name].items()}
+    y = _gelu_tanh(x @ p['down']['kernel'] + p['down']['bias'])
+    return x + y @ p['up']['kernel'] + p['up']['bias']
+
+  x = np.asarray(h, np.float64)
+  ref = np.concatenate([branch('cls', x[:, :1]), branch('motion', x[:, 1:1 + k]),
+                        branch('patch', x[:, 1 + k:])], axis=1)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def _block_inputs(config, clips):
+  """Initialises the model and records the input of every encoder block (in call order)."""
+  model = mpt.build_model(config.model, 5)
+  params = model.init(jax.random.PRNGKey(0), clips)['params']
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, vit.Encoder1DBlock) and context.method_name == '__call__':
+      seen.append(np.asarray(args[0]))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    _, aux = model.apply({'params': params}, clips, return_aux=True)
+  return model, params, aux, seen
+
+
+def test_prompts_follow_the_class_token_without_position_embedding():
+  config = helpers.tiny_config()  # motion prompts, K = 5
+  clips = helpers.random_clips()
+  model, params, aux, seen = _block_inputs(config, clips)
+  k = model.num_prompts
+  # The tokenizer's K tokens, computed on their own from the same parameters.
+  from mpt_jax.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  tok = tokenizer_lib.GaussianTokenizer(k, model.hidden_size, config.model.tokenizer_dim,
+                                        config.model.tokenizer_patch)
+  prompts, _ = tok.apply({'params': params['tokenizer']}, aux['motion'])
+  # The class token and patches with the position embedding, straight from the parameters.
+  pos = np.asarray(params['Transformer']['posembed_input']['pos_embedding'])[0]
+  patches = np.asarray(jax.lax.conv_general_dilated(
+      mpt.normalise_input(aux['rgb_input'], 'minus_one_one'),
+      params['embedding']['kernel'], (model.patch_size,) * 2, 'VALID',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))) + np.asarray(params['embedding']['bias'])
+  patches = patches.reshape(patches.shape[0], -1, patches.shape[-1])
+  cls = np.asarray(params['cls'])[0, 0] + pos[0]
+  first = seen[0]
+  assert first.shape[1] == 1 + k + patches.shape[1]
+  np.testing.assert_allclose(first[:, 0], np.broadcast_to(cls, first[:, 0].shape), atol=1e-5)
+  np.testing.assert_allclose(first[:, 1:1 + k], np.asarray(prompts), atol=1e-5)  # no pos. emb.
+  np.testing.assert_allclose(first[:, 1 + k:], patches + pos[1:], atol=1e-4)
+
+
+@pytest.mark.parametrize('prompt_type', ['vpt_deep', 'vpt_shallow'])
+def test_vpt_deep_replaces_the_prompts_at_every_block(prompt_type):
+  config = helpers.tiny_config(prompt_type=prompt_type)
+  config.model.vit_num_layers = 4  # more than two blocks, so "every block" means something
+  clips = helpers.random_clips()
+  model, params, _, seen = _block_inputs(config, clips)
+  k = model.num_prompts
+  assert len(seen) == 4
+  shallow = np.asarray(params['prompt'])[0]
+  np.testing.assert_allclose(seen[0][:, 1:1 + k], np.broadcast_to(shallow, seen[0][:, 1:1 + k].shape))
+  if prompt_type == 'vpt_deep':
+    deep = np.asarray(params['deep_prompt'])
+    assert deep.shape == (3, k, model.hidden_size)
+    for lyr in range(1, 4):
+      np.testing.assert_allclose(seen[lyr][:, 1:1 + k],
+                                 np.broadcast_to(deep[lyr - 1], seen[lyr][:, 1:1 + k].shape),
+                                 err_msg=f'block {lyr}')
+  else:
+    assert 'deep_prompt' not in params
+    for lyr in range(1, 4):  # the prompts carry on, transformed by the previous block
+      assert not np.allclose(seen[lyr][:, 1:1 + k], shallow)
+  # The class token and patches are never replaced.
+  for lyr in range(1, 4):
+    assert not np.allclose(seen[lyr][:, 0], seen[lyr - 1][:, 0])
+
+
+def test_alpha_zero_row_means_one_constant_prompt_repeated():
+  """Table X's alpha = 0 (documented in configs/ablations.py): no motion reaches the tokenizer."""
+  config = ablations.get_config('smoke,alpha=0')
+  assert config.model.magnification.alpha == 0.0
+  clips = helpers.random_clips(batch=3)
+  model, _, aux, seen = _block_inputs(config, clips)
+  k = model.num_prompts
+  assert float(jnp.abs(aux['motion']).max()) == 0.0
+  prompts = seen[0][:, 1:1 + k]
+  # K identical tokens, the same for every clip: one input-independent prompt repeated K times.
+  np.testing.assert_allclose(prompts, np.broadcast_to(prompts[:1, :1], prompts.shape), atol=1e-6)
+  # With alpha = 1 the band-passed motion reaches the tokenizer and the prompts depend on the clip.
+  config = ablations.get_config('smoke,alpha=1')
+  _, _, aux, seen = _block_inputs(config, clips)
+  assert float(jnp.abs(aux['motion']).max()) > 0
+  assert not np.allclose(seen[0][0, 1:1 + k], seen[0][1, 1:1 + k])

@@ -27,3 +27,13 @@ def test_profile_command_prints_json_last_line():
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result['trainable_params'] > 0 and result['gflops'] > 0
+
+
+def test_profile_without_prompts_counts_two_branches_per_block():
+  from configs import ablations  # pylint: disable=g-import-not-at-top
+  out = profile.profile(ablations.get_config('prompt=none'))
+  assert out['trainable_params'] == 2 * 12 * 148_320 + 3845
+  assert out['params_without_gradient'] == 148_320  # the last block's patch branch only
+  assert 'prompt_tokens' not in out['gmacs_by_part'] and 'tokenizer' not in out['gmacs_by_part']
+  assert abs(sum(out['gmacs_by_part'].values()) - out['gmacs']) < 0.01
+  assert 'prompt=none adapter=group' in out['config']

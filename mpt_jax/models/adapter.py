@@ -9,8 +9,6 @@ freezes the adapter: with GELU(0) = 0 neither weight matrix ever receives a grad
 zeroed the untrained adapter is the identity, so the untrained MPT equals the pretrained backbone.
 """
 
-from typing import Sequence
-
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -45,7 +43,8 @@ class GroupAdapter(nn.Module):
     adapter_type: ``group`` (one branch per group), ``shared`` (one branch for all tokens, the
       paper's "primitive adapter") or ``none`` (identity, no parameters).
     reduction: bottleneck reduction ``r``.
-    num_prompts: number of prompt tokens directly after the class token (0 without prompts).
+    num_prompts: number of prompt tokens directly after the class token (0 without prompts, and
+      then the ``group`` adapter has no ``motion`` branch).
   """
   adapter_type: str = 'group'
   reduction: int = 8
@@ -60,16 +59,12 @@ class GroupAdapter(nn.Module):
     if self.adapter_type != 'group':
       raise ValueError(f'adapter_type must be one of {ADAPTER_TYPES}, got {self.adapter_type!r}')
     k = self.num_prompts
-    # Every group gets its branch even when it is empty (no prompts), so the parameter tree and
-    # count do not depend on the prompt type. An empty slice costs nothing.
-    splits: Sequence[jnp.ndarray] = (h[:, :1], h[:, 1:1 + k], h[:, 1 + k:])
+    # One branch per group that exists: without prompts there is no motion group and therefore no
+    # motion branch (its parameters could never get a gradient).
+    spans = {'cls': (0, 1), 'motion': (1, 1 + k), 'patch': (1 + k, h.shape[1])}
     outs = []
-    for name, part in zip(GROUP_NAMES, splits):
-      branch = Bottleneck(self.reduction, name=name)
-      if part.shape[1] == 0:
-        # Create the parameters (so the tree is the same for every prompt type) but skip compute.
-        branch(jnp.zeros((h.shape[0], 1, h.shape[-1]), h.dtype))
-        outs.append(part)
-      else:
-        outs.append(branch(part))
+    for name in GROUP_NAMES:
+      lo, hi = spans[name]
+      if hi > lo:
+        outs.append(Bottleneck(self.reduction, name=name)(h[:, lo:hi]))
     return jnp.concatenate(outs, axis=1)

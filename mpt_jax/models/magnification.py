@@ -4,7 +4,9 @@ Everything here runs inside the jitted model:
 
 * a Laplacian pyramid built from the fixed 5-tap binomial kernel ``[1, 4, 6, 4, 1] / 16`` as
   separable depthwise convolutions written as fixed shifted multiply-adds (reflect padding, stride-2
-  down; zero insertion and the kernel times 2 per axis up, in polyphase form). ``hi = x - up(down(x))``, so reconstructing an unmodified pyramid is exact;
+  down; zero insertion and the kernel times 2 per axis up, in polyphase form; both equal
+  ``cv2.pyrDown`` / ``cv2.pyrUp``, borders included). ``hi = x - up(down(x))``, so reconstructing an
+  unmodified pyramid is exact;
 * a temporal Butterworth band-pass whose coefficients come from ``scipy.signal.butter`` once, when
   the :class:`Magnifier` is built, run over time with ``lax.scan`` in transposed direct form II,
   starting from the steady state of the first frame (``lfilter_zi(b, a) * x_0``), so it equals
@@ -103,12 +105,17 @@ def pyr_down(x: jnp.ndarray) -> jnp.ndarray:
 def _up_axis(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
   """Doubles ``x`` along ``axis`` (cropped to ``size``): zero insertion + the kernel times 2.
 
-  Computed in polyphase form, without materialising the zeros: with ``x`` reflect-padded by one
-  sample, even outputs are ``(x[i-1] + 6 x[i] + x[i+1]) / 8`` and odd outputs ``(x[i] + x[i+1]) / 2``,
-  exactly what ``[1, 4, 6, 4, 1] / 8`` gives on the zero-inserted signal in the interior.
+  ``cv2.pyrUp`` semantics: the ``n`` samples are zero-inserted into a signal of length ``2n``, which
+  is filtered with ``[1, 4, 6, 4, 1] / 8`` under a reflect-101 border and then cropped to ``size``
+  (``2n`` or ``2n - 1``). Computed in polyphase form, without materialising the zeros: even outputs
+  are ``(x[i-1] + 6 x[i] + x[i+1]) / 8`` and odd outputs ``(x[i] + x[i+1]) / 2``, where the border of
+  the zero-inserted signal makes ``x[-1] = x[1]`` (reflect) on the left but ``x[n] = x[n-1]`` (edge)
+  on the right: the sample after the last zero-inserted position reflects onto ``x[n-1]`` itself.
   """
   n = x.shape[axis]
-  xp = jnp.pad(x, [(1, 1) if a == axis else (0, 0) for a in range(x.ndim)], mode='reflect')
+  first = jax.lax.slice_in_dim(x, 1, 2, 1, axis) if n > 1 else x
+  last = jax.lax.slice_in_dim(x, n - 1, n, 1, axis)
+  xp = jnp.concatenate([first, x, last], axis=axis)
   left = jax.lax.slice_in_dim(xp, 0, n, 1, axis)
   mid = jax.lax.slice_in_dim(xp, 1, n + 1, 1, axis)
   right = jax.lax.slice_in_dim(xp, 2, n + 2, 1, axis)
@@ -121,7 +128,8 @@ def _up_axis(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
 
 
 def pyr_up(x: jnp.ndarray, shape: Tuple[int, int]) -> jnp.ndarray:
-  """Upsamples NHWC ``x`` to ``shape`` (zero insertion + binomial kernel times 2 per axis)."""
+  """Upsamples NHWC ``x`` to ``shape`` like ``cv2.pyrUp(x, dstsize=shape)`` (zero insertion + binomial
+  kernel times 2 per axis, reflect-101 border of the zero-inserted image)."""
   return _up_axis(_up_axis(x, 1, shape[0]), 2, shape[1])
 
 

@@ -21,12 +21,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mpt_jax import errors
+from mpt_jax import partition
 from mpt_jax.models import dynamic_image
 from mpt_jax.models import magnification
 from mpt_jax.models import tokenizer as tokenizer_lib
 from mpt_jax.models import vit
 
-PROMPT_TYPES = ('motion', 'vpt_shallow', 'vpt_deep', 'none')
+PROMPT_TYPES = partition.PROMPT_TYPES
 INPUT_NORMS = ('minus_one_one', 'imagenet')
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,6 +62,7 @@ class MPT(nn.Module):
     adapter_reduction: r.
     tokenizer_dim: C of the tokenizer's per-frame conv.
     tokenizer_patch: kernel size and stride of that conv.
+    tokenizer_init: ``spread`` (SPEC §4) | ``middle`` (symmetric start, comparison only).
     magnifier: the (parameter-free) motion extractor.
   """
   num_classes: int
@@ -77,6 +80,7 @@ class MPT(nn.Module):
   adapter_reduction: int = 8
   tokenizer_dim: int = 64
   tokenizer_patch: int = 16
+  tokenizer_init: str = 'spread'
   magnifier: Optional[magnification.Magnifier] = None
 
   @property
@@ -113,7 +117,8 @@ class MPT(nn.Module):
           image_size=(self.image_size, self.image_size))
       motion = magnifier(clips)
       prompts, tok_aux = tokenizer_lib.GaussianTokenizer(
-          k, self.hidden_size, self.tokenizer_dim, self.tokenizer_patch, name='tokenizer')(motion)
+          k, self.hidden_size, self.tokenizer_dim, self.tokenizer_patch,
+          centre_init=self.tokenizer_init, name='tokenizer')(motion)
       aux['motion'] = motion
       aux.update(tok_aux)
     elif self.prompt_type in ('vpt_shallow', 'vpt_deep'):
@@ -146,24 +151,38 @@ def build_magnifier(model_config: ml_collections.ConfigDict) -> magnification.Ma
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MPT:
-  """Builds :class:`MPT` from ``config.model`` (backbone variant, prompts, adapters, motion)."""
-  backbone = vit.vit_config(model_config.vit)
+  """Builds :class:`MPT` from ``config.model`` (backbone variant, prompts, adapters, motion).
+
+  The prompt and adapter types are those of :func:`mpt_jax.partition.resolve_architecture`: what
+  the training strategy implies unless the config sets them explicitly (a contradiction raises
+  :class:`mpt_jax.partition.StrategyError`).
+  """
+  prompt_type, adapter_type = partition.resolve_architecture(model_config)
+  try:
+    backbone = vit.vit_config(model_config.vit)
+  except ValueError as e:
+    raise errors.UserError(f'config.model.vit: {e}') from e
   for key in ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads', 'num_layers'):
     override = model_config.get(f'vit_{key}', None)
     if override:
       backbone[key] = override
+  tokenizer_init = model_config.get('tokenizer_init', 'spread')
+  if tokenizer_init not in ('spread', 'middle'):
+    raise errors.UserError(f"config.model.tokenizer_init must be 'spread' or 'middle', got "
+                           f'{tokenizer_init!r}')
   if model_config.image_size % backbone.patch_size:
-    raise ValueError(f'image_size {model_config.image_size} is not a multiple of the patch size '
-                     f'{backbone.patch_size}')
+    raise errors.UserError(f'config.model.image_size {model_config.image_size} is not a multiple '
+                           f'of the patch size {backbone.patch_size}')
   return MPT(
       num_classes=num_classes, patch_size=backbone.patch_size, hidden_size=backbone.hidden_size,
       mlp_dim=backbone.mlp_dim, num_heads=backbone.num_heads, num_layers=backbone.num_layers,
       image_size=int(model_config.image_size), input_modality=model_config.input_modality,
-      input_norm=model_config.input_norm, prompt_type=model_config.prompt_type,
-      num_prompts=int(model_config.num_prompts), adapter_type=model_config.adapter_type,
+      input_norm=model_config.input_norm, prompt_type=prompt_type,
+      num_prompts=int(model_config.num_prompts), adapter_type=adapter_type,
       adapter_reduction=int(model_config.adapter_reduction),
       tokenizer_dim=int(model_config.tokenizer_dim),
-      tokenizer_patch=int(model_config.tokenizer_patch), magnifier=build_magnifier(model_config))
+      tokenizer_patch=int(model_config.tokenizer_patch),
+      tokenizer_init=tokenizer_init, magnifier=build_magnifier(model_config))
 
 
 def input_shape(model_config: ml_collections.ConfigDict) -> Tuple[int, ...]:

@@ -6,6 +6,16 @@ to the clip) and a width ``sigma_k = softplus(.) + 0.5`` (at least half a frame)
 ``w_k(t) = exp(-(t - mu_k)^2 / (2 sigma_k^2))`` is normalised over t, pools the frame features, and a
 projection ``W_o`` lifts the pooled feature to a D-dim motion prompt token. These bounds and the
 normalisation are our choices (the paper does not give them); they are tested explicitly.
+
+Symmetry breaking (SPEC §4): with zero biases every centre would start at the clip's middle (``F`` is
+small at initialisation), the K tokens would be identical and, as the prompts carry no position
+embedding and share ``W_o`` and the adapter's motion branch, so would their gradients: K = 5 would
+behave like K = 1. The centre biases therefore start at ``logit((k - 0.5) / K)``, so that
+``mu_k = (T-1)(k - 0.5)/K`` (evenly spread), and the width biases at ``softplus^-1(T/(2K) - 0.5)``,
+so that ``sigma_k = T/(2K)`` (neighbouring Gaussians overlap at about one standard deviation), for an
+input that contributes nothing through ``W_mu`` / ``W_sigma``. The weight matrices keep their
+default initialisation. ``centre_init='middle'`` (zero biases, every centre at the middle) reproduces the
+symmetric start for comparisons only.
 """
 
 from typing import Tuple
@@ -13,6 +23,7 @@ from typing import Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def gaussian_weights(mu: jnp.ndarray, sigma: jnp.ndarray, num_frames: int) -> jnp.ndarray:
@@ -20,6 +31,37 @@ def gaussian_weights(mu: jnp.ndarray, sigma: jnp.ndarray, num_frames: int) -> jn
   t = jnp.arange(num_frames, dtype=mu.dtype)
   logits = -jnp.square(t[None, None, :] - mu[..., None]) / (2.0 * jnp.square(sigma[..., None]))
   return jax.nn.softmax(logits, axis=-1)  # == exp(.) / sum_t exp(.), numerically safe
+
+
+def initial_centres(num_frames: int, num_tokens: int) -> np.ndarray:
+  """The K evenly spread starting centres ``(T-1)(k - 0.5)/K``, k = 1..K (SPEC §4)."""
+  return (num_frames - 1) * (np.arange(1, num_tokens + 1) - 0.5) / num_tokens
+
+
+def initial_width(num_frames: int, num_tokens: int, min_sigma: float = 0.5) -> float:
+  """The starting width ``T/(2K)`` (never below ``min_sigma`` + 0.05, the softplus floor)."""
+  return max(num_frames / (2.0 * num_tokens), min_sigma + 0.05)
+
+
+def centre_bias(num_frames: int, num_tokens: int) -> np.ndarray:
+  """Bias of the centre head so that ``(T-1) sigmoid(b_k)`` is :func:`initial_centres`."""
+  q = (np.arange(1, num_tokens + 1) - 0.5) / num_tokens
+  return np.log(q / (1.0 - q))
+
+
+def width_bias(num_frames: int, num_tokens: int, min_sigma: float = 0.5) -> np.ndarray:
+  """Bias of the width head so that ``softplus(b) + min_sigma`` is :func:`initial_width`."""
+  y = initial_width(num_frames, num_tokens, min_sigma) - min_sigma
+  return np.full((num_tokens,), np.log(np.expm1(y)))
+
+
+def _constant_init(value: np.ndarray):
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    if tuple(shape) != value.shape:
+      raise ValueError(f'bias of shape {shape} cannot take the initial value of shape {value.shape}')
+    return jnp.asarray(value, dtype)
+  return init
 
 
 class GaussianTokenizer(nn.Module):
@@ -31,12 +73,15 @@ class GaussianTokenizer(nn.Module):
     feature_dim: C, the channels of the per-frame conv.
     patch_size: the conv's kernel size and stride.
     min_sigma: lower bound of the Gaussian widths (in frames).
+    centre_init: ``spread`` (SPEC §4: centres evenly spread, width T/(2K)) or ``middle`` (zero biases:
+      every centre at the clip's middle; the symmetric start, kept for comparison only).
   """
   num_tokens: int = 5
   hidden_size: int = 768
   feature_dim: int = 64
   patch_size: int = 16
   min_sigma: float = 0.5
+  centre_init: str = 'spread'
 
   @nn.compact
   def __call__(self, motion: jnp.ndarray) -> Tuple[jnp.ndarray, dict]:
@@ -52,8 +97,18 @@ class GaussianTokenizer(nn.Module):
                 strides=(self.patch_size, self.patch_size), padding='VALID', name='frame_conv')(x)
     feats = jnp.mean(nn.gelu(x, approximate=True), axis=(1, 2)).reshape(b, t_count, -1)  # f_t
     flat = feats.reshape(b, t_count * self.feature_dim)  # F
-    mu = (t_count - 1) * nn.sigmoid(nn.Dense(self.num_tokens, name='mu')(flat))
-    sigma = nn.softplus(nn.Dense(self.num_tokens, name='sigma')(flat)) + self.min_sigma
+    k = self.num_tokens
+    if self.centre_init == 'spread':
+      mu_bias = _constant_init(centre_bias(t_count, k))
+      sigma_bias = _constant_init(width_bias(t_count, k, self.min_sigma))
+    elif self.centre_init == 'middle':
+      mu_bias = sigma_bias = nn.initializers.zeros
+    else:
+      raise ValueError(f"centre_init must be 'spread' or 'middle', got {self.centre_init!r}")
+    mu_head = nn.Dense(k, bias_init=mu_bias, name='mu')
+    sigma_head = nn.Dense(k, bias_init=sigma_bias, name='sigma')
+    mu = (t_count - 1) * nn.sigmoid(mu_head(flat))
+    sigma = nn.softplus(sigma_head(flat)) + self.min_sigma
     weights = gaussian_weights(mu, sigma, t_count)
     pooled = jnp.einsum('bkt,btc->bkc', weights, feats)
     tokens = nn.Dense(self.hidden_size, name='out')(pooled)
