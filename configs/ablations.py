@@ -6,7 +6,7 @@
   strategy=mpt|scratch|full_finetune|linear_probe|prompt_only|adapter_only   Table VI
   prompt=motion|vpt_shallow|vpt_deep|none                                    Table VII
   adapter=group|shared|none                                                  Table VIII
-  vit=B_16|B_32                                                              Table IX
+  vit=B_16|B_32|clip_B_16|clip_B_32 (CLIP: HF model.safetensors, CLIP input norm)  Table IX
   alpha=<float>                                                              Table X
   r=<int>                                                                    Table XI
   K=<int>                                                                    Fig. 5
@@ -54,6 +54,8 @@ def get_config(arg=None):
     m.adapter_type = values['adapter']
   if 'vit' in values:
     m.vit = values['vit']
+    if values['vit'].startswith('clip_'):
+      m.input_norm = 'clip'  # CLIP's own mean/std normalisation
   if 'alpha' in values:
     m.magnification.alpha = float(values['alpha'])
   if 'r' in values:

@@ -21,13 +21,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mpt_jax.models import clip as clip_lib
 from mpt_jax.models import dynamic_image
 from mpt_jax.models import magnification
 from mpt_jax.models import tokenizer as tokenizer_lib
 from mpt_jax.models import vit
 
 PROMPT_TYPES = ('motion', 'vpt_shallow', 'vpt_deep', 'none')
-INPUT_NORMS = ('minus_one_one', 'imagenet')
+INPUT_NORMS = ('minus_one_one', 'imagenet', 'clip')
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -38,6 +39,8 @@ def normalise_input(x: jnp.ndarray, mode: str) -> jnp.ndarray:
     return (x - 0.5) / 0.5
   if mode == 'imagenet':
     return (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
+  if mode == 'clip':
+    return (x - jnp.asarray(clip_lib.CLIP_MEAN, x.dtype)) / jnp.asarray(clip_lib.CLIP_STD, x.dtype)
   raise ValueError(f'input_norm must be one of {INPUT_NORMS}, got {mode!r}')
 
 
@@ -61,6 +64,7 @@ class MPT(nn.Module):
     tokenizer_dim: C of the tokenizer's per-frame conv.
     tokenizer_patch: kernel size and stride of that conv.
     magnifier: the (parameter-free) motion extractor.
+    backbone_family: ``vit`` (in21k ViT) or ``clip`` (:mod:`mpt_jax.models.clip`).
   """
   num_classes: int
   patch_size: int = 16
@@ -78,6 +82,7 @@ class MPT(nn.Module):
   tokenizer_dim: int = 64
   tokenizer_patch: int = 16
   magnifier: Optional[magnification.Magnifier] = None
+  backbone_family: str = 'vit'
 
   @property
   def effective_prompts(self) -> int:
@@ -104,8 +109,9 @@ class MPT(nn.Module):
     aux: Dict[str, Any] = {}
     rgb = dynamic_image.rgb_input(clips, self.input_modality, apex_index)
     aux['rgb_input'] = rgb
-    x = vit.embed_patches(self, normalise_input(rgb, self.input_norm), self.patch_size,
-                          self.hidden_size)
+    family = clip_lib if self.backbone_family == 'clip' else vit
+    x = family.embed_patches(self, normalise_input(rgb, self.input_norm), self.patch_size,
+                             self.hidden_size)
     k = self.effective_prompts
     prompts = deep = None
     if self.prompt_type == 'motion':
@@ -124,7 +130,7 @@ class MPT(nn.Module):
       prompts = jnp.broadcast_to(prompt, (b, k, self.hidden_size))
       if self.prompt_type == 'vpt_deep' and self.num_layers > 1:
         deep = self.param('deep_prompt', init, (self.num_layers - 1, k, self.hidden_size))
-    enc = vit.Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.adapter_type,
+    enc = family.Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.adapter_type,
                       self.adapter_reduction, k, name='Transformer')(x, prompts, deep)
     features = enc[:, 0]
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='head')(features)
@@ -147,7 +153,11 @@ def build_magnifier(model_config: ml_collections.ConfigDict) -> magnification.Ma
 
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MPT:
   """Builds :class:`MPT` from ``config.model`` (backbone variant, prompts, adapters, motion)."""
-  backbone = vit.vit_config(model_config.vit)
+  is_clip = clip_lib.is_clip(model_config.vit)
+  if is_clip and model_config.input_norm != 'clip':
+    raise clip_lib.ClipConfigError(f'config.model.input_norm must be \'clip\' for the CLIP backbone '
+                                   f'{model_config.vit!r}, got {model_config.input_norm!r}')
+  backbone = (clip_lib.clip_config if is_clip else vit.vit_config)(model_config.vit)
   for key in ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads', 'num_layers'):
     override = model_config.get(f'vit_{key}', None)
     if override:
@@ -163,7 +173,8 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
       num_prompts=int(model_config.num_prompts), adapter_type=model_config.adapter_type,
       adapter_reduction=int(model_config.adapter_reduction),
       tokenizer_dim=int(model_config.tokenizer_dim),
-      tokenizer_patch=int(model_config.tokenizer_patch), magnifier=build_magnifier(model_config))
+      tokenizer_patch=int(model_config.tokenizer_patch), magnifier=build_magnifier(model_config),
+      backbone_family='clip' if is_clip else 'vit')
 
 
 def input_shape(model_config: ml_collections.ConfigDict) -> Tuple[int, ...]:
