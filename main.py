@@ -36,7 +36,10 @@ flags.DEFINE_integer('onset', None, 'predict: first frame (index in the sorted f
 flags.DEFINE_integer('offset', None, 'predict: last frame (index in the sorted frames).')
 flags.DEFINE_bool('crop_face', False, 'predict: detect and crop the face (OpenCV Haar cascade).')
 flags.DEFINE_list('compare', [], 'figures: other run workdirs shown beside --workdir.')
-flags.DEFINE_string('table', None, 'table: which paper table to run (V..XI, fig5, main).')
+flags.DEFINE_string('table', None, 'table: which paper table to run (V..XI, fig5, main), '
+                    'optionally with rows, e.g. VI:mpt,linear_probe.')
+flags.DEFINE_list('pretrained', [], 'table IX: checkpoint per backbone, e.g. '
+                  'B_32=/p/ViT-B_32.npz,clip_B_16=/p/clip16/model.safetensors.')
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -94,7 +97,8 @@ def _run(mode):
     from mpt_jax import tables
     if not FLAGS.table:
       raise UserError(f'--table is required: one of {", ".join(tables.TABLES)}')
-    print(tables.run_table(FLAGS.table, _need_config(), _need_workdir()))
+    print(tables.run_table(FLAGS.table, _need_config(), _need_workdir(),
+                           tables.parse_pretrained(FLAGS.pretrained)))
 
 
 def _maybe_distributed():

@@ -39,6 +39,11 @@ def get_config(arg=None):
     raise ValueError(f'dataset must be one of {DATASETS}, got {dataset!r}')
   base = importlib.import_module(f'configs.{dataset}')
   config = base.get_config('smoke' if 'smoke' in flags else None)
+  return apply_overrides(config, values)
+
+
+def apply_overrides(config, values):
+  """Applies ablation ``key=value`` overrides (the keys above, minus ``dataset``) to a config."""
   m = config.model
   if 'strategy' in values:
     m.training_strategy = values['strategy']
