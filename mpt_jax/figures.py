@@ -307,7 +307,8 @@ def first_clips_per_class(labels: np.ndarray, num_classes: int, per_class: int =
 # ---------------------------------------------------------------------------------------------
 # Figures.
 
-def plot_gradcam(view: RunView, explained: Dict[str, Any], picked: Sequence[int], path: str) -> None:
+def plot_gradcam(view: RunView, explained: Dict[str, Any], picked: Sequence[int],
+                 path: str) -> None:
   """Fig. 8: rows of (apex, apex + CAM, dynamic image, dynamic image + CAM)."""
   from mpt_jax.models import dynamic_image  # pylint: disable=g-import-not-at-top
   data = view.data
@@ -482,8 +483,8 @@ def write_figures(workdirs: Sequence[str], out_dir: Optional[str] = None,
   picked = first_clips_per_class(views[0].data.labels, len(views[0].classes), per_class)
   panels = []
   for v in views:
-    logging.info('Explaining %s (features of every held-out clip, Grad-CAM of %d clips)', v.label,
-                 len(picked))
+    logging.info('Explaining %s (features of every held-out clip, gradient maps of %d clips)',
+                 v.label, len(picked))
     ex = v.explain(picked, method=method)
     p = os.path.join(out_dir, f'gradcam_{_slug([v.label])}.png')
     plot_gradcam(v, ex, picked, p)

@@ -24,8 +24,8 @@ _DEFAULT_ROWS = {'V': 'mpt', 'VI': 'mpt', 'VII': 'motion', 'VIII': 'group', 'IX'
 PAPER: Dict[str, Dict[str, Dict[str, Optional[float]]]] = {
     table: {row: dict(_MPT_COST)} for table, row in _DEFAULT_ROWS.items()}
 
-SOURCE = ('SPEC §7 (#Tparas ~5.5 M, ~18.7 GFLOPs for the default MPT); the paper\'s Acc/F1 were not '
-          'available to us (n/a)')
+SOURCE = ('SPEC §7 (#Tparas ~5.5 M, ~18.7 GFLOPs for the default MPT); the paper\'s Acc/F1 '
+          'were not available to us (n/a)')
 
 
 def paper_row(table: str, row_id: str) -> Dict[str, Optional[float]]:

@@ -1,7 +1,7 @@
-"""``--mode=table``: a whole paper table (or Fig. 5) as resumable LOSO sub-runs, printed beside the paper.
+"""``--mode=table``: a paper table (or Fig. 5) as resumable LOSO sub-runs, beside the paper.
 
-``python main.py --mode=table --table=VI --config=configs/smic.py --workdir=runs/table6`` trains every
-row of Table VI as its own LOSO run in ``runs/table6/<row>/`` (the row's overrides applied to
+``python main.py --mode=table --table=VI --config=configs/smic.py --workdir=runs/table6`` trains
+every row of Table VI as its own LOSO run in ``runs/table6/<row>/`` (the row's overrides applied to
 ``--config`` with :func:`configs.ablations.apply_overrides`), then writes ``table.md`` and
 ``table.json`` with our Acc and F1 (mean ± std over seeds, last epoch), #Tparas and GFLOPs (from
 :mod:`mpt_jax.profile`; the paper's GFLOPs are multiply-accumulates, so our ``gmacs`` is printed)

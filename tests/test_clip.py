@@ -21,7 +21,10 @@ N = (SIZE // P) ** 2
 def _hf_vision_state(seed=0, prefix='vision_model.'):
   """Random CLIP vision weights under the real HuggingFace key names and torch layouts."""
   rng = np.random.default_rng(seed)
-  r = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # pylint: disable=unnecessary-lambda-assignment
+
+  def r(*shape):
+    return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
   st = {
       'embeddings.class_embedding': r(D),
       'embeddings.patch_embedding.weight': r(D, 3, P, P),
@@ -47,7 +50,8 @@ def _full_clip_model_state(seed=0):
   st = _hf_vision_state(seed)
   rng = np.random.default_rng(seed + 1)
   st.update({
-      'text_model.embeddings.token_embedding.weight': rng.standard_normal((10, 16)).astype('f4'),
+      'text_model.embeddings.token_embedding.weight':
+          rng.standard_normal((10, 16)).astype('f4'),
       'text_model.embeddings.position_ids': np.arange(7, dtype=np.int64)[None],
       'text_model.final_layer_norm.weight': np.ones(16, 'f4'),
       'text_projection.weight': rng.standard_normal((8, 16)).astype('f4'),
@@ -66,14 +70,19 @@ def _ln(x, w, b, eps=1e-5):
 
 
 def _np_block(x, st, i):
-  g = lambda n: st[f'vision_model.encoder.layers.{i}.{n}'].astype(np.float64)  # pylint: disable=unnecessary-lambda-assignment
+  def g(name):
+    return st[f'vision_model.encoder.layers.{i}.{name}'].astype(np.float64)
+
   h = _ln(x, g('layer_norm1.weight'), g('layer_norm1.bias'))
   q = h @ g('self_attn.q_proj.weight').T + g('self_attn.q_proj.bias')
   k = h @ g('self_attn.k_proj.weight').T + g('self_attn.k_proj.bias')
   v = h @ g('self_attn.v_proj.weight').T + g('self_attn.v_proj.bias')
   b, t, _ = x.shape
   hd = D // H
-  split = lambda a: a.reshape(b, t, H, hd).transpose(0, 2, 1, 3)  # pylint: disable=unnecessary-lambda-assignment
+
+  def split(a):
+    return a.reshape(b, t, H, hd).transpose(0, 2, 1, 3)
+
   q, k, v = split(q) * hd ** -0.5, split(k), split(v)
   a = q @ k.transpose(0, 1, 3, 2)
   a = np.exp(a - a.max(-1, keepdims=True))
@@ -87,8 +96,10 @@ def _np_block(x, st, i):
 
 
 def _np_features(images, st):
-  """CLIP vision tower on [0, 1] images: normalise, embed, pre-LN, blocks, post-LN of class token."""
-  g = lambda n: st['vision_model.' + n].astype(np.float64)  # pylint: disable=unnecessary-lambda-assignment
+  """CLIP vision tower on [0, 1] images: normalise, embed, pre-LN, blocks, post-LN of cls."""
+  def g(name):
+    return st['vision_model.' + name].astype(np.float64)
+
   x = (images - np.array(clip.CLIP_MEAN)) / np.array(clip.CLIP_STD)
   b = x.shape[0]
   w = g('embeddings.patch_embedding.weight')  # (D, 3, P, P)

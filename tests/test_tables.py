@@ -1,4 +1,4 @@
-"""A :smoke table sweep on the synthetic dataset (2 rows, 2 subjects, 1 epoch), resumed, then figures."""
+"""A :smoke table sweep (synthetic data, 2 rows, 2 subjects, 1 epoch), resumed, then figures."""
 
 import json
 import os

@@ -155,8 +155,8 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
   """Builds :class:`MPT` from ``config.model`` (backbone variant, prompts, adapters, motion)."""
   is_clip = clip_lib.is_clip(model_config.vit)
   if is_clip and model_config.input_norm != 'clip':
-    raise clip_lib.ClipConfigError(f'config.model.input_norm must be \'clip\' for the CLIP backbone '
-                                   f'{model_config.vit!r}, got {model_config.input_norm!r}')
+    raise clip_lib.ClipConfigError(f'config.model.input_norm must be \'clip\' for the CLIP '
+                                   f'backbone {model_config.vit!r}, got {model_config.input_norm!r}')
   backbone = (clip_lib.clip_config if is_clip else vit.vit_config)(model_config.vit)
   for key in ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads', 'num_layers'):
     override = model_config.get(f'vit_{key}', None)
