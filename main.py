@@ -36,6 +36,8 @@ flags.DEFINE_integer('onset', None, 'predict: first frame (index in the sorted f
 flags.DEFINE_integer('offset', None, 'predict: last frame (index in the sorted frames).')
 flags.DEFINE_bool('crop_face', False, 'predict: detect and crop the face (OpenCV Haar cascade).')
 flags.DEFINE_list('compare', [], 'figures: other run workdirs shown beside --workdir.')
+flags.DEFINE_list('clips', [], 'figures: clips for Figs. 7-8 (subject/clip); default: the first '
+                  'clip of each class.')
 flags.DEFINE_string('table', None, 'table: which paper table to run (V..XI, fig5, main), '
                     'optionally with rows, e.g. VI:mpt,linear_probe.')
 flags.DEFINE_list('pretrained', [], 'table IX: checkpoint per backbone, e.g. '
@@ -91,7 +93,8 @@ def _run(mode):
     print(json.dumps(result))
   elif mode == 'figures':
     from mpt_jax import figures
-    for path in figures.write_figures([_need_workdir()] + list(FLAGS.compare)):
+    for path in figures.write_figures([_need_workdir()] + list(FLAGS.compare),
+                                      clip_names=FLAGS.clips):
       print(path)
   elif mode == 'table':
     from mpt_jax import tables

@@ -464,9 +464,31 @@ def plot_k_sweep(workdirs: Sequence[str], path: str) -> None:
   plt.close(fig)
 
 
+def pick_clips(names: np.ndarray, wanted: Sequence[str]) -> List[int]:
+  """Indices of clips given by name (``dataset/subject/clip`` or ``subject/clip``)."""
+  names = [str(n) for n in names]
+  out = []
+  for w in wanted:
+    hits = [i for i, n in enumerate(names) if n == w or n.split('/', 1)[-1] == w]
+    if not hits:
+      raise FigureError(f'--clips: no clip named {w!r} in the run\'s data (names look like '
+                        f'{names[0]!r})')
+    out.append(hits[0])
+  return out
+
+
 def write_figures(workdirs: Sequence[str], out_dir: Optional[str] = None,
-                  per_class: int = 1, method: str = 'grad_norm') -> List[str]:
-  """Writes Figs. 5-9 for ``workdirs`` (the first is the main run); returns the PNG paths."""
+                  per_class: int = 1, method: str = 'grad_norm',
+                  clip_names: Sequence[str] = ()) -> List[str]:
+  """Writes Figs. 5-9 for ``workdirs`` (the first is the main run); returns the PNG paths.
+
+  Args:
+    workdirs: finished LOSO run folders.
+    out_dir: where the PNGs go (default ``<first workdir>/paper_figures``).
+    per_class: without ``clip_names``, the first ``per_class`` clips of every class are shown.
+    method: map of Fig. 8, ``grad_norm`` or ``gradcam``.
+    clip_names: clips for Figs. 7-8 (``subject/clip`` or ``dataset/subject/clip``).
+  """
   workdirs = [os.path.abspath(os.path.expanduser(w)) for w in workdirs]
   out_dir = out_dir or os.path.join(workdirs[0], 'paper_figures')
   os.makedirs(out_dir, exist_ok=True)
@@ -480,7 +502,10 @@ def write_figures(workdirs: Sequence[str], out_dir: Optional[str] = None,
       raise FigureError(f'{v.workdir} has classes {v.classes}, {views[0].workdir} has '
                         f'{views[0].classes}; compare runs of one protocol')
   paths = []
-  picked = first_clips_per_class(views[0].data.labels, len(views[0].classes), per_class)
+  if clip_names:
+    picked = pick_clips(views[0].data.names, clip_names)
+  else:
+    picked = first_clips_per_class(views[0].data.labels, len(views[0].classes), per_class)
   panels = []
   for v in views:
     logging.info('Explaining %s (features of every held-out clip, gradient maps of %d clips)',

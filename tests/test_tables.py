@@ -64,6 +64,8 @@ def test_figures_mode_on_the_sweep_runs(sweep):
                           'examples_probabilities_K_1_vs_K_3.png', 'accuracy_f1_vs_K.png'])
   for p in paths:
     assert os.path.getsize(p) > 1000
+  with pytest.raises(figures.FigureError, match='p09/nothing'):
+    figures.write_figures(runs[:1], out, clip_names=['p09/nothing'])
   # Per-class accuracy read back from the fold results matches the run's summary.
   summary = json.load(open(os.path.join(runs[0], 'results.json')))
   acc = figures.per_class_accuracy(runs[0])
