@@ -7,6 +7,8 @@ Kept short on purpose; the logic lives in importable modules:
   python main.py --mode=predict --workdir=runs/samm --input=/path/to/clip  # class probabilities
   python main.py --mode=prepare --config=configs/samm.py --config.data.manual_dir=/data/SAMM
   python main.py --mode=profile --config=configs/casme2.py                 # Table V numbers
+  python main.py --mode=figures --workdir=runs/smic --compare=runs/smic_lp   # Figs. 5-9
+  python main.py --mode=table --table=VI --config=configs/smic.py --workdir=runs/table6
 
 Progress logs go to stdout; a user mistake is one line ``error: ...`` on stderr and exit code 2.
 """
@@ -27,7 +29,7 @@ from ml_collections import config_flags
 
 from mpt_jax.errors import UserError
 
-MODES = ('train', 'eval', 'predict', 'prepare', 'profile')
+MODES = ('train', 'eval', 'predict', 'prepare', 'profile', 'figures', 'table')
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/samm.py or '
@@ -38,6 +40,13 @@ flags.DEFINE_string('input', None, 'predict: a folder of frames or a video file.
 flags.DEFINE_integer('onset', None, 'predict: first frame (index in the sorted frames).')
 flags.DEFINE_integer('offset', None, 'predict: last frame (index in the sorted frames).')
 flags.DEFINE_bool('crop_face', False, 'predict: detect and crop the face (OpenCV Haar cascade).')
+flags.DEFINE_list('compare', [], 'figures: other run workdirs shown beside --workdir.')
+flags.DEFINE_list('clips', [], 'figures: clips for Figs. 7-8 (subject/clip); default: the first '
+                  'clip of each class.')
+flags.DEFINE_string('table', None, 'table: which paper table to run (V..XI, fig5, main), '
+                    'optionally with rows, e.g. VI:mpt,linear_probe.')
+flags.DEFINE_list('pretrained', [], 'table IX: checkpoint per backbone, e.g. '
+                  'B_32=/p/ViT-B_32.npz,clip_B_16=/p/clip16/model.safetensors.')
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -103,6 +112,17 @@ def _run(mode):
     result = predict_lib.predict(workdir, FLAGS.input, FLAGS.onset, FLAGS.offset,
                                  FLAGS.crop_face, config=FLAGS.config)
     print(json.dumps(result))
+  elif mode == 'figures':
+    from mpt_jax import figures
+    for path in figures.write_figures([_need_workdir()] + list(FLAGS.compare),
+                                      clip_names=FLAGS.clips):
+      print(path)
+  elif mode == 'table':
+    from mpt_jax import tables
+    if not FLAGS.table:
+      raise UserError(f'--table is required: one of {", ".join(tables.TABLES)}')
+    print(tables.run_table(FLAGS.table, _need_config(), _need_workdir(),
+                           tables.parse_pretrained(FLAGS.pretrained)))
 
 
 def _hide_gpus_from_tensorflow():

@@ -6,7 +6,7 @@
   strategy=mpt|scratch|full_finetune|linear_probe|prompt_only|adapter_only   Table VI
   prompt=motion|vpt_shallow|vpt_deep|none                                    Table VII
   adapter=group|shared|none                                                  Table VIII
-  vit=B_16|B_32                                                              Table IX
+  vit=B_16|B_32|clip_B_16|clip_B_32 (CLIP: HF model.safetensors, CLIP input norm)  Table IX
   alpha=<float>                                                              Table X
   r=<int>                                                                    Table XI
   K=<int>                                                                    Fig. 5
@@ -76,6 +76,11 @@ def get_config(arg=None):
     raise errors.UserError(f'ablations.py: dataset must be one of {DATASETS}, got {dataset!r}')
   base = importlib.import_module(f'configs.{dataset}')
   config = base.get_config('smoke' if 'smoke' in flags else None)
+  return apply_overrides(config, values)
+
+
+def apply_overrides(config, values):
+  """Applies ablation ``key=value`` overrides (the keys above, minus ``dataset``) to a config."""
   m = config.model
   if 'strategy' in values:
     # The strategy brings its architecture; a dataset config's explicit prompt/adapter choice
@@ -88,6 +93,8 @@ def get_config(arg=None):
     m.adapter_type = values['adapter']
   if 'vit' in values:
     m.vit = values['vit']
+    if values['vit'].startswith('clip_'):
+      m.input_norm = 'clip'  # CLIP's own mean/std normalisation
   if 'alpha' in values:
     m.magnification.alpha = float(values['alpha'])
   if 'r' in values:

@@ -28,6 +28,7 @@ from flax import traverse_util
 
 from mpt_jax import errors
 from mpt_jax import partition
+from mpt_jax.models import clip as clip_lib
 from mpt_jax.models import mpt as mpt_lib
 from mpt_jax.models import vit
 
@@ -149,6 +150,11 @@ def read_checkpoint(path: str, num_heads: int) -> Dict[str, np.ndarray]:
                           'to a local ViT-B_16.npz, an AugReg .npz or a model.safetensors)')
   if path.endswith('.safetensors'):
     flat = _read_safetensors(path)
+    if clip_lib.is_hf_clip(flat):  # openai/clip-vit-base-patch16/-32 (CLIPModel or CLIPVisionModel)
+      out, unknown = clip_lib.convert_hf_state(flat, num_heads)
+      if unknown:
+        raise CheckpointError(f'{path}: unexpected HuggingFace CLIP keys: {unknown[:10]}')
+      return out
     if any(k.startswith(('embeddings.', 'vit.embeddings.')) for k in flat):
       return _convert_hf(flat, num_heads)
     return _normalise_npz_keys(flat)  # a safetensors file written with vit_jax names
@@ -243,19 +249,24 @@ def init_params(model: mpt_lib.MPT, model_config, rng: jax.Array) -> Any:
 # Features-only API.
 
 def load_vit(path: str, variant: str = 'B_16', image_size: int = 224) -> Tuple[vit.VisionTransformer, Any]:
-  """Loads a plain ViT feature extractor from a local checkpoint.
+  """Loads a plain ViT (or CLIP vision tower) feature extractor from a local checkpoint.
 
   Args:
-    path: ``.npz`` or ``.safetensors`` checkpoint.
-    variant: backbone variant name (``B_16``, ``B_32``...).
+    path: ``.npz`` or ``.safetensors`` checkpoint (a HuggingFace CLIP ``model.safetensors`` for
+      the ``clip_*`` variants).
+    variant: backbone variant name (``B_16``, ``B_32``..., ``clip_B_16``, ``clip_B_32``).
     image_size: input side length (the position embedding is resampled if it differs).
 
   Returns:
     ``(model, params)`` for :func:`backbone_features`.
   """
-  cfg = vit.vit_config(variant)
-  model = vit.VisionTransformer(cfg.patch_size, cfg.hidden_size, cfg.mlp_dim, cfg.num_heads,
-                                cfg.num_layers)
+  if clip_lib.is_clip(variant):
+    cfg = clip_lib.clip_config(variant)
+    model = clip_lib.build_tower(variant)
+  else:
+    cfg = vit.vit_config(variant)
+    model = vit.VisionTransformer(cfg.patch_size, cfg.hidden_size, cfg.mlp_dim, cfg.num_heads,
+                                  cfg.num_layers)
   params = jax.jit(model.init)(jax.random.PRNGKey(0),
                                jnp.zeros((1, image_size, image_size, 3)))['params']
   return model, load_backbone(path, params, cfg.num_heads)
@@ -265,10 +276,14 @@ def backbone_features(model: vit.VisionTransformer, params: Any, images: jnp.nda
                       input_norm: str = 'minus_one_one') -> jnp.ndarray:
   """Class-token features (after the encoder norm) of (B, H, W, 3) images in [0, 1].
 
+  A CLIP tower always gets CLIP's mean/std normalisation (``input_norm`` is ignored for it).
+
   Example:
     >>> model, params = load_vit('/data/ViT-B_16.npz')
     >>> feats = backbone_features(model, params, images)   # (B, 768)
   """
+  if isinstance(model, clip_lib.ClipVisionTransformer):
+    input_norm = 'clip'
   return _features_fn(model, input_norm)(params, images)
 
 

@@ -23,13 +23,14 @@ import numpy as np
 
 from mpt_jax import errors
 from mpt_jax import partition
+from mpt_jax.models import clip as clip_lib
 from mpt_jax.models import dynamic_image
 from mpt_jax.models import magnification
 from mpt_jax.models import tokenizer as tokenizer_lib
 from mpt_jax.models import vit
 
 PROMPT_TYPES = partition.PROMPT_TYPES
-INPUT_NORMS = ('minus_one_one', 'imagenet')
+INPUT_NORMS = ('minus_one_one', 'imagenet', 'clip')
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -40,6 +41,8 @@ def normalise_input(x: jnp.ndarray, mode: str) -> jnp.ndarray:
     return (x - 0.5) / 0.5
   if mode == 'imagenet':
     return (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
+  if mode == 'clip':
+    return (x - jnp.asarray(clip_lib.CLIP_MEAN, x.dtype)) / jnp.asarray(clip_lib.CLIP_STD, x.dtype)
   raise ValueError(f'input_norm must be one of {INPUT_NORMS}, got {mode!r}')
 
 
@@ -64,6 +67,7 @@ class MPT(nn.Module):
     tokenizer_patch: kernel size and stride of that conv.
     tokenizer_init: ``spread`` (SPEC §4) | ``middle`` (symmetric start, comparison only).
     magnifier: the (parameter-free) motion extractor.
+    backbone_family: ``vit`` (in21k ViT) or ``clip`` (:mod:`mpt_jax.models.clip`).
   """
   num_classes: int
   patch_size: int = 16
@@ -82,6 +86,7 @@ class MPT(nn.Module):
   tokenizer_patch: int = 16
   tokenizer_init: str = 'spread'
   magnifier: Optional[magnification.Magnifier] = None
+  backbone_family: str = 'vit'
 
   @property
   def effective_prompts(self) -> int:
@@ -108,8 +113,9 @@ class MPT(nn.Module):
     aux: Dict[str, Any] = {}
     rgb = dynamic_image.rgb_input(clips, self.input_modality, apex_index)
     aux['rgb_input'] = rgb
-    x = vit.embed_patches(self, normalise_input(rgb, self.input_norm), self.patch_size,
-                          self.hidden_size)
+    family = clip_lib if self.backbone_family == 'clip' else vit
+    x = family.embed_patches(self, normalise_input(rgb, self.input_norm), self.patch_size,
+                             self.hidden_size)
     k = self.effective_prompts
     prompts = deep = None
     if self.prompt_type == 'motion':
@@ -129,7 +135,7 @@ class MPT(nn.Module):
       prompts = jnp.broadcast_to(prompt, (b, k, self.hidden_size))
       if self.prompt_type == 'vpt_deep' and self.num_layers > 1:
         deep = self.param('deep_prompt', init, (self.num_layers - 1, k, self.hidden_size))
-    enc = vit.Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.adapter_type,
+    enc = family.Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.adapter_type,
                       self.adapter_reduction, k, name='Transformer')(x, prompts, deep)
     features = enc[:, 0]
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='head')(features)
@@ -158,10 +164,17 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
   :class:`mpt_jax.partition.StrategyError`).
   """
   prompt_type, adapter_type = partition.resolve_architecture(model_config)
-  try:
-    backbone = vit.vit_config(model_config.vit)
-  except ValueError as e:
-    raise errors.UserError(f'config.model.vit: {e}') from e
+  is_clip = clip_lib.is_clip(model_config.vit)
+  if is_clip and model_config.input_norm != 'clip':
+    raise clip_lib.ClipConfigError(f'config.model.input_norm must be \'clip\' for the CLIP '
+                                   f'backbone {model_config.vit!r}, got {model_config.input_norm!r}')
+  if is_clip:
+    backbone = clip_lib.clip_config(model_config.vit)
+  else:
+    try:
+      backbone = vit.vit_config(model_config.vit)
+    except ValueError as e:
+      raise errors.UserError(f'config.model.vit: {e}') from e
   for key in ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads', 'num_layers'):
     override = model_config.get(f'vit_{key}', None)
     if override:
@@ -182,7 +195,8 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
       adapter_reduction=int(model_config.adapter_reduction),
       tokenizer_dim=int(model_config.tokenizer_dim),
       tokenizer_patch=int(model_config.tokenizer_patch),
-      tokenizer_init=tokenizer_init, magnifier=build_magnifier(model_config))
+      tokenizer_init=tokenizer_init, magnifier=build_magnifier(model_config),
+      backbone_family='clip' if is_clip else 'vit')
 
 
 def input_shape(model_config: ml_collections.ConfigDict) -> Tuple[int, ...]:

@@ -1,0 +1,531 @@
+"""``--mode=figures``: the paper's Figs. 5-9 for finished LOSO runs.
+
+``python main.py --mode=figures --workdir=A [--compare=B,C]`` writes, into ``A/paper_figures/``:
+
+* ``gradcam_<run>.png`` (Fig. 8), for every run: the gradient map (see below) of the first clip of
+  each class, overlaid
+  on the apex frame and on the dynamic image. Each clip is explained by the fold model that held it
+  out (its subject's fold);
+* ``tsne_<runs>.png`` (Fig. 9): scikit-learn t-SNE of the held-out class-token features of every
+  fold (each clip's feature from the fold model that did not train on it), coloured by class, one
+  panel per run;
+* ``per_class_accuracy_<runs>.png`` (Fig. 6): per-class accuracy of the runs side by side;
+* ``examples_probabilities_<runs>.png`` (Fig. 7): the apex frame of example clips beside each
+  run's class probabilities for them (the stored held-out probabilities);
+* ``accuracy_f1_vs_K.png`` (Fig. 5): accuracy and UF1 against K when the runs differ in
+  ``config.model.num_prompts`` (e.g. the workdirs of ``--mode=table --table=fig5``).
+
+Maps (Fig. 8) come from the patch tokens entering the last encoder block, ``A`` (B, N, D), and the
+gradient ``G = dy/dA`` of a class logit ``y`` with respect to them (the last block's *output* patch
+tokens never reach the class token, so their gradient is zero; this is the target ``blocks[-1]``
+input of pytorch-grad-cam's ViT recipe). Two maps over the patch grid, upsampled bilinearly:
+
+* ``grad_norm`` (default): ``||G_n||_2`` per patch token, the size of the class logit's gradient at
+  each patch position;
+* ``gradcam``: classic Grad-CAM, ``relu(sum_c w_c A_nc)`` with ``w_c = mean_n G_nc``.
+
+The default is ``grad_norm`` because it is the one that passes our localisation test
+(``tests/test_figures.py``: a tiny ViT trained on clips where only one square moves, in a random
+quadrant): its peak fell in the moving quadrant for 19/24 test clips, channel-weighted Grad-CAM for
+only 5-8/24 (chance 6/24). The tokens are taken without changing the model:
+``flax.linen.intercept_methods`` adds a zero perturbation to the last block's input, and the
+gradient is taken with respect to that perturbation.
+
+The run files are read through the small readers at the top (``read_*``), so a change of the
+workdir format written by :mod:`mpt_jax.loso` is fixed in one place.
+"""
+
+import os
+import re
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+from absl import logging
+
+from mpt_jax import errors
+from mpt_jax import metrics as metrics_lib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class FigureError(errors.UserError):
+  """A workdir that cannot give the requested figure (the message names the file)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers of the workdir written by mpt_jax.loso (the only code that knows its file layout).
+
+def _read_json(path: str) -> Any:
+  import json  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError as e:
+    raise FigureError(f'{path}: missing; is the run finished? (python main.py --config=... '
+                      f'--workdir={os.path.dirname(path)})') from e
+  except ValueError as e:
+    raise FigureError(f'{path}: not valid JSON ({e})') from e
+
+
+def read_config(workdir: str):
+  """The config a workdir was trained with (``config.json``)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict(_read_json(os.path.join(workdir, 'config.json')))
+
+
+def read_run_info(workdir: str) -> Dict[str, Any]:
+  """``run_info.json``: classes, subjects, backbone fingerprints."""
+  return _read_json(os.path.join(workdir, 'run_info.json'))
+
+
+def read_summary(workdir: str) -> Dict[str, Any]:
+  """``results.json``: metrics per seed and mean/std over seeds."""
+  return _read_json(os.path.join(workdir, 'results.json'))
+
+
+def read_fold_results(workdir: str, seed: Optional[int] = None) -> List[Dict[str, Any]]:
+  """The finished folds' ``seed_<s>/fold_<subject>/result.json`` (default: the run's first seed)."""
+  if seed is None:
+    seed = int(read_config(workdir).seed)
+  info = read_run_info(workdir)
+  out = []
+  for subject in info['subjects']:
+    path = os.path.join(workdir, f'seed_{seed}', f'fold_{subject}', 'result.json')
+    if os.path.exists(path):
+      out.append(_read_json(path))
+  if not out:
+    raise FigureError(f'{workdir}: no finished fold (no seed_{seed}/fold_*/result.json)')
+  return out
+
+
+def run_metrics(workdir: str) -> Dict[str, Dict[str, float]]:
+  """``{'accuracy': {'mean', 'std', 'n'}, 'uf1': ...}`` over seeds (last epoch) of a run."""
+  summary = read_summary(workdir)
+  if 'last_epoch_over_seeds' not in summary:
+    raise FigureError(f'{workdir}/results.json has no last_epoch_over_seeds entry')
+  return summary['last_epoch_over_seeds']
+
+
+def run_label(workdir: str) -> str:
+  """A short name of a run for legends and file names (its folder name)."""
+  return os.path.basename(os.path.normpath(workdir))
+
+
+def _slug(names: Sequence[str]) -> str:
+  return re.sub(r'[^A-Za-z0-9_.-]+', '-', '_vs_'.join(names))[:120]
+
+
+# ---------------------------------------------------------------------------------------------
+# Grad-CAM and features.
+
+def _block_input_shape(model, batch: int) -> Tuple[int, int, int]:
+  tokens = 1 + model.effective_prompts + (model.image_size // model.patch_size) ** 2
+  return batch, tokens, model.hidden_size
+
+
+METHODS = ('grad_norm', 'gradcam')
+
+
+def make_gradcam_fn(model, method: str = 'grad_norm'):
+  """A jitted ``f(params, clips, apex, class_index) -> (cam (B, g, g), logits, features)``.
+
+  Args:
+    model: an :class:`mpt_jax.models.mpt.MPT` (ViT or CLIP backbone).
+    method: ``grad_norm`` or ``gradcam`` (see the module docstring).
+  """
+  if method not in METHODS:
+    raise FigureError(f'Grad-CAM method must be one of {METHODS}, got {method!r}')
+  last = f'encoderblock_{model.num_layers - 1}'
+  k = model.effective_prompts
+  grid = model.image_size // model.patch_size
+
+  def fn(params, clips, apex, class_index):
+    def logit(delta):
+      captured = {}
+
+      def interceptor(next_fun, args, kwargs, context):
+        if context.method_name == '__call__' and context.module.name == last:
+          x = args[0] + delta.astype(args[0].dtype)
+          captured['tokens'] = x
+          return next_fun(x, *args[1:], **kwargs)
+        return next_fun(*args, **kwargs)
+
+      with nn.intercept_methods(interceptor):
+        logits, aux = model.apply({'params': params}, clips, apex, return_aux=True)
+      if 'tokens' not in captured:
+        raise ValueError(f'Grad-CAM: no module named {last} was called')
+      chosen = jnp.take_along_axis(logits, class_index[:, None], axis=1).sum()
+      return chosen, (captured['tokens'], logits, aux['features'])
+
+    delta = jnp.zeros(_block_input_shape(model, clips.shape[0]), jnp.float32)
+    grads, (tokens, logits, features) = jax.grad(logit, has_aux=True)(delta)
+    acts, grads = tokens[:, 1 + k:], grads[:, 1 + k:]  # patch tokens only
+    if method == 'grad_norm':
+      cam = jnp.sqrt(jnp.sum(jnp.square(grads), axis=-1))
+    else:
+      weights = grads.mean(axis=1)  # (B, D)
+      cam = jax.nn.relu(jnp.einsum('bnd,bd->bn', acts.astype(jnp.float32), weights))
+    return cam.reshape(-1, grid, grid), logits, features
+
+  return jax.jit(fn)
+
+
+def gradcam(model, params, clips, apex=None, class_index=None,
+            method: str = 'grad_norm') -> np.ndarray:
+  """Gradient maps (B, g, g) over the patch grid (default class: the predicted one)."""
+  clips = jnp.asarray(clips, jnp.float32)
+  b, t = clips.shape[:2]
+  apex = jnp.full((b,), (t - 1) // 2, jnp.int32) if apex is None else jnp.asarray(apex, jnp.int32)
+  fn = make_gradcam_fn(model, method)
+  if class_index is None:
+    logits = model.apply({'params': params}, clips, apex)
+    class_index = jnp.argmax(logits, -1)
+  cam, _, _ = fn(params, clips, apex, jnp.asarray(class_index, jnp.int32))
+  return np.asarray(cam)
+
+
+def upsample(cam: np.ndarray, size: int) -> np.ndarray:
+  """A (g, g) map resized bilinearly to (size, size) and scaled to [0, 1]."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  img = Image.fromarray(np.asarray(cam, np.float32), mode='F').resize((size, size), Image.BILINEAR)
+  out = np.asarray(img, np.float32)
+  span = out.max() - out.min()
+  return (out - out.min()) / span if span > 0 else np.zeros_like(out)
+
+
+class RunView:
+  """A finished run: its config, data, and the fold models restored from their checkpoints."""
+
+  def __init__(self, workdir: str, data_cache: Optional[Dict[str, Any]] = None):
+    self.workdir = os.path.abspath(os.path.expanduser(workdir))
+    self.label = run_label(self.workdir)
+    self.config = read_config(self.workdir)
+    self.info = read_run_info(self.workdir)
+    self.classes = list(self.info['classes'])
+    self.seed = int(self.config.seed)
+    self._data_cache = data_cache if data_cache is not None else {}
+    self._model = None
+
+  @property
+  def data(self):
+    """The run's dataset in memory (shared between runs with the same data settings)."""
+    from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    key = repr((self.config.data.to_json(), int(self.config.model.num_frames),
+                int(self.config.model.image_size)))
+    if key not in self._data_cache:
+      self._data_cache[key] = input_pipeline.load(self.config)
+    return self._data_cache[key]
+
+  @property
+  def model(self):
+    from mpt_jax.models import mpt as mpt_lib  # pylint: disable=g-import-not-at-top
+    if self._model is None:
+      self._model = mpt_lib.build_model(self.config.model, len(self.classes))
+    return self._model
+
+  def fold_params(self) -> Iterator[Tuple[str, Any]]:
+    """Yields ``(held-out subject, params)`` of every fold with a checkpoint (first seed)."""
+    # pylint: disable=g-import-not-at-top
+    from mpt_jax import partition
+    from mpt_jax import pretrained
+    from mpt_jax import train as train_lib
+    params = pretrained.init_params(self.model, self.config.model, jax.random.PRNGKey(self.seed))
+    strategy = self.config.model.training_strategy
+    trainable, frozen = partition.split_params(params, strategy)
+    fp = self.info.get('backbone_fingerprint', {}).get(str(self.seed))
+    if fp is not None and partition.tree_fingerprint(frozen) != fp:
+      raise FigureError(f'{self.workdir}: the frozen backbone differs from the trained run; check '
+                        'config.model.pretrained_path in its config.json')
+    tx = partition.make_optimizer(self.config.train, params, strategy, 1)
+    template = train_lib.create_state(trainable, frozen, tx)
+    found = False
+    for subject in self.info['subjects']:
+      path = os.path.join(self.workdir, f'seed_{self.seed}', f'fold_{subject}', 'checkpoints')
+      if not os.path.isdir(path):
+        continue
+      ckpt = train_lib.FoldCheckpointer(path)
+      try:
+        if ckpt.latest_epoch() is None:
+          continue
+        _, state = ckpt.restore(template, strategy)
+      finally:
+        ckpt.close()
+      found = True
+      yield subject, state.params
+    if not found:
+      raise FigureError(f'{self.workdir}: no fold checkpoints under seed_{self.seed}/fold_*/')
+
+  def explain(self, picked: Sequence[int], batch: int = 8,
+              method: str = 'grad_norm') -> Dict[str, Any]:
+    """Held-out features of every clip and Grad-CAM maps of the ``picked`` clip indices.
+
+    Every clip is passed through the fold model that held its subject out.
+
+    Returns:
+      dict with ``features`` (N, D) (NaN rows for folds without a checkpoint), ``cams``
+      {index: (g, g)}, ``predicted`` {index: class}.
+    """
+    data = self.data
+    n = len(data)
+    feats = np.full((n, self.model.hidden_size), np.nan, np.float32)
+    cams, predicted = {}, {}
+    fn = make_gradcam_fn(self.model, method)
+    model = self.model
+    apply = jax.jit(lambda p, x, a: model.apply({'params': p}, x, a))
+    picked = set(int(i) for i in picked)
+    for subject, params in self.fold_params():
+      idx = np.nonzero(data.subjects == subject)[0]
+      for lo in range(0, len(idx), batch):
+        part = idx[lo:lo + batch]
+        pad = np.concatenate([part, np.repeat(part[-1:], batch - len(part))])  # one compiled shape
+        clips = jnp.asarray(data.clips[pad], jnp.float32)
+        apex = jnp.asarray(data.apex[pad], jnp.int32)
+        logits = apply(params, clips, apex)
+        pred = jnp.argmax(logits, -1)
+        cam, _, f = fn(params, clips, apex, pred.astype(jnp.int32))
+        cam, f, pred = np.asarray(cam), np.asarray(f), np.asarray(pred)
+        for j, i in enumerate(part):
+          feats[i] = f[j]
+          if i in picked:
+            cams[int(i)], predicted[int(i)] = cam[j], int(pred[j])
+    return {'features': feats, 'cams': cams, 'predicted': predicted, 'method': method}
+
+
+def first_clips_per_class(labels: np.ndarray, num_classes: int, per_class: int = 1) -> List[int]:
+  """Indices of the first ``per_class`` clips of every class (dataset order)."""
+  out = []
+  for c in range(num_classes):
+    out.extend(np.nonzero(labels == c)[0][:per_class].tolist())
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures.
+
+def plot_gradcam(view: RunView, explained: Dict[str, Any], picked: Sequence[int],
+                 path: str) -> None:
+  """Fig. 8: rows of (apex, apex + CAM, dynamic image, dynamic image + CAM)."""
+  from mpt_jax.models import dynamic_image  # pylint: disable=g-import-not-at-top
+  data = view.data
+  picked = [i for i in picked if i in explained['cams']]
+  if not picked:
+    raise FigureError(f'{view.workdir}: none of the chosen clips has a trained fold model')
+  clips = jnp.asarray(data.clips[picked], jnp.float32)
+  apex = jnp.asarray(data.apex[picked], jnp.int32)
+  di = np.asarray(dynamic_image.rgb_input(clips, 'dynamic_image', apex))
+  fig, axes = plt.subplots(len(picked), 4, figsize=(8, 2.1 * len(picked)), squeeze=False)
+  for r, i in enumerate(picked):
+    frame = np.clip(np.asarray(data.clips[i, int(data.apex[i])], np.float32), 0, 1)
+    cam = upsample(explained['cams'][i], frame.shape[0])
+    title = (f'{data.names[i].split("/", 1)[-1]}\ntrue {view.classes[int(data.labels[i])]}, '
+             f'pred {view.classes[explained["predicted"][i]]}')
+    for c, (img, overlay) in enumerate([(frame, False), (frame, True), (di[r], False),
+                                        (di[r], True)]):
+      ax = axes[r, c]
+      ax.imshow(np.clip(img, 0, 1))
+      if overlay:
+        ax.imshow(cam, cmap='jet', alpha=0.45, vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title(['apex', 'apex + map', 'dynamic image', 'DI + map'][c], fontsize=8)
+    axes[r, 0].set_ylabel(title, fontsize=6)
+  fig.suptitle(f'{explained["method"]} of the predicted class at the last block (held-out fold '
+               f'models): {view.label}', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def tsne_embed(features: np.ndarray, seed: int = 0) -> np.ndarray:
+  """2-D scikit-learn t-SNE (PCA init, perplexity min(30, (n - 1) / 3))."""
+  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+  n = len(features)
+  if n < 4:
+    raise FigureError(f't-SNE needs at least 4 held-out clips, got {n}')
+  perplexity = float(min(30.0, max(1.0, (n - 1) / 3.0)))
+  return TSNE(n_components=2, perplexity=perplexity, init='pca', random_state=seed).fit_transform(
+      np.asarray(features, np.float64))
+
+
+def plot_tsne(panels: Sequence[Tuple[str, np.ndarray, np.ndarray, List[str]]], path: str) -> None:
+  """Fig. 9: one t-SNE panel per run; ``panels`` are (label, features, labels, classes)."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+  for ax, (label, feats, labels, classes) in zip(axes[0], panels):
+    ok = np.all(np.isfinite(feats), axis=1)
+    emb = tsne_embed(feats[ok])
+    for c, name in enumerate(classes):
+      sel = labels[ok] == c
+      ax.scatter(emb[sel, 0], emb[sel, 1], s=12, label=name)
+    ax.set_title(f'{label} ({int(ok.sum())} held-out clips)', fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  axes[0, 0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def per_class_accuracy(workdir: str) -> Dict[str, Optional[float]]:
+  """Per-class accuracy (recall) of a run's first seed, all folds concatenated."""
+  classes = read_run_info(workdir)['classes']
+  results = read_fold_results(workdir)
+  labels = [l for r in results for l in r['labels']]
+  preds = [p for r in results for p in r['predictions']]
+  return metrics_lib.compute(labels, preds, classes)['per_class_accuracy']
+
+
+def plot_per_class(workdirs: Sequence[str], path: str) -> None:
+  """Fig. 6: per-class accuracy of several runs side by side (grouped bars)."""
+  accs = [per_class_accuracy(w) for w in workdirs]
+  classes = list(accs[0])
+  width = 0.8 / len(workdirs)
+  fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(classes) * max(1, len(workdirs) / 2), 3.2))
+  for j, (w, acc) in enumerate(zip(workdirs, accs)):
+    vals = [acc.get(c) or 0.0 for c in classes]
+    ax.bar(np.arange(len(classes)) + (j - (len(workdirs) - 1) / 2) * width, vals, width,
+           label=run_label(w))
+  ax.set_xticks(range(len(classes)))
+  ax.set_xticklabels(classes, rotation=20, fontsize=8)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel('accuracy')
+  ax.set_title('per-class accuracy (held-out, last epoch)', fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def held_out_probabilities(workdir: str) -> Dict[str, List[float]]:
+  """``{clip name: class probabilities}`` of a run's first seed (from its fold results)."""
+  out = {}
+  for r in read_fold_results(workdir):
+    for name, p in zip(r['clips'], r['probabilities']):
+      out[name] = p
+  return out
+
+
+def plot_examples(view: RunView, workdirs: Sequence[str], picked: Sequence[int], path: str) -> None:
+  """Fig. 7: example clips (apex frame) with every run's held-out class probabilities."""
+  data = view.data
+  probs = [held_out_probabilities(w) for w in workdirs]
+  picked = [i for i in picked if all(str(data.names[i]) in p for p in probs)]
+  if not picked:
+    raise FigureError('Fig. 7: no clip has held-out probabilities in every run')
+  fig, axes = plt.subplots(len(picked), 2, figsize=(7, 1.8 * len(picked)), squeeze=False,
+                           gridspec_kw={'width_ratios': [1, 2.5]})
+  width = 0.8 / len(workdirs)
+  classes = view.classes
+  for r, i in enumerate(picked):
+    axes[r, 0].imshow(np.clip(np.asarray(data.clips[i, int(data.apex[i])], np.float32), 0, 1))
+    axes[r, 0].set_xticks([])
+    axes[r, 0].set_yticks([])
+    axes[r, 0].set_title(f'true: {classes[int(data.labels[i])]}', fontsize=7)
+    ax = axes[r, 1]
+    for j, (w, p) in enumerate(zip(workdirs, probs)):
+      ax.bar(np.arange(len(classes)) + (j - (len(workdirs) - 1) / 2) * width,
+             p[str(data.names[i])], width, label=run_label(w))
+    ax.set_ylim(0, 1)
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels(classes if r == len(picked) - 1 else [''] * len(classes), fontsize=7)
+  axes[0, 1].legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def k_of(workdir: str) -> int:
+  """K of a run (0 when it has no prompts)."""
+  m = read_config(workdir).model
+  return 0 if m.prompt_type == 'none' else int(m.num_prompts)
+
+
+def plot_k_sweep(workdirs: Sequence[str], path: str) -> None:
+  """Fig. 5: accuracy and UF1 (mean ± std over seeds) against K."""
+  rows = sorted((k_of(w), run_metrics(w)) for w in workdirs)
+  ks = [k for k, _ in rows]
+  fig, ax = plt.subplots(figsize=(4.5, 3.2))
+  for key, name in (('accuracy', 'Acc'), ('uf1', 'F1')):
+    mean = [100 * m[key]['mean'] for _, m in rows]
+    std = [100 * m[key]['std'] for _, m in rows]
+    ax.errorbar(ks, mean, yerr=std, marker='o', capsize=3, label=name)
+  ax.set_xlabel('number of motion prompts K')
+  ax.set_ylabel('%')
+  ax.set_xticks(ks)
+  ax.legend()
+  ax.set_title('accuracy and F1 vs K', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def pick_clips(names: np.ndarray, wanted: Sequence[str]) -> List[int]:
+  """Indices of clips given by name (``dataset/subject/clip`` or ``subject/clip``)."""
+  names = [str(n) for n in names]
+  out = []
+  for w in wanted:
+    hits = [i for i, n in enumerate(names) if n == w or n.split('/', 1)[-1] == w]
+    if not hits:
+      raise FigureError(f'--clips: no clip named {w!r} in the run\'s data (names look like '
+                        f'{names[0]!r})')
+    out.append(hits[0])
+  return out
+
+
+def write_figures(workdirs: Sequence[str], out_dir: Optional[str] = None,
+                  per_class: int = 1, method: str = 'grad_norm',
+                  clip_names: Sequence[str] = ()) -> List[str]:
+  """Writes Figs. 5-9 for ``workdirs`` (the first is the main run); returns the PNG paths.
+
+  Args:
+    workdirs: finished LOSO run folders.
+    out_dir: where the PNGs go (default ``<first workdir>/paper_figures``).
+    per_class: without ``clip_names``, the first ``per_class`` clips of every class are shown.
+    method: map of Fig. 8, ``grad_norm`` or ``gradcam``.
+    clip_names: clips for Figs. 7-8 (``subject/clip`` or ``dataset/subject/clip``).
+  """
+  workdirs = [os.path.abspath(os.path.expanduser(w)) for w in workdirs]
+  out_dir = out_dir or os.path.join(workdirs[0], 'paper_figures')
+  os.makedirs(out_dir, exist_ok=True)
+  labels = [run_label(w) for w in workdirs]
+  if len(set(labels)) != len(labels):
+    raise FigureError(f'Runs must have distinct folder names (they label the figures): {labels}')
+  cache: Dict[str, Any] = {}
+  views = [RunView(w, cache) for w in workdirs]
+  for v in views[1:]:
+    if v.classes != views[0].classes:
+      raise FigureError(f'{v.workdir} has classes {v.classes}, {views[0].workdir} has '
+                        f'{views[0].classes}; compare runs of one protocol')
+  paths = []
+  if clip_names:
+    picked = pick_clips(views[0].data.names, clip_names)
+  else:
+    picked = first_clips_per_class(views[0].data.labels, len(views[0].classes), per_class)
+  panels = []
+  for v in views:
+    logging.info('Explaining %s (features of every held-out clip, gradient maps of %d clips)',
+                 v.label, len(picked))
+    ex = v.explain(picked, method=method)
+    p = os.path.join(out_dir, f'gradcam_{_slug([v.label])}.png')
+    plot_gradcam(v, ex, picked, p)
+    paths.append(p)
+    panels.append((v.label, ex['features'], v.data.labels, v.classes))
+  p = os.path.join(out_dir, f'tsne_{_slug(labels)}.png')
+  plot_tsne(panels, p)
+  paths.append(p)
+  p = os.path.join(out_dir, f'per_class_accuracy_{_slug(labels)}.png')
+  plot_per_class(workdirs, p)
+  paths.append(p)
+  p = os.path.join(out_dir, f'examples_probabilities_{_slug(labels)}.png')
+  plot_examples(views[0], workdirs, picked, p)
+  paths.append(p)
+  if len({k_of(w) for w in workdirs}) > 1:
+    p = os.path.join(out_dir, 'accuracy_f1_vs_K.png')
+    plot_k_sweep(workdirs, p)
+    paths.append(p)
+  return paths
