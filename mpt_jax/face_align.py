@@ -201,27 +201,35 @@ def candidate_frames(n: int, apex_index: Optional[int] = None,
   return tuple(out)
 
 
-def estimate_transform(get_frame: Callable[[int], np.ndarray], n: int, size: int,
+def estimate_transform(get_frame: Callable[[int], Optional[np.ndarray]], n: int, size: int,
                        margin: float = DEFAULT_MARGIN, apex_index: Optional[int] = None,
-                       methods: Sequence[str] = ('landmarks', 'haar')) -> AlignInfo:
+                       methods: Sequence[str] = ('landmarks', 'haar')) -> Optional[AlignInfo]:
   """One transform for a clip of ``n`` frames; ``get_frame(i)`` returns frame i at full size.
 
   Each method is tried on every candidate frame (onset, next frames, apex) before the next method,
-  so a face found by landmarks on a later frame beats a Haar box on the onset.
+  so a face found by landmarks on a later frame beats a Haar box on the onset. ``get_frame`` may
+  return None for an unreadable frame (it is passed over); None is returned when no candidate frame
+  is readable.
   """
   tried = candidate_frames(n, apex_index)
   grays = {}
+  for i in tried:
+    frame = get_frame(i)
+    if frame is not None:
+      grays[i] = to_gray(frame)
+  if not grays:
+    return None
   for method in methods:
     if method not in DETECTORS:
       raise ValueError(f'unknown face detection method {method!r}; known: {sorted(DETECTORS)}')
     for i in tried:
       if i not in grays:
-        grays[i] = to_gray(get_frame(i))
+        continue
       eyes = DETECTORS[method](grays[i])
       if eyes is not None:
         return AlignInfo(method, similarity_from_eyes(eyes[0], eyes[1], size, margin), i, eyes,
                          tried)
-  h, w = (grays[tried[0]] if tried else to_gray(get_frame(0))).shape[:2]
+  h, w = next(iter(grays.values())).shape[:2]
   return AlignInfo('centre', centre_transform(h, w, size), -1, None, tried)
 
 

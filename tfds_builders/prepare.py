@@ -29,6 +29,11 @@ def builder_for(data_config) -> tfds.core.DatasetBuilder:
       raise common.DatasetLayoutError(f'{name}: unknown builder config '
                                       f'{data_config.builder_config!r}; known: {names}')
     kwargs['config'] = data_config.builder_config
+  if issubclass(cls, common.MEBuilder):  # preparation options; align and margin select the dataset
+    kwargs.update(align=data_config.get('align', 'auto'),
+                  align_margin=float(data_config.get('align_margin', 0.2)),
+                  skip_bad_frames=bool(data_config.get('skip_bad_frames', False)),
+                  prepare_workers=int(data_config.get('prepare_workers', 0)))
   return cls(**kwargs)
 
 
@@ -48,6 +53,9 @@ def format_report(report: Dict[str, Any]) -> str:
   if per_subject:
     lines.append('per subject: ' + ', '.join(f'{s}:{sum(c.values())}'
                                              for s, c in per_subject.items()))
+  from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
+  if report.get('alignment'):
+    lines.append(pipeline.format_alignment(report, report.get('data_dir', '')))
   issues = report.get('issues', [])
   lines.append(f'{len(issues)} annotation/layout issue(s) handled:')
   lines.extend(f"  - {i['where']}: {i['problem']} -> {i['action']}" for i in issues)
@@ -63,4 +71,7 @@ def prepare(data_config) -> Dict[str, Any]:
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.path.expanduser(manual) if manual else None)
   builder.download_and_prepare(download_config=download_config)
-  return report_of(builder)
+  report = report_of(builder)
+  if report.get('alignment'):
+    report['data_dir'] = os.fspath(builder.data_dir)  # where the contact sheet is
+  return report
