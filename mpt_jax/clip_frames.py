@@ -26,7 +26,8 @@ from PIL import Image
 
 from mpt_jax import face_align
 
-PNG_COMPRESSION = 3  # zlib level of the stored PNGs (lossless at any level; 3 is fast)
+PNG_COMPRESSION = 1  # zlib level of the stored PNGs (lossless at any level; 1 is the fastest
+#                       that still compresses: 2.4 ms per 224 px frame here, TFDS's default 6: 8.8 ms)
 
 
 @dataclasses.dataclass(frozen=True)

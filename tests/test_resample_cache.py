@@ -1,8 +1,10 @@
 """The resampled-protocol cache of mpt_jax/input_pipeline.py and the sparse frame decoding."""
 
 import os
+import shutil
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from configs import synthetic
@@ -12,14 +14,26 @@ from tfds_builders import prepare
 tfds.disable_progress_bar()
 
 
-def _config(tmp_path, **data):
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+  """The small synthetic dataset, prepared once for this module."""
+  data_dir = str(tmp_path_factory.mktemp('resample') / 'tfds')
+  config = synthetic.get_config('smoke')
+  config.data.builder_config = 'small'
+  config.data.data_dir = data_dir
+  prepare.prepare(config.data)
+  return data_dir
+
+
+def _config(tmp_path, prepared, **data):  # pylint: disable=redefined-outer-name
+  """A config on a private copy of the prepared dataset (each test has its own cache)."""
   config = synthetic.get_config('smoke')
   config.data.builder_config = 'small'
   config.data.data_dir = str(tmp_path / 'tfds')
+  shutil.copytree(prepared, config.data.data_dir, copy_function=shutil.copy2)
   config.data.subjects = ()
   for k, v in data.items():
     config.data[k] = v
-  prepare.prepare(config.data)
   return config
 
 
@@ -30,8 +44,8 @@ def _reference(config):
                                                config.model.image_size) for ex in ds])
 
 
-def test_sparse_decoding_equals_decoding_every_frame(tmp_path):
-  config = _config(tmp_path, cache_resampled=False)
+def test_sparse_decoding_equals_decoding_every_frame(tmp_path, prepared):  # pylint: disable=redefined-outer-name
+  config = _config(tmp_path, prepared, cache_resampled=False)
   data = input_pipeline.load(config)
   np.testing.assert_array_equal(data.clips, _reference(config))
   rng = np.random.default_rng(0)
@@ -43,8 +57,8 @@ def test_sparse_decoding_equals_decoding_every_frame(tmp_path):
     assert len(asked) <= min(n, 16) and len(set(asked)) == len(asked)
 
 
-def test_cached_load_equals_uncached_load_exactly(tmp_path):
-  config = _config(tmp_path)
+def test_cached_load_equals_uncached_load_exactly(tmp_path, prepared):  # pylint: disable=redefined-outer-name
+  config = _config(tmp_path, prepared)
   first = input_pipeline.load(config)  # miss: resamples and writes the cache
   builder = prepare.builder_for(config.data)
   cache_root = os.path.join(builder.data_dir, input_pipeline.CACHE_DIR)
@@ -63,8 +77,8 @@ def test_cached_load_equals_uncached_load_exactly(tmp_path):
     assert a.classes == b.classes
 
 
-def test_a_changed_key_misses_the_cache(tmp_path, monkeypatch):
-  config = _config(tmp_path)
+def test_a_changed_key_misses_the_cache(tmp_path, prepared):  # pylint: disable=redefined-outer-name
+  config = _config(tmp_path, prepared)
   input_pipeline.load(config)
   builder = prepare.builder_for(config.data)
   key = input_pipeline.cache_key(builder, config)
