@@ -13,12 +13,14 @@ Usage: python benchmarks/bench_prepare.py [--clips=255] [--samm_clips=159] [--wo
 Each fixture is prepared twice with ``tfds_builders.prepare.prepare`` (what ``main.py
 --mode=prepare`` runs): ``prepare_workers=1`` and ``prepare_workers=0`` (every core). The script also
 times reading every JPEG once (a full PIL decode, one process) as the floor. Prints one JSON line per
-fixture. Timings are wall clock and depend on what else the machine is doing.
+fixture. Timings are wall clock and depend on what else the machine is doing; ``*_cpu_seconds``
+(this process and its pool workers, user + system) is less sensitive to other load.
 """
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import time
@@ -88,6 +90,12 @@ def write_samm(root, clips, seed=0):
   return paths
 
 
+def cpu_seconds():
+  """User + system CPU time of this process and its finished children (the pool's workers)."""
+  me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def read_once(paths):
   t = time.time()
   for p in paths:
@@ -112,11 +120,12 @@ def run(which, workdir, clips):
         name=which, builder_config='all' if which == 'casme2' else '5class', data_dir=data_dir,
         manual_dir=manual, align='auto', align_margin=0.2, skip_bad_frames=False,
         prepare_workers=workers))
-    t = time.time()
+    t, c = time.time(), cpu_seconds()
     report = prepare.prepare(cfg)
     seconds = time.time() - t
     tag = 'one_process' if workers == 1 else 'all_cores'
     out[f'{tag}_seconds'] = round(seconds, 1)
+    out[f'{tag}_cpu_seconds'] = round(cpu_seconds() - c, 1)
     out[f'{tag}_frames_per_second'] = round(len(paths) / seconds, 1)
     out['alignment'] = report.get('alignment', {}).get('counts')
     shutil.rmtree(data_dir, ignore_errors=True)

@@ -161,3 +161,23 @@ def test_skip_bad_frames_skips_and_reports(tmp_path):
   assert len(issues) == 7 and all(i['action'] == 'skipped the frame' for i in issues)
   assert any(i['where'] == 'casme2/sub01/EP02_01f' and i['action'] == 'skipped'
              for i in report['issues'])
+
+
+def test_data_dir_follows_tfds_data_dir(monkeypatch):
+  from configs import common as config_common  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('TFDS_DATA_DIR', '/data/tfds_here')
+  assert config_common.get_config().data.data_dir == '/data/tfds_here'
+  monkeypatch.delenv('TFDS_DATA_DIR')
+  assert config_common.get_config().data.data_dir == '~/tensorflow_datasets'
+
+
+def test_format_alignment_lists_haar_and_no_face_clips():
+  report = {'alignment': pipeline.alignment_summary(
+      'auto', 0.2, ['samm/006/a', 'samm/006/b', 'samm/007/c'],
+      [{'method': 'landmarks', 'frame': 0}, {'method': 'haar', 'frame': 2},
+       {'method': 'centre', 'frame': -1}], pipeline.CONTACT_SHEET)}
+  text = pipeline.format_alignment(report, '/d')
+  assert '1 by landmarks, 1 by Haar box, 1 centre crop' in text
+  assert 'Haar box only (no landmarks, no rotation) in 1 clip(s): samm/006/b' in text
+  assert 'no face found in 1 clip(s) (centre crop): samm/007/c' in text
+  assert '/d/contact_sheet.png' in text

@@ -110,9 +110,15 @@ def format_alignment(report: Dict[str, Any], data_dir: str = '') -> str:
   lines = [f"alignment ({a['mode']}, margin {a['margin']}): {c.get('landmarks', 0)} by landmarks, "
            f"{c.get('haar', 0)} by Haar box, {c.get('centre', 0)} centre crop (no face found), "
            f"{c.get('none', 0)} as released; contact sheet: {sheet or '-'}"]
+  haar = [k for k, m in a['per_clip'].items() if m.startswith('haar')]
+  if haar:
+    lines.append(f'aligned by the Haar box only (no landmarks, no rotation) in {len(haar)} clip(s): '
+                 + ', '.join(haar))
   if a['no_face']:
     lines.append(f"no face found in {len(a['no_face'])} clip(s) (centre crop): "
                  + ', '.join(a['no_face']))
+  lines.append('(the method of every clip, with the frame it was found on, is in the stored '
+               "report's alignment.per_clip)")
   return '\n'.join(lines)
 
 
