@@ -31,7 +31,7 @@ def config_for(data_dir, cache, num_frames, image_size):
   config.data.num_classes = 7
   config.data.subjects = ()
   config.data.data_dir = data_dir
-  config.data.cache_resampled = cache
+  config.data.cache_resampled = bool(cache)
   config.model.num_frames = num_frames
   config.model.image_size = image_size
   config.model.tokenizer_patch = 16
@@ -72,6 +72,8 @@ def main():
   parser.add_argument('--num_frames', type=int, default=16)
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--workdir', default='/tmp/bench_startup')
+  parser.add_argument('--reuse', action='store_true',
+                      help='reuse the fixture prepared in --workdir by an earlier run')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--data_dir', default='', help=argparse.SUPPRESS)
   parser.add_argument('--cache', type=int, default=1, help=argparse.SUPPRESS)
@@ -82,24 +84,32 @@ def main():
   from benchmarks import bench_prepare  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()
-  shutil.rmtree(args.workdir, ignore_errors=True)
   manual = os.path.join(args.workdir, 'CASME2')
-  frames = len(bench_prepare.write_casme2(manual, args.clips))
   data_dir = os.path.join(args.workdir, 'tfds')
-  t = time.time()
-  prepare.prepare(ml_collections.ConfigDict(dict(name='casme2', builder_config='all',
-                                                 data_dir=data_dir, manual_dir=manual)))
-  print(json.dumps({'clips': args.clips, 'frames': frames, 'prepare_s': round(time.time() - t, 1),
-                    'num_frames': args.num_frames, 'image_size': args.image_size,
-                    'cpu_count': len(os.sched_getaffinity(0))}), flush=True)
+  if not args.reuse:
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    frames = len(bench_prepare.write_casme2(manual, args.clips))
+    t = time.time()
+    prepare.prepare(ml_collections.ConfigDict(dict(name='casme2', builder_config='all',
+                                                   data_dir=data_dir, manual_dir=manual)))
+    print(json.dumps({'clips': args.clips, 'frames': frames,
+                      'prepare_s': round(time.time() - t, 1), 'num_frames': args.num_frames,
+                      'image_size': args.image_size, 'cpu_count': len(os.sched_getaffinity(0))}),
+          flush=True)
+  for root, dirs, _ in os.walk(data_dir):  # start without a cache
+    if input_pipeline.CACHE_DIR in dirs:
+      shutil.rmtree(os.path.join(root, input_pipeline.CACHE_DIR))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   for name, cache in (('no cache', 0), ('cache miss', 1), ('cache hit', 1)):
     out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', '--data_dir',
                           data_dir, '--cache', str(cache), '--num_frames', str(args.num_frames),
                           '--image_size', str(args.image_size)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=False)
+    if out.returncode:
+      sys.exit(f'{name} run failed:\n{out.stderr[-3000:]}')
     line = [l for l in out.stdout.splitlines() if l.startswith('{')][-1]
     print(json.dumps(dict(run=name, **json.loads(line))), flush=True)
 
