@@ -61,7 +61,8 @@ def child(args):
   jax.block_until_ready(m)
   t_step = time.time() - t
   print(json.dumps({'imports_s': round(t_imports, 2), 'load_data_s': round(t_load, 2),
-                    'build_model_s': round(t_build, 2), 'first_step_incl_compile_s': round(t_step, 2),
+                    'build_model_s': round(t_build, 2),
+                    'first_step_incl_compile_s': round(t_step, 2),
                     'to_first_step_s': round(time.time() - T_START, 2),
                     'clips': len(data), 'clip_array': list(data.clips.shape)}), flush=True)
 

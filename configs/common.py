@@ -56,10 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
   # ~/tensorflow_datasets.
   config.data.data_dir = os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
   config.data.manual_dir = ''  # The dataset folder as unpacked (used by --mode=prepare).
-  config.data.align = 'auto'  # Face alignment at preparation: auto (align releases without face
-  #                             crops: SAMM, CAS(ME)^3, SMIC raw, CASME II RAW_selected; keep CASME II
-  #                             Cropped and SMIC_all_cropped as released) | always | never. A value
-  #                             other than auto is prepared as its own dataset (never reused).
+  config.data.align = 'auto'  # Face alignment at preparation: auto (align releases without
+  #                             face crops: SAMM, CAS(ME)^3, SMIC raw, CASME II RAW_selected; keep
+  #                             CASME II Cropped and SMIC_all_cropped as released) | always | never.
+  #                             A value other than auto is prepared as its own dataset.
   config.data.align_margin = 0.2  # Face box fraction added on every side of an aligned face;
   #                                 changing it also prepares a new dataset.
   config.data.skip_bad_frames = False  # Unreadable frame at preparation: False = stop with an error

@@ -1,8 +1,9 @@
-"""One clip's frames from the files as released to stored PNGs: decode, check, align, resize, encode.
+"""One clip from the files as released to stored PNGs: decode, check, align, resize, encode.
 
 This is the unit of work of the preparation pool (``tfds_builders/pipeline.py``). It imports neither
-TensorFlow nor TFDS, so spawned workers start in well under a second. Every frame is decoded (that is
-the check that it is readable); an unreadable frame is reported, never silently dropped or kept.
+TensorFlow nor TFDS, so spawned workers start in well under a second. Every frame is decoded
+(that is the check that it is readable); an unreadable frame is reported, never silently dropped
+or kept.
 
 Two ways a frame is stored, both giving ``size`` x ``size`` RGB (grayscale replicated):
 
@@ -27,7 +28,8 @@ from PIL import Image
 from mpt_jax import face_align
 
 PNG_COMPRESSION = 1  # zlib level of the stored PNGs (lossless at any level; 1 is the fastest
-#                       that still compresses: 2.4 ms per 224 px frame here, TFDS's default 6: 8.8 ms)
+#                       that still compresses: 2.4 ms per 224 px frame here, TFDS's default 6:
+#                       8.8 ms)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,8 +48,9 @@ FACE_BOX_IODS = 2.2  # Side of the face box in inter-ocular distances.
 EYE_ROW = 0.36  # Height of the eye line within the face box (0 = top).
 DEFAULT_MARGIN = 0.2  # Fraction of the face box added on every side.
 NEXT_FRAMES = 4  # Frames after the onset tried before the apex.
-# Haar box -> eyes, calibrated on skimage's astronaut (Haar box 177,66,95,95; dlib eyes 203.5,102 and
-# 246.5,104.5): eye midpoint at (0.505, 0.393) of the box, inter-ocular distance 0.45 of its width.
+# Haar box -> eyes, calibrated on skimage's astronaut (Haar box 177,66,95,95; dlib eyes 203.5,102
+# and 246.5,104.5): eye midpoint at (0.505, 0.393) of the box, inter-ocular distance 0.45 of its
+# width.
 HAAR_EYE_X, HAAR_EYE_Y, HAAR_IOD = 0.505, 0.393, 0.45
 METHODS = ('landmarks', 'haar', 'centre')
 

@@ -106,7 +106,7 @@ def prepare_clip(frames: Sequence[np.ndarray], t_count: int, size: int) -> np.nd
 
 
 def frames_needed(n: int, t_count: int) -> List[int]:
-  """The stored frames the temporal interpolation of an n-frame clip reads (with non-zero weight)."""
+  """The stored frames the temporal interpolation of an n-frame clip reads with non-zero weight."""
   pos = resample_positions(n, t_count)
   lo = np.floor(pos).astype(np.int64)
   hi = np.minimum(lo + 1, n - 1)
@@ -313,8 +313,8 @@ def _resample_dataset(builder, config, classes) -> ClipSet:
     if wanted is not None and subject not in wanted:
       continue
     frames = ex['frames']
-    clips[len(labels)] = resample_sparse(lambda k: _decode_png(frames[k]), len(frames), t_count,  # pylint: disable=cell-var-from-loop
-                                         size)
+    decode = lambda k, f=frames: _decode_png(f[k])  # pylint: disable=unnecessary-lambda-assignment
+    clips[len(labels)] = resample_sparse(decode, len(frames), t_count, size)
     labels.append(int(ex['label']))
     apex.append(apex_on_timeline(int(ex['apex_index']), len(frames), t_count))
     subjects.append(subject)

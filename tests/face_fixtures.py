@@ -24,7 +24,7 @@ CASME3_SIZE = (720, 1280)  # colour
 
 def face_frame(frame_hw, angle_deg: float, scale: float, centre_xy, gray: bool = False,
                background: int = 90) -> Tuple[np.ndarray, np.ndarray]:
-  """The astronaut rotated/scaled about her face and centred at ``centre_xy``; (frame, (2, 3) map)."""
+  """The astronaut rotated/scaled about her eyes, centred at ``centre_xy``: (frame, (2, 3) map)."""
   face = skimage.data.astronaut()
   m = cv2.getRotationMatrix2D((225.0, 102.0), angle_deg, scale)  # about the eye midpoint
   m[:, 2] += np.asarray(centre_xy, np.float64) - np.array([225.0, 102.0])

@@ -1,7 +1,7 @@
 """The face alignment (mpt_jax/face_align.py) on a real face photo placed into dataset-sized frames.
 
-The reference eye positions of scikit-image's ``astronaut`` are hand-annotated pupil centres (read off
-an 8x enlarged crop), independent of the detector under test.
+The reference eye positions of scikit-image's ``astronaut`` are hand-annotated pupil centres (read
+off an 8x enlarged crop), independent of the detector under test.
 """
 
 import cv2
@@ -16,7 +16,7 @@ ASTRONAUT_EYES = np.array([[203.5, 100.5], [245.5, 103.0]])
 
 
 def place(face: np.ndarray, frame_hw, angle_deg: float, scale: float, centre_xy, gray=False):
-  """Warps ``face`` by a known similarity into a frame of ``frame_hw``; returns (frame, (2, 3) map)."""
+  """Warps ``face`` by a known similarity into a ``frame_hw`` frame: (frame, (2, 3) map)."""
   m = cv2.getRotationMatrix2D((256.0, 128.0), angle_deg, scale)
   m[:, 2] += np.asarray(centre_xy) - np.array([256.0, 128.0])
   h, w = frame_hw

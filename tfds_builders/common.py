@@ -363,7 +363,7 @@ def check_manual_dir(manual_dir: str, dataset: str, expected: str) -> str:
 
 
 def load_frame(path: str, size: int = FRAME_SIZE) -> np.ndarray:
-  """Reads an image as RGB uint8 (grayscale replicated), resized to ``size`` x ``size`` (as released)."""
+  """Reads an image as RGB uint8 (grayscale replicated), resized to ``size`` x ``size``."""
   try:
     return clip_frames.load_resized(path, size)
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files

@@ -1,4 +1,4 @@
-"""Preparation on all cores: every clip decoded, checked, aligned and encoded before anything is written.
+"""Preparation on all cores: every clip decoded, checked, aligned and encoded before any writing.
 
 :func:`process_clips` runs :func:`mpt_jax.clip_frames.process_clip` for every clip in a process pool
 (``spawn`` workers: nothing of the parent's TensorFlow/JAX threads is inherited). Each worker writes
@@ -9,9 +9,10 @@ byte-identical for any number of workers.
 
 Which clips are aligned (``config.data.align``):
 
-* ``auto`` (default): clips from releases without face crops (SAMM, CAS(ME)^3, SMIC ``SMIC_all_raw``,
-  CASME II ``CASME2_RAW_selected``) are aligned; the released crops (CASME II ``Cropped``,
-  ``SMIC_all_cropped``, recognised by their ``reg_`` file names) are stored as released;
+* ``auto`` (default): clips from releases without face crops (SAMM, CAS(ME)^3, SMIC
+  ``SMIC_all_raw``, CASME II ``CASME2_RAW_selected``) are aligned; the released crops (CASME II
+  ``Cropped``, ``SMIC_all_cropped``, recognised by their ``reg_`` file names) are stored as
+  released;
 * ``always``: every clip is aligned (the released crops too);
 * ``never``: every frame is resized as released (the old behaviour).
 """
@@ -112,8 +113,8 @@ def format_alignment(report: Dict[str, Any], data_dir: str = '') -> str:
            f"{c.get('none', 0)} as released; contact sheet: {sheet or '-'}"]
   haar = [k for k, m in a['per_clip'].items() if m.startswith('haar')]
   if haar:
-    lines.append(f'aligned by the Haar box only (no landmarks, no rotation) in {len(haar)} clip(s): '
-                 + ', '.join(haar))
+    lines.append(f'aligned by the Haar box only (no landmarks, no rotation) in {len(haar)} '
+                 'clip(s): ' + ', '.join(haar))
   if a['no_face']:
     lines.append(f"no face found in {len(a['no_face'])} clip(s) (centre crop): "
                  + ', '.join(a['no_face']))
