@@ -4,6 +4,8 @@ Every field is commented. Dataset configs (``configs/casme2.py`` ...) set ``conf
 an argument such as ``:smoke`` (tiny ViT, few subjects, few steps) for tests and quick checks.
 """
 
+import os
+
 import ml_collections
 
 
@@ -58,11 +60,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = 'synthetic'  # TFDS dataset name (registered by tfds_builders).
   config.data.builder_config = ''  # TFDS builder config (class protocol), '' = the default.
-  config.data.data_dir = '~/tensorflow_datasets'  # Where prepared TFDS datasets live.
+  # Where prepared TFDS datasets live: $TFDS_DATA_DIR when set (as TFDS itself does), else
+  # ~/tensorflow_datasets.
+  config.data.data_dir = os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
   config.data.manual_dir = ''  # The dataset folder as unpacked (used by --mode=prepare).
   config.data.rebuild = False  # --mode=prepare: prepare again over data made from other sources.
   config.data.drop_slash_apex = False  # Drop the rows whose apex is '/' (else: midpoint apex);
   #                                      CASME II, SAMM, CAS(ME)^3 only.
+  config.data.align = 'auto'  # Face alignment at preparation: auto (align releases without
+  #                             face crops: SAMM, CAS(ME)^3, SMIC raw, CASME II RAW_selected; keep
+  #                             CASME II Cropped and SMIC_all_cropped as released) | always | never.
+  #                             A value other than auto is prepared as its own dataset.
+  config.data.align_margin = 0.2  # Face box fraction added on every side of an aligned face;
+  #                                 changing it also prepares a new dataset.
+  config.data.skip_bad_frames = False  # Unreadable frame at preparation: False = stop with an error
+  #                                      naming the file (nothing written); True = skip the frame
+  #                                      (or a clip left with < 2 frames) and list it in the report.
+  config.data.prepare_workers = 0  # Processes decoding/aligning/encoding at preparation; 0 = all
+  #                                  cores (the output is identical for any number).
+  config.data.cache_resampled = True  # Keep the resampled protocol (T frames at image_size,
+  #                                     float16) next to the prepared dataset, so later runs start
+  #                                     in seconds; keyed by everything that determines it.
   config.data.subjects = ()  # Restrict LOSO to these subjects (empty = every subject).
   config.data.hflip = True  # Training augmentation: random horizontal flip of the whole clip.
   config.data.max_rotation_deg = 0.0  # Option: random rotation in +-N degrees (same for all frames).

@@ -6,11 +6,24 @@ interpolation at ``linspace(0, n - 1, T)`` (short clips are up-sampled the same 
 protocol then sits in memory (and later on the accelerator), and a training step only receives
 integer indices, per-clip augmentation parameters and a validity mask: no host work per step, and
 the same shapes for every step and every fold, so the step compiles once per run.
+
+Runs start in seconds: the resampled protocol is cached next to the prepared dataset
+(``<prepared dataset folder>/mpt_resampled/<key hash>/``, an ``.npy`` of the clips and a JSON of
+labels, names and the key), keyed by everything that determines it (dataset, builder config,
+version, a fingerprint of the prepared files, T, image size, dtype, subjects, the resampling code
+version), written atomically (a temporary folder renamed into place) and verified by its full key
+on load. A miss decodes only the stored frames the temporal interpolation uses (at most 2T per
+clip) straight into one preallocated array, so two full copies never exist. The cached clips are
+memory-mapped read-only.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+import shutil
+import tempfile
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -100,8 +113,162 @@ def prepare_clip(frames: Sequence[np.ndarray], t_count: int, size: int) -> np.nd
   return np.clip(x, 0.0, 1.0).astype(np.float16)
 
 
+def frames_needed(n: int, t_count: int) -> List[int]:
+  """The stored frames the temporal interpolation of an n-frame clip reads with non-zero weight."""
+  pos = resample_positions(n, t_count)
+  lo = np.floor(pos).astype(np.int64)
+  hi = np.minimum(lo + 1, n - 1)
+  w = pos - lo
+  return sorted(set(lo.tolist()) | set(hi[w > 0].tolist()))
+
+
+def resample_sparse(get_frame: Callable[[int], np.ndarray], n: int, t_count: int,
+                    size: int) -> np.ndarray:
+  """:func:`prepare_clip` of an n-frame clip, decoding only :func:`frames_needed` (bit-identical).
+
+  Where ``pos`` is an integer, :func:`temporal_resample` adds ``f[hi] * 0``; here the ``lo`` frame
+  stands in for that never-decoded ``hi`` frame, which adds the same exact zero.
+  """
+  if n == 0:
+    raise DataError('A clip has no frames')
+  need = frames_needed(n, t_count)
+  at = {i: k for k, i in enumerate(need)}
+  g = np.stack([np.asarray(get_frame(i)) for i in need])
+  if g.ndim == 3:
+    g = g[..., None]
+  if g.shape[-1] == 1:
+    g = np.repeat(g, 3, axis=-1)
+  pos = resample_positions(n, t_count)
+  lo = np.floor(pos).astype(np.int64)
+  hi = np.minimum(lo + 1, n - 1)
+  w = pos - lo
+  lo_k = np.array([at[i] for i in lo])
+  hi_k = np.array([at[h] if wt > 0 else at[l] for l, h, wt in zip(lo, hi, w)])
+  f = g.astype(np.float32)
+  wb = w.reshape((-1,) + (1,) * (g.ndim - 1))
+  x = (f[lo_k] * (1.0 - wb) + f[hi_k] * wb) / 255.0
+  x = resize_frames(x, size)
+  return np.clip(x, 0.0, 1.0).astype(np.float16)
+
+
+CACHE_DIR = 'mpt_resampled'  # inside the prepared dataset's folder
+CACHE_FORMAT = 1  # bump when the resampling code or the cache layout changes
+RESAMPLING = 'linear-linspace(0,n-1,T); jax.image.resize bilinear antialias; clip [0,1]'
+
+
+def prepared_fingerprint(data_dir: str) -> str:
+  """Identifies one preparation of a dataset: its dataset_info.json and the names, sizes and
+  modification times of its record files (a re-prepared dataset gets a new fingerprint)."""
+  h = hashlib.sha256()
+  for name in sorted(os.listdir(data_dir)):
+    path = os.path.join(data_dir, name)
+    if name == 'dataset_info.json':
+      with open(path, 'rb') as f:
+        h.update(f.read())
+    elif os.path.isfile(path) and ('array_record' in name or 'tfrecord' in name):
+      st = os.stat(path)
+      h.update(f'{name}:{st.st_size}:{st.st_mtime_ns};'.encode())
+  return h.hexdigest()
+
+
+def cache_key(builder, config) -> Dict[str, Any]:
+  """Everything that determines the resampled protocol."""
+  cfg = builder.builder_config
+  return {
+      'format': CACHE_FORMAT,
+      'resampling': RESAMPLING,
+      'dataset': builder.name,
+      'builder_config': cfg.name if cfg is not None else '',
+      'version': str(builder.version),
+      'prepared': prepared_fingerprint(builder.data_dir),
+      'num_frames': int(config.model.num_frames),
+      'image_size': int(config.model.image_size),
+      'dtype': 'float16',
+      'subjects': sorted(config.data.subjects) if config.data.subjects else None,
+  }
+
+
+def _cache_path(data_dir: str, key: Dict[str, Any]) -> str:
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+  return os.path.join(data_dir, CACHE_DIR, digest)
+
+
+def read_cache(data_dir: str, key: Dict[str, Any]) -> Optional['ClipSet']:
+  """The cached protocol for ``key``, or None (missing, another key, or unreadable)."""
+  path = _cache_path(data_dir, key)
+  try:
+    with open(os.path.join(path, 'meta.json')) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if meta.get('key') != key:
+    logging.info('Resampled cache %s was written for another key; ignoring it', path)
+    return None
+  try:
+    clips = np.load(os.path.join(path, 'clips.npy'), mmap_mode='r')
+  except (OSError, ValueError) as e:
+    logging.warning('Resampled cache %s is unreadable (%s); resampling again', path, e)
+    return None
+  n = len(meta['labels'])
+  expect = (n, key['num_frames'], key['image_size'], key['image_size'], 3)
+  if clips.shape != expect or clips.dtype != np.float16:
+    logging.warning('Resampled cache %s has shape %s, expected %s; resampling again', path,
+                    clips.shape, expect)
+    return None
+  return ClipSet(clips, np.asarray(meta['labels'], np.int32), np.asarray(meta['apex'], np.int32),
+                 np.asarray(meta['subjects']), np.asarray(meta['names']), tuple(meta['classes']))
+
+
+def write_cache(data_dir: str, key: Dict[str, Any], data: 'ClipSet') -> Optional[str]:
+  """Writes ``data`` under ``key`` atomically (a temporary folder renamed into place)."""
+  root = os.path.join(data_dir, CACHE_DIR)
+  final = _cache_path(data_dir, key)
+  try:
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.tmp-', dir=root)
+  except OSError as e:
+    logging.warning('Cannot write the resampled cache under %s (%s); runs will resample', root, e)
+    return None
+  try:
+    np.save(os.path.join(tmp, 'clips.npy'), data.clips)
+    meta = {'key': key, 'labels': data.labels.tolist(), 'apex': data.apex.tolist(),
+            'subjects': data.subjects.tolist(), 'names': data.names.tolist(),
+            'classes': list(data.classes)}
+    with open(os.path.join(tmp, 'meta.json'), 'w') as f:
+      json.dump(meta, f)
+    if os.path.exists(final):  # an older or concurrent copy under the same key: replace it
+      shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    return final
+  except OSError as e:
+    logging.warning('Cannot write the resampled cache %s (%s); runs will resample', final, e)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return None
+
+
+def _raw_frames_decoder():
+  """A TFDS decoder that leaves a sequence of images as their encoded bytes (TFDS's own
+  SkipDecoding has no NumPy path for sequences)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class RawFrames(tfds.decode.SkipDecoding):
+
+    def decode_batch_example_np(self, serialized_example):
+      return serialized_example
+
+  return RawFrames()
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+  import cv2  # pylint: disable=g-import-not-at-top
+  img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  if img is None:
+    raise DataError('A stored frame of the prepared dataset cannot be decoded; prepare it again')
+  return img[..., ::-1]
+
+
 def load(config) -> ClipSet:
-  """Loads the configured, prepared TFDS dataset into memory.
+  """Loads the configured, prepared TFDS dataset into memory (or from the resampled cache).
 
   Raises:
     DataError: when the dataset is not prepared (with the command that prepares it) or its classes
@@ -121,10 +288,31 @@ def load(config) -> ClipSet:
   if 'num_classes' in config.data and int(config.data.num_classes) != len(classes):
     raise DataError(f'config.data.num_classes is {config.data.num_classes} but dataset '
                     f'{builder.name} has {len(classes)} classes {classes}')
-  source = builder.as_data_source(split='train')
+  use_cache = bool(config.data.get('cache_resampled', True))
+  key = cache_key(builder, config) if use_cache else None
+  if use_cache:
+    cached = read_cache(builder.data_dir, key)
+    if cached is not None:
+      logging.info('Loaded %d resampled clips of %s from the cache in %s', len(cached),
+                   builder.name, builder.data_dir)
+      return cached
+  data = _resample_dataset(builder, config, classes)
+  if use_cache:
+    path = write_cache(builder.data_dir, key, data)
+    if path:
+      logging.info('Cached the resampled protocol in %s', path)
+  return data
+
+
+def _resample_dataset(builder, config, classes) -> ClipSet:
+  """Reads and resamples every wanted clip into one preallocated array (no second full copy)."""
+  source = builder.as_data_source(split='train', decoders={'frames': _raw_frames_decoder()})
   wanted = set(config.data.subjects) if config.data.subjects else None
   t_count, size = int(config.model.num_frames), int(config.model.image_size)
-  clips, labels, apex, subjects, names = [], [], [], [], []
+  # Rows past the last kept clip are never written, so the OS never backs them with memory, and
+  # the returned slice is a view: one copy of the protocol in all.
+  clips = np.empty((len(source), t_count, size, size, 3), np.float16)
+  labels, apex, subjects, names = [], [], [], []
   logging.info('Loading %d clips of %s into memory (T=%d, %d px)...', len(source), builder.name,
                t_count, size)
   for i in range(len(source)):
@@ -133,7 +321,8 @@ def load(config) -> ClipSet:
     if wanted is not None and subject not in wanted:
       continue
     frames = ex['frames']
-    clips.append(prepare_clip(frames, t_count, size))
+    decode = lambda k, f=frames: _decode_png(f[k])  # pylint: disable=unnecessary-lambda-assignment
+    clips[len(labels)] = resample_sparse(decode, len(frames), t_count, size)
     labels.append(int(ex['label']))
     apex.append(apex_on_timeline(int(ex['apex_index']), len(frames), t_count))
     subjects.append(subject)
@@ -142,9 +331,9 @@ def load(config) -> ClipSet:
     missing = sorted(wanted - set(subjects))
     if missing:
       raise DataError(f'config.data.subjects names subjects not in {builder.name}: {missing}')
-  if not clips:
+  if not labels:
     raise DataError(f'Dataset {builder.name} has no clips')
-  return ClipSet(np.stack(clips), np.asarray(labels, np.int32), np.asarray(apex, np.int32),
+  return ClipSet(clips[:len(labels)], np.asarray(labels, np.int32), np.asarray(apex, np.int32),
                  np.asarray(subjects), np.asarray(names), classes)
 
 

@@ -22,13 +22,16 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from mpt_jax import clip_frames
 from mpt_jax import errors
+from mpt_jax import face_align
 
 FRAME_SIZE = 224
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -539,19 +542,22 @@ def check_manual_dir(manual_dir: str, dataset: str, expected: str) -> str:
 def load_frame(path: str, size: int = FRAME_SIZE) -> np.ndarray:
   """Reads an image as RGB uint8 (grayscale replicated), resized to ``size`` x ``size``."""
   try:
-    with Image.open(path) as im:
-      im.load()
-      im = im.convert('RGB')
-      if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
-      return np.asarray(im, np.uint8)
+    return clip_frames.load_resized(path, size)
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-    raise CorruptImageError(f'Cannot decode image {path}: {e}') from e
+    raise CorruptImageError(f'Cannot decode image {path}: {" ".join(str(e).split())}') from e
 
 
-def features(classes: Sequence[str], size: int = FRAME_SIZE) -> tfds.features.FeaturesDict:
-  """The feature layout shared by every builder."""
-  return tfds.features.FeaturesDict({
+def features(classes: Sequence[str], size: int = FRAME_SIZE,
+             alignment: bool = True) -> tfds.features.FeaturesDict:
+  """The feature layout shared by every builder.
+
+  With ``alignment`` each example also stores how its frames were made from the files:
+  ``align_method`` ('landmarks' | 'haar' | 'centre' (no face found) | 'none' (resized as
+  released)), ``align_transform`` (the (2, 3) affine map from source pixel coordinates, pixel
+  centres at integers, to stored pixel coordinates, the same for every frame) and ``align_frame``
+  (the index of the stored frame the transform was estimated on, -1 if none).
+  """
+  feats = {
       'frames': tfds.features.Sequence(tfds.features.Image(shape=(size, size, 3),
                                                            encoding_format='png')),
       'frame_numbers': tfds.features.Sequence(np.int64),
@@ -566,13 +572,21 @@ def features(classes: Sequence[str], size: int = FRAME_SIZE) -> tfds.features.Fe
       'apex_index': np.int32,
       'action_units': tfds.features.Text(),
       'fps': np.float32,
-  })
+  }
+  if alignment:
+    feats.update({
+        'align_method': tfds.features.Text(),
+        'align_transform': tfds.features.Tensor(shape=(2, 3), dtype=np.float64),
+        'align_frame': np.int32,
+    })
+  return tfds.features.FeaturesDict(feats)
 
 
-def example(clip: Clip, size: int = FRAME_SIZE) -> Dict[str, Any]:
-  """Reads a clip's frames and returns the example dict."""
+def example(clip: Clip, prepared: Dict[str, Any]) -> Dict[str, Any]:
+  """The example dict of a clip whose frames ``prepared`` (a :func:`clip_frames.process_clip`
+  result) holds as stored PNG files, one per frame of ``clip.frames``."""
   return {
-      'frames': [load_frame(p, size) for p in clip.frames],
+      'frames': list(prepared['pngs']),
       'frame_numbers': [int(n) for n in clip.frame_numbers],
       'dataset': clip.dataset,
       'subject': clip.subject,
@@ -585,21 +599,72 @@ def example(clip: Clip, size: int = FRAME_SIZE) -> Dict[str, Any]:
       'apex_index': clip.apex_index,
       'action_units': clip.action_units,
       'fps': clip.fps,
+      'align_method': prepared['method'],
+      'align_transform': np.asarray(prepared['transform'], np.float64),
+      'align_frame': int(prepared['frame']),
   }
 
 
 class MEBuilder(tfds.core.GeneratorBasedBuilder):
-  """Base class: subclasses implement :meth:`_scan`, returning validated clips and a report."""
+  """Base class: subclasses implement :meth:`_scan`, returning validated clips and a report.
 
-  VERSION = tfds.core.Version('1.1.0')
+  Preparation options (passed by ``prepare.builder_for`` from ``config.data``):
+
+  * ``align``: 'auto' | 'always' | 'never' (see ``tfds_builders/pipeline.py``), ``align_margin``:
+    the face margin. Both are part of the dataset's identity: anything but the defaults ('auto',
+    ``face_align.DEFAULT_MARGIN``) is stored under its own builder-config name
+    (``<config>-align_<mode>[-margin_<m>]``), so changing them prepares a new dataset instead of
+    silently reusing the old one.
+  * ``skip_bad_frames``: an unreadable frame is an error naming the file (default) or is skipped and
+    listed in the report (a clip left with fewer than 2 frames is skipped and listed).
+  * ``prepare_workers``: processes decoding and encoding clips (0 = every core).
+  """
+
+  VERSION = tfds.core.Version('2.0.0')
   RELEASE_NOTES = {
       '1.0.0': 'Initial release.',
       '1.1.0': 'Apex after the offset kept when its frames are on disk; emotion aliases; every '
                'dropped row reported; CASME II configs name their sheet; preparation record.',
+      '2.0.0': 'Faces aligned at preparation (one similarity per clip) where the release has no '
+               'face crops; each example stores its alignment method and transform.',
   }
   FRAME_SIZE = FRAME_SIZE
   DATASET = ''
   EXPECTED_LAYOUT = ''
+  ALIGNS_FACES = True  # False for generated data (nothing to align, no alignment features)
+
+  def __init__(self, *, align: str = 'auto', align_margin: float = face_align.DEFAULT_MARGIN,
+               skip_bad_frames: bool = False, prepare_workers: int = 0, **kwargs):
+    from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
+    if align not in pipeline.ALIGN_MODES:
+      raise DatasetLayoutError(f'config.data.align is {align!r}; expected one of '
+                               f'{list(pipeline.ALIGN_MODES)}')
+    if not 0.0 <= float(align_margin) <= 2.0:
+      raise DatasetLayoutError(f'config.data.align_margin is {align_margin}; expected 0..2')
+    self._align = align
+    self._align_margin = float(align_margin)
+    self._skip_bad_frames = bool(skip_bad_frames)
+    self._prepare_workers = int(prepare_workers)
+    suffix = self.identity_suffix(align, float(align_margin))
+    if suffix and self.ALIGNS_FACES:
+      config = kwargs.get('config')
+      if config is None:
+        config = self.BUILDER_CONFIGS[0] if self.BUILDER_CONFIGS else None
+      elif isinstance(config, str):
+        config = next((c for c in self.BUILDER_CONFIGS if c.name == config), None)
+        if config is None:
+          raise DatasetLayoutError(f'{self.DATASET}: unknown builder config {kwargs["config"]!r}')
+      if config is not None:
+        kwargs['config'] = dataclasses.replace(config, name=config.name + suffix)
+    super().__init__(**kwargs)
+
+  @staticmethod
+  def identity_suffix(align: str, margin: float) -> str:
+    """What ``align`` and ``margin`` add to the builder-config name ('' for the defaults)."""
+    suffix = '' if align == 'auto' else f'-align_{align}'
+    if align != 'never' and margin != face_align.DEFAULT_MARGIN:
+      suffix += f'-margin_{margin:g}'
+    return suffix
 
   @property
   def classes(self) -> List[str]:
@@ -609,7 +674,7 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=self.__doc__,
-        features=features(self.classes, self.FRAME_SIZE),
+        features=features(self.classes, self.FRAME_SIZE, self.ALIGNS_FACES),
         supervised_keys=None,
         metadata=tfds.core.MetadataDict(),
     )
@@ -618,6 +683,7 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
     raise NotImplementedError
 
   def _split_generators(self, dl_manager):
+    from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
     manual_dir = check_manual_dir(str(dl_manager.manual_dir), self.DATASET, self.EXPECTED_LAYOUT)
     clips, report = self._scan(manual_dir)
     if not clips:
@@ -629,11 +695,68 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
       raise DatasetLayoutError(f'{self.DATASET}: duplicate clips {dup[:5]}')
+    # Every frame is decoded, checked, aligned and encoded (on all cores) before TFDS writes
+    # anything. The PNGs wait in a spool folder inside TFDS's incomplete-dataset folder, which TFDS
+    # deletes if preparation fails; _generate_examples deletes the spool once TFDS has read it.
+    spool = os.path.join(self.data_dir, '_frames_spool')
+    tasks = [clip_frames.ClipTask(i, tuple(c.frames), self.FRAME_SIZE,
+                                  pipeline.should_align(self._align, c.dataset, c.frames[0]),
+                                  self._align_margin, c.apex_index,
+                                  os.path.join(spool, f'{i:06d}'))
+             for i, c in enumerate(clips)]
+    workers = pipeline.num_workers(self._prepare_workers, sum(len(c.frames) for c in clips),
+                                   len(clips))
+    try:
+      results = pipeline.process_clips(tasks, workers)
+      clips, results = self._handle_bad_frames(clips, results, report)
+    except BaseException:
+      shutil.rmtree(spool, ignore_errors=True)
+      raise
     summary = report.summary(clips, self.classes)
+    sheet = os.path.join(self.data_dir, pipeline.CONTACT_SHEET)
+    pipeline.contact_sheet(sheet, [c.subject for c in clips],
+                           [next((p for p in r['pngs'] if p), None) for r in results])
+    summary['alignment'] = pipeline.alignment_summary(
+        self._align, self._align_margin, [c.key for c in clips], results,
+        pipeline.CONTACT_SHEET if os.path.exists(sheet) else '')
     self.info.metadata['preparation_report'] = summary
     self._last_report = summary  # pylint: disable=attribute-defined-outside-init
-    return {'train': self._generate_examples(clips)}
+    return {'train': self._generate_examples(list(zip(clips, results)), spool)}
 
-  def _generate_examples(self, clips):
-    for clip in clips:
-      yield clip.key, example(clip, self.FRAME_SIZE)
+  def _handle_bad_frames(self, clips, results, report):
+    """Refuses unreadable frames (one line naming the first), or skips and reports each one."""
+    bad = [(c, path, msg) for c, r in zip(clips, results) for path, msg in r['bad']]
+    if not bad:
+      return clips, results
+    if not self._skip_bad_frames:
+      clip, path, msg = bad[0]
+      raise CorruptImageError(
+          f'Cannot decode image {path} ({clip.key}): {msg}; {len(bad)} unreadable frame(s) in '
+          f'{len({c.key for c, _, _ in bad})} clip(s), nothing was written. Replace them, or pass '
+          '--config.data.skip_bad_frames=True to skip them and list them in the report.')
+    kept_clips, kept_results = [], []
+    for clip, res in zip(clips, results):
+      for path, msg in res['bad']:
+        report.add(clip.key, f'unreadable frame {path}: {msg}', 'skipped the frame')
+      keep = [k for k, p in enumerate(res['pngs']) if p is not None]
+      if len(keep) < 2:
+        report.add(clip.key, f'only {len(keep)} readable frame(s)', 'skipped')
+        continue
+      if len(keep) < len(res['pngs']):
+        clip = dataclasses.replace(clip, frames=[clip.frames[k] for k in keep],
+                                   frame_numbers=[clip.frame_numbers[k] for k in keep])
+        frame = res['frame']
+        res = dict(res, pngs=[res['pngs'][k] for k in keep],
+                   frame=keep.index(frame) if frame in keep else frame)
+      kept_clips.append(clip)
+      kept_results.append(res)
+    if not kept_clips:
+      raise DatasetLayoutError(f'{self.DATASET}: no clip has two readable frames')
+    return kept_clips, kept_results
+
+  def _generate_examples(self, items, spool):
+    try:
+      for clip, prepared in items:
+        yield clip.key, example(clip, prepared)
+    finally:
+      shutil.rmtree(spool, ignore_errors=True)

@@ -68,6 +68,11 @@ def builder_for(data_config) -> tfds.core.DatasetBuilder:
         description=f"{base.description}; rows whose apex is '/' dropped")
   elif data_config.builder_config:
     kwargs['config'] = data_config.builder_config
+  if issubclass(cls, common.MEBuilder):  # preparation options; align and margin select the dataset
+    kwargs.update(align=data_config.get('align', 'auto'),
+                  align_margin=float(data_config.get('align_margin', 0.2)),
+                  skip_bad_frames=bool(data_config.get('skip_bad_frames', False)),
+                  prepare_workers=int(data_config.get('prepare_workers', 0)))
   return cls(**kwargs)
 
 
@@ -99,7 +104,9 @@ def prepared_data_record(builder: tfds.core.DatasetBuilder,
       'dataset': builder.name,
       'builder_config': cfg.name if cfg is not None else '',
       'version': str(builder.version),
-      'options': {'drop_slash_apex': bool(getattr(cfg, 'drop_slash_apex', False))},
+      'options': {'drop_slash_apex': bool(getattr(cfg, 'drop_slash_apex', False)),
+                  'align': getattr(builder, '_align', None),
+                  'align_margin': getattr(builder, '_align_margin', None)},
   }
   if not hasattr(builder, 'source_files'):
     return record  # generated data (synthetic_me): nothing is read from disk
@@ -242,6 +249,10 @@ def format_report(report: Dict[str, Any]) -> str:
   if per_subject:
     lines.append('per subject: ' + ', '.join(f'{s}:{sum(c.values())}'
                                              for s, c in per_subject.items()))
+  from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
+  if report.get('alignment'):
+    lines.append(pipeline.format_alignment(
+        report, report.get('data_dir') or (status or {}).get('data_dir', '')))
   issues = report.get('issues', [])
   lines.append(f'{len(issues)} annotation/layout issue(s) handled:')
   lines.extend(f"  - {i['where']}: {i['problem']} -> {i['action']}" for i in issues)

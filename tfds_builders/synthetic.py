@@ -156,6 +156,7 @@ class SyntheticMe(common.MEBuilder):
 
   DATASET = 'synthetic_me'
   FRAME_SIZE = SIZE
+  ALIGNS_FACES = False  # generated, already centred faces: no alignment, no alignment features
   BUILDER_CONFIGS = [
       SyntheticConfig(name='default', description='8 subjects x 5 classes x 4 clips'),
       SyntheticConfig(name='small', num_subjects=3, clips_per_class=2, min_frames=10,

@@ -1,0 +1,119 @@
+"""Time from process start to the first training step, with and without the resampled cache.
+
+Usage: python benchmarks/bench_startup.py [--clips=255] [--num_frames=16] [--image_size=224]
+       [--workdir=/tmp/bench_startup]
+
+Writes a CASME II-sized release (benchmarks/bench_prepare.py's fixture: 340 x 280 JPEGs, clips of
+about 67 frames), prepares it once, then starts three fresh processes that each load the protocol
+(T frames at ``image_size``, float16), build the smoke model (tiny ViT, CPU) and run one training
+step: ``no cache`` (cache_resampled=False), ``cache miss`` (resamples and writes the cache) and
+``cache hit``. Each prints the seconds to load the data, to build the model and to finish the first
+step (which includes its compilation). CPU only: the data part is what the cache changes.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+T_START = time.time()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def config_for(data_dir, cache, num_frames, image_size):
+  from configs import casme2  # pylint: disable=g-import-not-at-top
+  config = casme2.get_config('smoke')
+  config.data.builder_config = 'all'
+  config.data.num_classes = 7
+  config.data.subjects = ()
+  config.data.data_dir = data_dir
+  config.data.cache_resampled = bool(cache)
+  config.model.num_frames = num_frames
+  config.model.image_size = image_size
+  config.model.tokenizer_patch = 16
+  return config
+
+
+def child(args):
+  """One run start: load, build, one step. Prints a JSON line."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from mpt_jax import loso  # pylint: disable=g-import-not-at-top
+  config = config_for(args.data_dir, args.cache, args.num_frames, args.image_size)
+  t_imports = time.time() - T_START
+  t = time.time()
+  data = input_pipeline.load(config)
+  t_load = time.time() - t
+  t = time.time()
+  exp = loso.Experiment(config, data)
+  exp.init(config.seed)
+  state = exp.fresh_state()
+  train_idx, _ = input_pipeline.split_for_subject(data, data.subject_list[0])
+  batch = next(input_pipeline.epoch_batches(train_idx, int(config.train.batch_size),
+                                            exp.global_devices, 0, True))
+  t_build = time.time() - t
+  t = time.time()
+  state, m = exp.p_train(state, exp.data_on_device, batch.idx, batch.aug, batch.mask)
+  jax.block_until_ready(m)
+  t_step = time.time() - t
+  print(json.dumps({'imports_s': round(t_imports, 2), 'load_data_s': round(t_load, 2),
+                    'build_model_s': round(t_build, 2),
+                    'first_step_incl_compile_s': round(t_step, 2),
+                    'to_first_step_s': round(time.time() - T_START, 2),
+                    'clips': len(data), 'clip_array': list(data.clips.shape)}), flush=True)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--clips', type=int, default=255)
+  parser.add_argument('--num_frames', type=int, default=16)
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--workdir', default='/tmp/bench_startup')
+  parser.add_argument('--reuse', action='store_true',
+                      help='reuse the fixture prepared in --workdir by an earlier run')
+  parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--data_dir', default='', help=argparse.SUPPRESS)
+  parser.add_argument('--cache', type=int, default=1, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    child(args)
+    return
+  from benchmarks import bench_prepare  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()
+  manual = os.path.join(args.workdir, 'CASME2')
+  data_dir = os.path.join(args.workdir, 'tfds')
+  if not args.reuse:
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    frames = len(bench_prepare.write_casme2(manual, args.clips))
+    t = time.time()
+    prepare.prepare(ml_collections.ConfigDict(dict(name='casme2', builder_config='all',
+                                                   data_dir=data_dir, manual_dir=manual)))
+    print(json.dumps({'clips': args.clips, 'frames': frames,
+                      'prepare_s': round(time.time() - t, 1), 'num_frames': args.num_frames,
+                      'image_size': args.image_size, 'cpu_count': len(os.sched_getaffinity(0))}),
+          flush=True)
+  for root, dirs, _ in os.walk(data_dir):  # start without a cache
+    if input_pipeline.CACHE_DIR in dirs:
+      shutil.rmtree(os.path.join(root, input_pipeline.CACHE_DIR))
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  for name, cache in (('no cache', 0), ('cache miss', 1), ('cache hit', 1)):
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', '--data_dir',
+                          data_dir, '--cache', str(cache), '--num_frames', str(args.num_frames),
+                          '--image_size', str(args.image_size)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    if out.returncode:
+      sys.exit(f'{name} run failed:\n{out.stderr[-3000:]}')
+    line = [l for l in out.stdout.splitlines() if l.startswith('{')][-1]
+    print(json.dumps(dict(run=name, **json.loads(line))), flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,148 @@
+"""Preparation on all cores: every clip decoded, checked, aligned and encoded before any writing.
+
+:func:`process_clips` runs :func:`mpt_jax.clip_frames.process_clip` for every clip in a process pool
+(``spawn`` workers: nothing of the parent's TensorFlow/JAX threads is inherited). Each worker writes
+the clip's stored PNGs into a spool folder inside TFDS's incomplete-dataset folder; the builder's
+``_generate_examples`` then hands those files to TFDS, which stores their bytes as they are. Results
+come back in clip order, and each clip's frames depend only on the clip, so the prepared dataset is
+byte-identical for any number of workers.
+
+Which clips are aligned (``config.data.align``):
+
+* ``auto`` (default): clips from releases without face crops (SAMM, CAS(ME)^3, SMIC
+  ``SMIC_all_raw``, CASME II ``CASME2_RAW_selected``) are aligned; the released crops (CASME II
+  ``Cropped``, ``SMIC_all_cropped``, recognised by their ``reg_`` file names) are stored as
+  released;
+* ``always``: every clip is aligned (the released crops too);
+* ``never``: every frame is resized as released (the old behaviour).
+"""
+
+import concurrent.futures
+import multiprocessing
+import os
+from typing import Any, Dict, List, Sequence
+
+import cv2
+import numpy as np
+from absl import logging
+
+from mpt_jax import clip_frames
+from mpt_jax import face_align
+
+ALIGN_MODES = ('auto', 'always', 'never')
+CONTACT_SHEET = 'contact_sheet.png'
+SMALL_JOB_FRAMES = 64  # below this many frames in all, one process is faster than starting a pool
+
+
+def released_cropped(dataset: str, first_frame: str) -> bool:
+  """Whether a clip's frames are a released face crop: CASME II ``Cropped`` (``reg_img*``) and
+  ``SMIC_all_cropped`` (``reg_image*`` / ``reg_*``) name their registered frames ``reg_...``."""
+  return dataset in ('casme2', 'smic') and os.path.basename(first_frame).lower().startswith('reg_')
+
+
+def should_align(mode: str, dataset: str, first_frame: str) -> bool:
+  if mode not in ALIGN_MODES:
+    raise ValueError(f'align mode {mode!r}; expected one of {ALIGN_MODES}')
+  if mode == 'never':
+    return False
+  return mode == 'always' or not released_cropped(dataset, first_frame)
+
+
+def num_workers(requested: int, total_frames: int, num_clips: int) -> int:
+  """``requested`` processes (0 = every core this process may use), at most one per clip."""
+  if requested < 0:
+    raise ValueError(f'prepare_workers must be >= 0, got {requested}')
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  n = requested or cores or 1
+  if not requested and total_frames < SMALL_JOB_FRAMES:
+    n = 1
+  return max(1, min(n, num_clips))
+
+
+def process_clips(tasks: Sequence[clip_frames.ClipTask], workers: int) -> List[Dict[str, Any]]:
+  """Runs every task (in a pool when ``workers`` > 1); results in task order."""
+  total = len(tasks)
+  results: List[Dict[str, Any]] = []
+  step = max(1, total // 10)
+  if workers <= 1:
+    it = map(clip_frames.process_clip, tasks)
+    pool = None
+  else:
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context('spawn'))
+    it = pool.map(clip_frames.process_clip, tasks, chunksize=1)
+  try:
+    for i, res in enumerate(it, start=1):
+      results.append(res)
+      if i % step == 0 or i == total:
+        logging.info('Prepared %d/%d clips (%d worker(s))', i, total, workers)
+  finally:
+    if pool is not None:
+      pool.shutdown(wait=True, cancel_futures=True)
+  return results
+
+
+def alignment_summary(mode: str, margin: float, keys: Sequence[str],
+                      results: Sequence[Dict[str, Any]], contact_sheet: str) -> Dict[str, Any]:
+  """The report's ``alignment`` section: counts per method, per-clip method, faces not found."""
+  counts = {m: 0 for m in face_align.METHODS + ('none',)}
+  per_clip, no_face = {}, []
+  for key, res in zip(keys, results):
+    counts[res['method']] += 1
+    per_clip[key] = res['method'] if res['frame'] < 0 else f"{res['method']}@{res['frame']}"
+    if res['method'] == 'centre':
+      no_face.append(key)
+  return {'mode': mode, 'margin': margin, 'counts': counts, 'per_clip': per_clip,
+          'no_face': no_face, 'contact_sheet': contact_sheet}
+
+
+def format_alignment(report: Dict[str, Any], data_dir: str = '') -> str:
+  """Lines for ``prepare.format_report``: how the clips were aligned, and where no face was found.
+
+  ``data_dir``: the prepared dataset's folder, to print the contact sheet's full path.
+  """
+  a = report.get('alignment')
+  if not a:
+    return ''
+  c = a['counts']
+  sheet = a.get('contact_sheet') or ''
+  if sheet and data_dir:
+    sheet = os.path.join(data_dir, sheet)
+  lines = [f"alignment ({a['mode']}, margin {a['margin']}): {c.get('landmarks', 0)} by landmarks, "
+           f"{c.get('haar', 0)} by Haar box, {c.get('centre', 0)} centre crop (no face found), "
+           f"{c.get('none', 0)} as released; contact sheet: {sheet or '-'}"]
+  haar = [k for k, m in a['per_clip'].items() if m.startswith('haar')]
+  if haar:
+    lines.append(f'aligned by the Haar box only (no landmarks, no rotation) in {len(haar)} '
+                 'clip(s): ' + ', '.join(haar))
+  if a['no_face']:
+    lines.append(f"no face found in {len(a['no_face'])} clip(s) (centre crop): "
+                 + ', '.join(a['no_face']))
+  lines.append('(the method of every clip, with the frame it was found on, is in the stored '
+               "report's alignment.per_clip)")
+  return '\n'.join(lines)
+
+
+def contact_sheet(path: str, subjects: Sequence[str], onset_pngs: Sequence[str],
+                  per_subject: int = 4, thumb: int = 96, blocks_per_row: int = 4) -> None:
+  """A PNG of up to ``per_subject`` stored onset frames per subject, one labelled block each."""
+  by_subject: Dict[str, List[str]] = {}
+  for s, p in zip(subjects, onset_pngs):
+    if p and len(by_subject.setdefault(s, [])) < per_subject:
+      by_subject[s].append(p)
+  names = list(by_subject)
+  if not names:
+    return
+  label_h = 16
+  block_w, block_h = per_subject * thumb, thumb + label_h
+  rows = -(-len(names) // blocks_per_row)
+  sheet = np.full((rows * block_h, min(len(names), blocks_per_row) * block_w, 3), 255, np.uint8)
+  for b, name in enumerate(names):
+    y0, x0 = (b // blocks_per_row) * block_h, (b % blocks_per_row) * block_w
+    cv2.putText(sheet, name, (x0 + 3, y0 + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    for j, p in enumerate(by_subject[name]):
+      img = cv2.imread(p, cv2.IMREAD_COLOR)
+      img = cv2.resize(img, (thumb, thumb), interpolation=cv2.INTER_AREA)
+      sheet[y0 + label_h:y0 + block_h, x0 + j * thumb:x0 + (j + 1) * thumb] = img
+  cv2.imwrite(path, sheet)
