@@ -13,7 +13,8 @@ import json
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from mpt_jax import console  # pylint: disable=g-bad-import-order
+console.quiet_libraries(sys.argv)  # before TensorFlow/JAX are imported; --verbosity=0 for details
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -33,6 +34,7 @@ flags.DEFINE_string('input', None, 'predict: a folder of frames or a video file.
 flags.DEFINE_integer('onset', None, 'predict: first frame (index in the sorted frames).')
 flags.DEFINE_integer('offset', None, 'predict: last frame (index in the sorted frames).')
 flags.DEFINE_bool('crop_face', False, 'predict: detect and crop the face (OpenCV Haar cascade).')
+flags.DEFINE_bool('json', False, 'predict: print the result as one JSON line instead of a table.')
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -81,7 +83,7 @@ def _run(mode):
     from mpt_jax import predict as predict_lib
     result = predict_lib.predict(_need_workdir(), FLAGS.input, FLAGS.onset, FLAGS.offset,
                              FLAGS.crop_face)
-    print(json.dumps(result))
+    print(json.dumps(result) if FLAGS.json else console.prediction_table(result))
 
 
 def _maybe_distributed():

@@ -309,7 +309,7 @@ def summarise(config, classes, results_by_seed: Dict[int, List[Dict[str, Any]]])
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        data: Optional[input_pipeline.ClipSet] = None) -> Dict[str, Any]:
   """Runs (or resumes) the whole LOSO experiment and writes results, report and figures."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from mpt_jax import console  # pylint: disable=g-import-not-at-top
   from mpt_jax import report as report_lib  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(os.path.expanduser(workdir))
   check_workdir_config(config, workdir)
@@ -322,6 +322,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   t_run = time.time()
   total_folds = int(config.num_seeds) * len(exp.subjects)
   folds_done_now = 0
+  progress = console.Progress(total_folds, int(config.train.num_epochs), int(config.num_seeds),
+                              show=jax.process_index() == 0)
   for s in range(int(config.num_seeds)):
     seed = int(config.seed) + s
     exp.init(seed)
@@ -347,11 +349,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if os.path.exists(path):
         results.append(read_json(path))
         continue
-      writer = metric_writers.create_default_writer(fold_dir(workdir, seed, subject),
-                                                    just_logging=jax.process_index() > 0)
+      writer = progress.writer(console.metric_writer(fold_dir(workdir, seed, subject),
+                                                     just_logging=jax.process_index() > 0),
+                               s * len(exp.subjects) + i, subject)
       t_fold = time.time()
       results.append(train_fold(exp, seed, i, subject, workdir, writer))
       writer.close()
+      progress.fold_done(s * len(exp.subjects) + i, results[-1], time.time() - t_fold)
       folds_done_now += 1
       done = s * len(exp.subjects) + i + 1  # every earlier fold of this seed is finished
       per_fold = (time.time() - t_run) / folds_done_now
@@ -361,9 +365,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                  np.asarray(results[-1]['predictions']))),
                    done, total_folds, per_fold * (total_folds - done))
     results_by_seed[seed] = results
+  progress.close()
   summary = summarise(config, data.classes, results_by_seed)
   write_json(os.path.join(workdir, 'results.json'), summary)
-  run_writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  run_writer = console.metric_writer(workdir, just_logging=jax.process_index() > 0)
   for seed, entry in summary['seeds'].items():
     for i, f in enumerate(entry['folds']):
       run_writer.write_scalars(i, {f'seed_{seed}/fold_accuracy': f['accuracy']})

@@ -12,6 +12,7 @@ from typing import Any, Dict
 
 import tensorflow_datasets as tfds
 
+from mpt_jax import console
 from tfds_builders import BUILDERS
 from tfds_builders import common
 
@@ -60,6 +61,7 @@ def prepare(data_config) -> Dict[str, Any]:
   manual = data_config.manual_dir
   if builder.name != 'synthetic_me' and not builder.is_prepared():
     common.check_manual_dir(manual, builder.name, builder.EXPECTED_LAYOUT)
+  console.announce_preparation(builder, manual)  # our one line instead of TFDS's banner
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.path.expanduser(manual) if manual else None)
   builder.download_and_prepare(download_config=download_config)
