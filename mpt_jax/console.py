@@ -27,6 +27,7 @@ absl's own ``--verbosity`` (``-v``) flag brings everything back: ``--verbosity=0
 line (ours and the libraries', the TensorFlow C++ ones included), ``--verbosity=1`` adds DEBUG.
 """
 
+import io
 import math
 import os
 import re
@@ -195,8 +196,7 @@ class Progress:
     self.out = out if out is not None else sys.stdout
     self.show = show
     if bar is None:
-      isatty = getattr(self.stream, 'isatty', None)
-      bar = bool(isatty and isatty())
+      bar = _is_terminal(self.stream)
     self.use_bar = show and bar
     self._bar = None
     self._position = 0  # epochs of the run done (earlier processes included)
@@ -300,6 +300,17 @@ class Progress:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+
+
+def _is_terminal(stream) -> bool:
+  """Whether ``stream`` is a terminal a bar can be drawn on (a pty of width 0 is not)."""
+  isatty = getattr(stream, 'isatty', None)
+  if not (isatty and isatty()):
+    return False
+  try:
+    return os.get_terminal_size(stream.fileno()).columns > 0
+  except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+    return True  # a terminal-like object without a file descriptor
 
 
 class _ProgressWriter:

@@ -263,3 +263,18 @@ def test_prediction_table_counts_fold_votes():
       'a           30.0 %  1/3',
       'c           20.0 %  0/3',
       'prediction: b (50.0 %, mean of 3 fold models, 2 of 3 agree) for clip.mp4 (frames 3..40)']
+
+
+def test_tfds_not_prepared_warning_is_dropped_in_quiet_mode(tmp_path, caplog):
+  from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = str(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    assert not prepare.builder_for(config.data).is_prepared()
+  records = [r for r in caplog.records if 'dataset_info.json' in r.getMessage()]
+  assert len(records) == 1  # what TFDS logs for a dataset not prepared yet
+  drop = console._DropMisleadingWarnings()  # pylint: disable=protected-access
+  assert not drop.filter(records[0])
+  other = logging.LogRecord('absl', logging.WARNING, records[0].pathname, 1, 'disk full', (), None)
+  assert drop.filter(other)
