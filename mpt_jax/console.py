@@ -199,6 +199,7 @@ class Progress:
       bar = _is_terminal(self.stream)
     self.use_bar = show and bar
     self._bar = None
+    self._log_stream = None  # the absl handler's stream while the bar is shown
     self._position = 0  # epochs of the run done (earlier processes included)
     self._trained = 0  # epochs trained by this process
     self._t0 = None  # time of the first epoch trained by this process
@@ -210,6 +211,12 @@ class Progress:
                        desc='LOSO', dynamic_ncols=True, leave=True, miniters=1, mininterval=0,
                        bar_format='{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} epochs '
                                   '[{elapsed}<{remaining}]{postfix}')
+      # Log lines (warnings; every INFO line with --verbosity=0) are printed above the bar
+      # instead of through it.
+      handler = logging.get_absl_handler().python_handler
+      if handler.stream is self.stream:
+        self._log_stream = handler.stream
+        handler.stream = _AboveTheBar(self.stream)
     return self._bar
 
   def _postfix(self, fold_number: int, subject: Optional[str],
@@ -298,8 +305,29 @@ class Progress:
 
   def close(self) -> None:
     if self._bar is not None:
+      handler = logging.get_absl_handler().python_handler
+      if self._log_stream is not None and isinstance(handler.stream, _AboveTheBar):
+        handler.stream = self._log_stream
+      self._log_stream = None
       self._bar.close()
       self._bar = None
+
+
+class _AboveTheBar:
+  """A text stream for log handlers that prints each line above the active tqdm bars."""
+
+  def __init__(self, stream: TextIO):
+    self._stream = stream
+
+  def write(self, text: str) -> None:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    tqdm.write(text, file=self._stream, end='')
+
+  def flush(self) -> None:
+    self._stream.flush()
+
+  def isatty(self) -> bool:
+    return self._stream.isatty()
 
 
 def _is_terminal(stream) -> bool:

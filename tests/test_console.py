@@ -278,3 +278,23 @@ def test_tfds_not_prepared_warning_is_dropped_in_quiet_mode(tmp_path, caplog):
   assert not drop.filter(records[0])
   other = logging.LogRecord('absl', logging.WARNING, records[0].pathname, 1, 'disk full', (), None)
   assert drop.filter(other)
+
+
+def test_log_lines_go_above_the_bar_and_the_handler_is_restored(monkeypatch):
+  terminal = _Terminal()
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  python_handler = absl_logging.get_absl_handler().python_handler
+  monkeypatch.setattr(python_handler, 'stream', terminal)
+  progress = console.Progress(num_folds=1, num_epochs=2, stream=terminal, out=terminal)
+  writer = progress.writer(_NullWriter(), 0, 'p01')
+  writer.write_scalars(1, {'train_loss': 1.0})
+  # What absl's handler does with a record once the flags are parsed (no --logtostderr).
+  logging.StreamHandler.emit(python_handler, logging.LogRecord(
+      'absl', logging.WARNING, __file__, 1, 'disk nearly full', (), None))
+  writer.write_scalars(2, {'train_loss': 0.9})
+  progress.close()
+  assert python_handler.stream is terminal
+  text = terminal.getvalue()
+  # tqdm.write clears the bar first, so the record starts a line of its own.
+  line = next(l for l in text.split('\n') if 'disk nearly full' in l)
+  assert 'LOSO' not in line.split('\r')[-1], repr(line)
