@@ -120,10 +120,10 @@ def _quiet_tfds_banner() -> None:
   def log_done(self):
     logging.info('TFDS: %s prepared in %s', self.name, self.data_dir)
 
-  for name in ('_log_download_bytes', '_log_download_done'):
-    if not callable(getattr(cls, name, None)):
-      raise RuntimeError(f'tensorflow_datasets changed: DatasetBuilder.{name} is gone; update '
-                         'mpt_jax/console.py')
+  # Private TFDS methods (tensorflow-datasets is pinned); should they disappear, TFDS's lines
+  # merely come back (tests/test_console.py notices).
+  if not all(callable(getattr(cls, n, None)) for n in ('_log_download_bytes', '_log_download_done')):
+    return
   cls._log_download_bytes = log_start  # pylint: disable=protected-access
   cls._log_download_done = log_done  # pylint: disable=protected-access
   cls._mpt_jax_quiet = True  # pylint: disable=protected-access
