@@ -18,9 +18,8 @@ import os
 import re
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# TensorFlow only decodes the prepared images here; its oneDNN notice would be noise on stderr.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+from mpt_jax import console  # pylint: disable=g-bad-import-order
+console.quiet_libraries(sys.argv)  # before TensorFlow/JAX are imported; --verbosity=0 for details
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -47,6 +46,7 @@ flags.DEFINE_string('table', None, 'table: which paper table to run (V..XI, fig5
                     'optionally with rows, e.g. VI:mpt,linear_probe.')
 flags.DEFINE_list('pretrained', [], 'table IX: checkpoint per backbone, e.g. '
                   'B_32=/p/ViT-B_32.npz,clip_B_16=/p/clip16/model.safetensors.')
+flags.DEFINE_bool('json', False, 'predict: print the result as one JSON line instead of a table.')
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -111,7 +111,7 @@ def _run(mode):
     wd.read_run_info(workdir)  # (predict runs no TensorFlow op: no GPU to hide from it)
     result = predict_lib.predict(workdir, FLAGS.input, FLAGS.onset, FLAGS.offset,
                                  FLAGS.crop_face, config=FLAGS.config)
-    print(json.dumps(result))
+    print(json.dumps(result) if FLAGS.json else console.prediction_table(result))
   elif mode == 'figures':
     from mpt_jax import figures
     for path in figures.write_figures([_need_workdir()] + list(FLAGS.compare),

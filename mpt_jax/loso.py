@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mpt_jax import console
 from mpt_jax import errors
 from mpt_jax import input_pipeline
 from mpt_jax import metrics as metrics_lib
@@ -393,7 +394,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     errors.UserError: for anything the user can fix; then nothing in ``workdir`` has changed
       (unless training itself fails, e.g. a non-finite loss, which names the fold and epoch).
   """
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   # 1. Checks that read only: workdir, config values, config vs workdir, data, model, init.
   workdir = preflight(config, workdir)
   info = wd.read_run_info(workdir, required=False)
@@ -409,13 +409,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if lock is not None:
     lock.acquire()
   try:
-    return _run(config, workdir, data, exp, protocol, metric_writers)
+    return _run(config, workdir, data, exp, protocol)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _run(config, workdir, data, exp, protocol, metric_writers) -> Dict[str, Any]:
+def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
   """The LOSO loop of :func:`train_and_evaluate`, once every check passed and the lock is held."""
   wd.save_config(config, workdir)
   logging.info('LOSO over %d subjects, %d clips, %d device(s) (%s)', len(exp.subjects), len(data),
@@ -424,6 +424,8 @@ def _run(config, workdir, data, exp, protocol, metric_writers) -> Dict[str, Any]
   t_run = time.time()
   total_folds = int(config.num_seeds) * len(exp.subjects)
   folds_done_now = 0
+  progress = console.Progress(total_folds, int(config.train.num_epochs), int(config.num_seeds),
+                              show=jax.process_index() == 0)
   for s in range(int(config.num_seeds)):
     seed = int(config.seed) + s
     if exp.seed != seed:
@@ -447,11 +449,13 @@ def _run(config, workdir, data, exp, protocol, metric_writers) -> Dict[str, Any]
       if os.path.exists(path):
         results.append(wd.read_json(path))
         continue
-      writer = metric_writers.create_default_writer(fold_dir(workdir, seed, subject),
-                                                    just_logging=jax.process_index() > 0)
+      writer = progress.writer(console.metric_writer(fold_dir(workdir, seed, subject),
+                                                     just_logging=jax.process_index() > 0),
+                               s * len(exp.subjects) + i, subject)
       t_fold = time.time()
       results.append(train_fold(exp, seed, i, subject, workdir, writer))
       writer.close()
+      progress.fold_done(s * len(exp.subjects) + i, results[-1], time.time() - t_fold)
       folds_done_now += 1
       done = s * len(exp.subjects) + i + 1  # every earlier fold of this seed is finished
       per_fold = (time.time() - t_run) / folds_done_now
@@ -461,9 +465,10 @@ def _run(config, workdir, data, exp, protocol, metric_writers) -> Dict[str, Any]
                                  np.asarray(results[-1]['predictions']))),
                    done, total_folds, per_fold * (total_folds - done))
     results_by_seed[seed] = results
+  progress.close()
   summary = summarise(config, data.classes, results_by_seed)
   wd.write_json(os.path.join(workdir, 'results.json'), summary)
-  run_writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  run_writer = console.metric_writer(workdir, just_logging=jax.process_index() > 0)
   for seed, entry in summary['seeds'].items():
     for i, f in enumerate(entry['folds']):
       run_writer.write_scalars(i, {f'seed_{seed}/fold_accuracy': f['accuracy']})

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow_datasets as tfds
 
+from mpt_jax import console
 from mpt_jax import errors
 from tfds_builders import BUILDERS
 from tfds_builders import common
@@ -206,6 +207,7 @@ def prepare(data_config) -> Dict[str, Any]:
   generated = not hasattr(builder, 'source_files')
   if not builder.is_prepared():
     record = prepared_data_record(builder, manual)
+    console.announce_preparation(builder, manual)  # our one line instead of TFDS's banner
     _build(builder, record, manual)
     return _with_status(builder, 'prepared', record)
   stored = stored_record(builder)
@@ -225,6 +227,7 @@ def prepare(data_config) -> Dict[str, Any]:
     return _with_status(builder, 'reused', stored)
   if keys and not rebuild:
     raise PreparedDataError(_mismatch_message(builder, stored, current, keys))
+  console.announce_preparation(builder, manual)
   return _with_status(_rebuild(data_config, builder, current), 'rebuilt', current)
 
 
