@@ -425,7 +425,8 @@ def test_drop_slash_apex_config_prepares_its_own_variant(tmp_path):
   cfg.drop_slash_apex = True
   report = prepare.prepare(cfg)
   assert report['num_clips'] == 6
-  assert report[prepare.STATUS_KEY]['record']['options'] == {'drop_slash_apex': True}
+  assert report[prepare.STATUS_KEY]['record']['options'] == {'drop_slash_apex': True,
+                                                              'align': 'auto', 'align_margin': 0.2}
   assert '5class_20140508_drop_slash_apex' in report[prepare.STATUS_KEY]['data_dir']
   cfg.drop_slash_apex = False
   assert prepare.prepare(cfg)['num_clips'] == 7  # the default variant, prepared beside it

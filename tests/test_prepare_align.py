@@ -96,7 +96,7 @@ def test_output_is_identical_for_any_number_of_workers(tmp_path):
 
 def test_released_crops_are_kept_and_align_is_part_of_the_identity(tmp_path):
   manual = fixtures.write_casme2(str(tmp_path / 'manual'))
-  auto = _cfg('casme2', '5class', tmp_path / 'tfds', manual)
+  auto = _cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual)
   prepare.prepare(auto)
   e = _examples(auto)['EP02_01f']
   assert e['align_method'] == b'none'  # CASME II Cropped is used as released
@@ -106,16 +106,16 @@ def test_released_crops_are_kept_and_align_is_part_of_the_identity(tmp_path):
   # The stored transform is the plain resize of the 12 x 16 fixture frame.
   np.testing.assert_allclose(e['align_transform'],
                              face_align.resize_transform(16, 12, 224, 224))
-  always = _cfg('casme2', '5class', tmp_path / 'tfds', manual, align='always')
+  always = _cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual, align='always')
   b_auto, b_always = prepare.builder_for(auto), prepare.builder_for(always)
   assert b_auto.data_dir != b_always.data_dir and not b_always.is_prepared()
   report = prepare.prepare(always)
   assert report['alignment']['counts']['none'] == 0  # tiny random frames: centre crops
   assert _examples(always)['EP02_01f']['align_method'] == b'centre'
-  margin = _cfg('casme2', '5class', tmp_path / 'tfds', manual, align='always', align_margin=0.3)
+  margin = _cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual, align='always', align_margin=0.3)
   assert prepare.builder_for(margin).data_dir not in (b_auto.data_dir, b_always.data_dir)
   with pytest.raises(common.DatasetLayoutError, match='config.data.align'):
-    prepare.builder_for(_cfg('casme2', '5class', tmp_path / 'tfds', manual, align='sometimes'))
+    prepare.builder_for(_cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual, align='sometimes'))
 
 
 def test_raw_casme2_and_smic_are_aligned_under_auto():
@@ -133,7 +133,7 @@ def test_unreadable_frame_is_refused_before_anything_is_written(tmp_path):
   manual = fixtures.write_casme2(str(tmp_path / 'manual'))
   bad = os.path.join(manual, 'Cropped', 'Cropped', 'sub07', 'EP06_02_01', 'reg_img102.jpg')
   fixtures.corrupt(bad)
-  cfg = _cfg('casme2', '5class', tmp_path / 'tfds', manual)
+  cfg = _cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual)
   with pytest.raises(common.CorruptImageError) as err:
     prepare.prepare(cfg)
   msg = str(err.value)
@@ -151,7 +151,7 @@ def test_skip_bad_frames_skips_and_reports(tmp_path):
   for n in (46, 47, 48, 49, 50, 51):  # EP02_01f keeps one readable frame: skipped as a clip
     fixtures.corrupt(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f',
                                   f'reg_img{n}.jpg'))
-  cfg = _cfg('casme2', '5class', tmp_path / 'tfds', manual, skip_bad_frames=True)
+  cfg = _cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual, skip_bad_frames=True)
   report = prepare.prepare(cfg)
   ex = _examples(cfg)
   assert list(ex['EP06_02_01']['frame_numbers']) == [100, 101, 103, 104]

@@ -187,6 +187,7 @@ def _with_status(builder, status: str, record: Dict[str, Any]) -> Dict[str, Any]
   report = report_of(builder)
   report[STATUS_KEY] = {'status': status, 'data_dir': os.fspath(builder.data_dir),
                         'record': record}
+  report['data_dir'] = os.fspath(builder.data_dir)  # where the contact sheet is
   return report
 
 
@@ -254,8 +255,7 @@ def format_report(report: Dict[str, Any]) -> str:
                                              for s, c in per_subject.items()))
   from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
   if report.get('alignment'):
-    lines.append(pipeline.format_alignment(
-        report, report.get('data_dir') or (status or {}).get('data_dir', '')))
+    lines.append(pipeline.format_alignment(report, report.get('data_dir', '')))
   issues = report.get('issues', [])
   lines.append(f'{len(issues)} annotation/layout issue(s) handled:')
   lines.extend(f"  - {i['where']}: {i['problem']} -> {i['action']}" for i in issues)
