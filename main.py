@@ -39,6 +39,8 @@ flags.DEFINE_string('input', None, 'predict: a folder of frames or a video file.
 flags.DEFINE_integer('onset', None, 'predict: first frame (index in the sorted frames).')
 flags.DEFINE_integer('offset', None, 'predict: last frame (index in the sorted frames).')
 flags.DEFINE_bool('crop_face', False, 'predict: detect and crop the face (OpenCV Haar cascade).')
+flags.DEFINE_bool('align_face', False, 'predict: align the face as the preparation does (dlib '
+                  '5-point landmarks, then the Haar cascade, then a centre crop).')
 flags.DEFINE_list('compare', [], 'figures: other run workdirs shown beside --workdir.')
 flags.DEFINE_list('clips', [], 'figures: clips for Figs. 7-8 (subject/clip); default: the first '
                   'clip of each class.')
@@ -110,7 +112,8 @@ def _run(mode):
     wd.load_run_config(workdir, FLAGS.config)
     wd.read_run_info(workdir)  # (predict runs no TensorFlow op: no GPU to hide from it)
     result = predict_lib.predict(workdir, FLAGS.input, FLAGS.onset, FLAGS.offset,
-                                 FLAGS.crop_face, config=FLAGS.config)
+                                 FLAGS.crop_face, config=FLAGS.config,
+                                 align_face=FLAGS.align_face)
     print(json.dumps(result) if FLAGS.json else console.prediction_table(result))
   elif mode == 'figures':
     from mpt_jax import figures

@@ -394,6 +394,8 @@ def prediction_table(result: Dict[str, Any]) -> str:
   if frames:
     lo, hi = frames
     where += f' (frames {lo}..{"end" if hi is None else hi})'
+  if result.get('face', 'none') != 'none':
+    where += f', face: {result["face"]}'
   lines.append(f'prediction: {chosen} ({100.0 * probs[chosen]:.1f} %, mean of {n_folds} fold '
                f'models, {votes[chosen]} of {n_folds} agree) for {where}')
   return '\n'.join(lines)

@@ -16,7 +16,7 @@ opened read-only: prediction writes nothing into the workdir.
 """
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -92,8 +92,14 @@ def face_box(frame: np.ndarray, enlarge: float = 1.2) -> Optional[tuple]:
 
 
 def preprocess(frames: List[np.ndarray], config, stored_size: int, onset=None, offset=None,
-               crop_face: bool = False) -> np.ndarray:
-  """Frames -> (T, S, S, 3) float16 exactly as the training data."""
+               crop_face: bool = False, align_face: bool = False) -> Tuple[np.ndarray, str]:
+  """Frames -> ((T, S, S, 3) float16 exactly as the training data, how the face was found).
+
+  ``align_face`` runs the preparation's aligner (:func:`mpt_jax.face_align.align_clip`: one
+  similarity transform for the whole clip from dlib's 5 landmarks, the Haar cascade, then a centre
+  crop); ``crop_face`` the Haar-only square crop. The second value says which was used ('' for
+  neither).
+  """
   n = len(frames)
   lo = 0 if onset is None else int(onset)
   hi = n - 1 if offset is None else int(offset)
@@ -102,21 +108,32 @@ def preprocess(frames: List[np.ndarray], config, stored_size: int, onset=None, o
   if not 0 <= lo <= hi < n:
     raise PredictError(f'onset/offset {onset}/{offset} outside the clip of {n} frames (0..{n - 1})')
   frames = frames[lo:hi + 1]
-  if crop_face:
+  if align_face and crop_face:
+    raise PredictError('--align_face and --crop_face exclude each other: --align_face aligns the '
+                       'face as the preparation does (with the Haar crop as its fallback)')
+  how = ''
+  if align_face:
+    from mpt_jax import face_align  # pylint: disable=g-import-not-at-top
+    aligned, info = face_align.align_clip(frames, stored_size)
+    frames, how = list(aligned), f'{info.method}@{info.frame}'
+    if info.method == 'centre':
+      logging.warning('No face found in the clip: used the centred square crop')
+  elif crop_face:
     box = face_box(frames[len(frames) // 2])
     if box is None:
       raise PredictError('No face found by the Haar cascade in the middle frame; crop the clip '
                          'yourself or run without --crop_face')
     top, left, size = box
     frames = [f[top:top + size, left:left + size] for f in frames]
+    how = 'haar_crop'
   resized = [np.asarray(Image.fromarray(f).resize((stored_size, stored_size), Image.BILINEAR))
              for f in frames]
   return input_pipeline.prepare_clip(resized, int(config.model.num_frames),
-                                     int(config.model.image_size))
+                                     int(config.model.image_size)), how
 
 
 def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False,
-            config=None) -> Dict[str, Any]:
+            config=None, align_face=False) -> Dict[str, Any]:
   """Class probabilities for one clip from the run in ``workdir``.
 
   Args:
@@ -125,6 +142,7 @@ def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False,
     onset: first frame used (index into the frames), or None for the first.
     offset: last frame used, or None for the last.
     crop_face: crop the face found by the Haar cascade.
+    align_face: align the face as the preparation does (see :func:`preprocess`).
     config: the config from the command line (its resumable keys, e.g. a moved pretrained file,
       are used), or None for the workdir's own config.
   """
@@ -141,7 +159,7 @@ def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False,
   frames = read_frames(path)
   from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
   stored = BUILDERS[config.data.name].FRAME_SIZE
-  clip = preprocess(frames, config, stored, onset, offset, crop_face)
+  clip, face = preprocess(frames, config, stored, onset, offset, crop_face, align_face)
   model = mpt_lib.build_model(config.model, len(classes))
   params = pretrained.init_params(model, config.model, jax.random.PRNGKey(seed))
   wd.check_init_fingerprint(info, seed, partition.tree_fingerprint(params), workdir)
@@ -168,7 +186,7 @@ def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False,
                     len(subjects))
   mean = np.mean(list(per_fold.values()), axis=0)
   return {'input': path, 'frames_used': [0 if onset is None else onset, offset],
-          'prediction': classes[int(mean.argmax())],
+          'face': face or 'none', 'prediction': classes[int(mean.argmax())],
           'probabilities': {c: round(float(p), 6) for c, p in zip(classes, mean)},
           'folds': len(per_fold), 'folds_total': len(subjects),
           'per_fold': {s: {c: round(float(p), 6) for c, p in zip(classes, v)}

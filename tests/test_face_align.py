@@ -143,3 +143,20 @@ def test_draft_decoding_matches_an_exact_reduction(tmp_path):
   # and the whole aligned face is within about one grey level of the full-resolution path
   c = face_align.warp(full, info.transform, 64).astype(float)
   assert np.abs(b - c).mean() < 1.5
+
+
+def test_predict_align_face_uses_the_preparation_aligner():
+  """``predict --align_face``: the clip is aligned exactly as the preparation aligns it."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from mpt_jax import input_pipeline, predict  # pylint: disable=g-import-not-at-top
+  frame, _ = place(skimage.data.astronaut(), (650, 960), 8.0, 1.5, (500, 320), gray=False)
+  frames = [frame] * 4
+  config = ml_collections.ConfigDict({'model': {'num_frames': 4, 'image_size': 64}})
+  clip, how = predict.preprocess(frames, config, 224, align_face=True)
+  assert how == 'landmarks@0'
+  aligned, _ = face_align.align_clip(frames, 224)
+  np.testing.assert_array_equal(clip, input_pipeline.prepare_clip(list(aligned), 4, 64))
+  plain, how = predict.preprocess(frames, config, 224)
+  assert how == '' and not np.array_equal(plain, clip)
+  with pytest.raises(predict.PredictError, match='exclude each other'):
+    predict.preprocess(frames, config, 224, align_face=True, crop_face=True)
