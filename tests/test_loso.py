@@ -256,6 +256,14 @@ def test_composite_style_results_are_split_by_source_dataset():
   assert per['casme2']['accuracy'] == 0.5 and per['casme2']['n'] == 2
   assert per['smic']['accuracy'] == pytest.approx(2 / 3)
   assert summary['seeds']['0']['last_epoch']['accuracy'] == pytest.approx(3 / 5)
+  # Over seeds, the per-dataset metrics get a mean and a (ddof 0) std too.
+  other = [dict(r, predictions=list(r['labels'])) for r in results]  # seed 1: all correct
+  summary = loso.summarise(config, ['negative', 'positive', 'surprise'], {0: results, 1: other})
+  over = summary['last_epoch_per_dataset_over_seeds']
+  assert over['casme2']['accuracy'] == pytest.approx(
+      {'mean': 0.75, 'std': np.std([0.5, 1.0]), 'n': 2, 'ddof': 0})
+  assert over['smic']['uar']['mean'] == pytest.approx(np.mean(
+      [summary['seeds'][s]['last_epoch_per_dataset']['smic']['uar'] for s in ('0', '1')]))
 
 
 def test_geometric_augmentation_runs_in_the_loop(data_dir, tmp_path):
