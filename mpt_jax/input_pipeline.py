@@ -31,6 +31,7 @@ import numpy as np
 from absl import logging
 
 from mpt_jax import errors
+from mpt_jax.models import dynamic_image
 
 
 class DataError(errors.UserError):
@@ -84,12 +85,9 @@ def apex_on_timeline(apex_index: int, n: int, t_count: int) -> int:
   return int(np.clip(np.round(apex_index * (t_count - 1) / (n - 1)), 0, t_count - 1))
 
 
-def middle_apex(t_count: int) -> int:
-  """The default apex on a T-frame timeline when none is annotated: ``(T - 1) // 2``.
-
-  The one definition shared by prediction and the model's default (``MPT.__call__``).
-  """
-  return (int(t_count) - 1) // 2
+# The default apex on a T-frame timeline when none is annotated, ``(T - 1) // 2``: the one
+# definition, shared by prediction and the model's own default (``MPT.__call__``).
+middle_apex = dynamic_image.middle_apex
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:

@@ -17,6 +17,11 @@ import numpy as np
 INPUT_MODALITIES = ('dynamic_image', 'apex', 'apex_minus_onset', 'mesti')
 
 
+def middle_apex(t_count: int) -> int:
+  """The default apex on a T-frame timeline when none is annotated: ``(T - 1) // 2``."""
+  return (int(t_count) - 1) // 2
+
+
 def rank_pool_coefficients(num_frames: int) -> np.ndarray:
   """Bilen's approximate rank pooling weights ``alpha_1..alpha_T`` (float64, sum 0 for T > 1)."""
   t_count = int(num_frames)

@@ -109,7 +109,7 @@ class MPT(nn.Module):
       raise ValueError(f'prompt_type must be one of {PROMPT_TYPES}, got {self.prompt_type!r}')
     b, t_count = clips.shape[:2]
     if apex_index is None:
-      apex_index = jnp.full((b,), (t_count - 1) // 2, jnp.int32)
+      apex_index = jnp.full((b,), dynamic_image.middle_apex(t_count), jnp.int32)
     aux: Dict[str, Any] = {}
     rgb = dynamic_image.rgb_input(clips, self.input_modality, apex_index)
     aux['rgb_input'] = rgb
