@@ -81,6 +81,9 @@ def quiet_libraries(argv: Optional[Sequence[str]] = None) -> bool:
   if level is not None and level >= 0:
     return False
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # C++ INFO off; warnings and errors stay.
+  # FFmpeg (inside OpenCV) prints its decoder errors itself ("moov atom not found"); predict's own
+  # one-line error says what is wrong with an unreadable video.
+  os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')
   logging.get_absl_handler().addFilter(_DropMisleadingWarnings())
   if level is None:
     from absl import app  # pylint: disable=g-import-not-at-top
