@@ -149,8 +149,6 @@ def main(argv):
   # Logs (progress, warnings) on stdout; stderr carries only the one-line error of a user mistake.
   handler.python_handler.stream = sys.stdout
   logging.logging.captureWarnings(True)
-  if FLAGS.mode in ('predict', 'profile'):
-    logging.set_verbosity(logging.WARNING)  # stdout is the JSON answer
   try:
     _run(FLAGS.mode)
   except UserError as e:

@@ -48,6 +48,7 @@ from absl import logging
 
 from mpt_jax import errors
 from mpt_jax import metrics as metrics_lib
+from mpt_jax import workdir as wd
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -237,24 +238,28 @@ class RunView:
     params = pretrained.init_params(self.model, self.config.model, jax.random.PRNGKey(self.seed))
     strategy = self.config.model.training_strategy
     trainable, frozen = partition.split_params(params, strategy)
-    fp = self.info.get('backbone_fingerprint', {}).get(str(self.seed))
-    if fp is not None and partition.tree_fingerprint(frozen) != fp:
-      raise FigureError(f'{self.workdir}: the frozen backbone differs from the trained run; check '
-                        'config.model.pretrained_path in its config.json')
+    try:  # the same initial parameters (pretrained file) as the trained run
+      wd.check_init_fingerprint(self.info, self.seed, partition.tree_fingerprint(params),
+                                self.workdir)
+    except errors.UserError as e:
+      raise FigureError(str(e)) from e
     tx = partition.make_optimizer(self.config.train, params, strategy, 1)
     template = train_lib.create_state(trainable, frozen, tx)
     found = False
-    for subject in self.info['subjects']:
-      path = os.path.join(self.workdir, f'seed_{self.seed}', f'fold_{subject}', 'checkpoints')
+    for subject in wd.finished_subjects(self.workdir, self.seed, self.info['subjects']):
+      path = wd.checkpoint_dir(self.workdir, self.seed, subject)
       if not os.path.isdir(path):
         continue
-      ckpt = train_lib.FoldCheckpointer(path)
       try:
-        if ckpt.latest_epoch() is None:
-          continue
-        _, state = ckpt.restore(template, strategy)
-      finally:
-        ckpt.close()
+        ckpt = train_lib.FoldCheckpointer(path, read_only=True)
+        try:
+          if ckpt.latest_epoch() is None:
+            continue
+          _, state = ckpt.restore(template, strategy)
+        finally:
+          ckpt.close()
+      except train_lib.CheckpointDamagedError as e:
+        raise FigureError(f'Fold {subject} (seed {self.seed}) cannot be explained: {e}') from e
       found = True
       yield subject, state.params
     if not found:

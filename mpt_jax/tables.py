@@ -38,6 +38,7 @@ from absl import logging
 
 from mpt_jax import errors
 from mpt_jax import paper_results
+from mpt_jax import workdir as wd
 
 Row = Tuple[str, Dict[str, Any]]
 
@@ -113,12 +114,12 @@ def _profile(cfg: ml_collections.ConfigDict, rowdir: str) -> Dict[str, Any]:
   from mpt_jax import profile  # pylint: disable=g-import-not-at-top
   path = os.path.join(rowdir, 'profile.json')
   if os.path.exists(path):
-    cached = loso.read_json(path)
+    cached = wd.read_json(path)
     if cached.get('config_json') == cfg.model.to_json():
       return cached
   prof = profile.profile(cfg)
   prof['config_json'] = cfg.model.to_json()
-  loso.write_json(path, prof)
+  wd.write_json(path, prof)
   return prof
 
 
@@ -149,7 +150,7 @@ def run_table(table_arg: str, config: ml_collections.ConfigDict, workdir: str,
     cfg = row_config(config, overrides, pretrained)
     rowdir = os.path.join(workdir, row_id)
     os.makedirs(rowdir, exist_ok=True)
-    loso.check_workdir_config(cfg, rowdir)  # refuses a changed row config, naming the keys
+    wd.compare_config(cfg, rowdir)  # refuses a changed row config, naming the keys
     if os.path.exists(os.path.join(rowdir, 'results.json')):
       logging.info('Table %s row %s (%d/%d): finished, skipped', name, row_id, i + 1, len(rows))
     else:
@@ -175,7 +176,7 @@ def run_table(table_arg: str, config: ml_collections.ConfigDict, workdir: str,
     figures.plot_k_sweep([r['workdir'] for r in records], path)
     result['figure'] = path
   md = format_markdown(result)
-  loso.write_json(os.path.join(workdir, 'table.json'), result)
+  wd.write_json(os.path.join(workdir, 'table.json'), result)
   with open(os.path.join(workdir, 'table.md'), 'w') as f:
     f.write(md)
   return md

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from mpt_jax import console
+from tfds_builders import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ('happiness', 'surprise', 'disgust', 'repression', 'others')
@@ -95,8 +96,9 @@ def test_prepare_prints_our_line_instead_of_the_tfds_banner(prepared):
   _assert_quiet(proc)
   lines = proc.stdout.splitlines()
   assert lines[0] == ('preparing synthetic_me/small (generated, no download) into '
-                      f'{data_dir}/synthetic_me/small/1.0.0'), proc.stdout
-  assert lines[1] == 'synthetic_me: 30 clips, 3 subjects', proc.stdout
+                      f'{data_dir}/synthetic_me/small/{common.MEBuilder.VERSION}'), proc.stdout
+  assert lines[1].startswith(f'Prepared {data_dir}/synthetic_me/small/'), proc.stdout
+  assert lines[2] == 'synthetic_me: 30 clips, 3 subjects', proc.stdout
 
 
 def test_train_prints_fold_lines_and_results_only(trained):
@@ -163,7 +165,8 @@ def test_predict_json_parses_and_verbosity_brings_details_back(trained, frames):
   assert result['prediction'] in CLASSES
   assert result['folds'] == 3 and len(result['per_fold']) == 3
   assert abs(sum(result['probabilities'].values()) - 1.0) < 1e-4
-  assert ABSL_INFO_LINE.search(proc.stderr), proc.stderr  # --verbosity=0: INFO lines are back
+  # --verbosity=0: INFO lines are back (logs go to stdout, before the answer's last line).
+  assert ABSL_INFO_LINE.search(proc.stdout + proc.stderr), proc.stdout + proc.stderr
 
 
 class _Terminal(io.StringIO):
