@@ -141,9 +141,35 @@ def _maybe_distributed():
     jax.distributed.initialize()
 
 
+def _is_closed_loop_error(exc_type, exc) -> bool:
+  return exc_type is RuntimeError and str(exc) == 'Event loop is closed'
+
+
+def _drop_late_loop_errors():
+  """Hides tensorstore's late callbacks into Orbax's closed event loop after a failed restore.
+
+  A damaged checkpoint fails the restore while tensorstore still reads other arrays; their
+  completion callbacks then meet the closed loop and print ``RuntimeError: Event loop is closed``
+  tracebacks from a library thread, after the one-line error already said what is wrong. Only that
+  exact error is dropped; every other exception is shown as before.
+  """
+  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+  def on_exception(exc_type, exc, tb):
+    if not _is_closed_loop_error(exc_type, exc):
+      excepthook(exc_type, exc, tb)
+
+  def on_unraisable(unraisable):
+    if not _is_closed_loop_error(unraisable.exc_type, unraisable.exc_value):
+      unraisablehook(unraisable)
+
+  sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  _drop_late_loop_errors()
   handler = logging.get_absl_handler()
   handler.addFilter(_QuietLibraries())
   # Logs (progress, warnings) on stdout; stderr carries only the one-line error of a user mistake.
