@@ -57,7 +57,7 @@ def write_casme2(root, clips, seed=0):
     for k in range(n):
       paths.append(os.path.join(folder, f'reg_img{onset + k}.jpg'))
       Image.fromarray(np.roll(base, k % 7, axis=1)).save(paths[-1], quality=95)
-  wb.save(os.path.join(root, 'CASME2-coding-20140508.xlsx'))
+  wb.save(os.path.join(root, 'CASME2-coding-20190701.xlsx'))  # the sheet config 'all' reads
   return paths
 
 
