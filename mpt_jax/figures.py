@@ -62,15 +62,11 @@ class FigureError(errors.UserError):
 # Readers of the workdir written by mpt_jax.loso (the only code that knows its file layout).
 
 def _read_json(path: str) -> Any:
-  import json  # pylint: disable=g-import-not-at-top
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError as e:
+  """A finished run's record via :func:`mpt_jax.workdir.read_json`; a hint when it is missing."""
+  if not os.path.exists(path):
     raise FigureError(f'{path}: missing; is the run finished? (python main.py --config=... '
-                      f'--workdir={os.path.dirname(path)})') from e
-  except ValueError as e:
-    raise FigureError(f'{path}: not valid JSON ({e})') from e
+                      f'--workdir={os.path.dirname(path)})')
+  return wd.read_json(path)
 
 
 def read_config(workdir: str):
