@@ -1,0 +1,508 @@
+"""A complete LOSO run, sequential vs fold-parallel, back to back: one JSON line.
+
+Usage:
+  python benchmarks/bench_loso.py [--config=configs/synthetic.py[:arg]] [--set=train.num_epochs=3]
+      [--data=random|faces|prepared] [--subjects=8] [--clips=160] [--frames=T] [--image_size=S]
+      [--vit=V] [--folds_per_step=1,0] [--check_same] [--without=tensorflow,clu]
+
+Each variant (one value of ``--folds_per_step``) runs ``loso.train_and_evaluate`` on the same
+in-memory data in a fresh subprocess (so its peak RSS is its own) with a fresh workdir, and reports:
+
+* ``loso_s``: wall time of ``train_and_evaluate`` (checks, data to the device, init, every fold's
+  training and evaluation, checkpoints, records, report); ``report_s``: the part spent writing the
+  report and figures; ``train_s = loso_s - report_s``;
+* ``train_clips_per_s``: real (unpadded) training clips over all folds, epochs and seeds divided by
+  ``train_s``;
+* ``compile_s``: JAX's own compile-time events (tracing + lowering + XLA compilation, summed, from
+  ``jax.monitoring``) and ``compiles``: how many XLA compilations ran;
+* ``peak_rss_mib``: the subprocess's ``ru_maxrss``; ``device_peak_mib``: the accelerator's peak
+  allocation where the backend reports one (GPUs), else null.
+
+``--folds_per_step=1`` is today's sequential loop; ``F > 1`` trains F folds in one vmapped step and
+needs ``config.train.folds_per_step``; a checkout without that key reports the variant as an error
+(one line, no traceback, exit code 2) instead of silently running it sequentially. ``--check_same``
+compares every fold's predictions (exactly) and probabilities (``--atol``) between variants.
+
+Data (``--data``): ``random`` (default) makes uniform-noise clips in memory, fine for speed but
+not for accuracy; ``faces`` renders the built-in synthetic faces (the ``make demo`` dataset's
+generator, needs tensorflow-datasets importable but no preparation); ``prepared`` loads the config's
+prepared TFDS dataset. Clips are assigned to subjects round-robin and to classes cyclically.
+
+``--without=tensorflow,tensorflow_datasets,clu`` hides those packages (as on a GPU image that has
+JAX but not TensorFlow), to check the runner needs none of them.
+"""
+
+import argparse
+import ast
+import collections
+import importlib.machinery
+import importlib.util
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+
+class BenchError(Exception):
+  """A benchmark argument or environment that cannot work (one line, exit code 2)."""
+
+
+# ------------------------------------------------------------------------------ hidden modules
+def hide_modules(names):
+  """Makes ``import name`` (and ``importlib.util.find_spec``) fail as if ``names`` were absent."""
+  names = tuple(n for n in names if n)
+  if not names:
+    return
+
+  class _Hidden:
+    """Wraps one meta path finder; finds nothing under the hidden top-level names."""
+
+    def __init__(self, finder):
+      self._finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+      if name.split('.')[0] in names:
+        return None
+      find = getattr(self._finder, 'find_spec', None)
+      return find(name, path, target) if find else None
+
+    def __getattr__(self, attr):
+      return getattr(self._finder, attr)
+
+  sys.meta_path[:] = [f if isinstance(f, _Hidden) else _Hidden(f) for f in sys.meta_path]
+  for mod in list(sys.modules):
+    if mod.split('.')[0] in names:
+      del sys.modules[mod]
+
+
+# --------------------------------------------------------------------------------- the config
+def load_config(spec: str):
+  """``path/to/config.py[:arg]`` -> its ``get_config(arg)`` (as ml_collections' config flag does)."""
+  path, _, arg = spec.partition(':')
+  full = path if os.path.isabs(path) else os.path.join(ROOT, path)
+  if not os.path.isfile(full):
+    raise BenchError(f'--config: no config file {path}')
+  loader = importlib.machinery.SourceFileLoader('_bench_config', full)
+  module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+  loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _parse_value(text: str, old):
+  if isinstance(old, bool):
+    if text.lower() in ('true', '1', 'yes'):
+      return True
+    if text.lower() in ('false', '0', 'no'):
+      return False
+    raise BenchError(f'{text!r} is not a boolean')
+  if isinstance(old, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError) as e:
+    raise BenchError(f'cannot read {text!r} as a value') from e
+  if isinstance(old, float) and isinstance(value, int):
+    value = float(value)
+  return value
+
+
+def apply_overrides(config, overrides):
+  """Applies ``key.path=value`` overrides; only keys that exist (typed like the current value)."""
+  for item in overrides:
+    key, sep, text = item.partition('=')
+    if not sep:
+      raise BenchError(f'--set {item!r}: expected key=value, e.g. train.num_epochs=3')
+    node, parts = config, key.strip().split('.')
+    for part in parts[:-1]:
+      if part not in node:
+        raise BenchError(f'--set {item!r}: config has no key {key!r}')
+      node = node[part]
+    if parts[-1] not in node:
+      raise BenchError(f'--set {item!r}: config has no key {key!r}')
+    try:
+      node[parts[-1]] = _parse_value(text.strip(), node[parts[-1]])
+    except (TypeError, ValueError) as e:
+      raise BenchError(f'--set {item!r}: {e}') from e
+  return config
+
+
+def has_folds_per_step(config) -> bool:
+  return 'folds_per_step' in config.train
+
+
+def set_folds_per_step(config, folds: int) -> None:
+  """Sets ``config.train.folds_per_step``; refuses F != 1 where the key does not exist."""
+  if has_folds_per_step(config):
+    config.train.folds_per_step = int(folds)
+  elif int(folds) != 1:
+    raise BenchError(f'folds_per_step={folds}: config.train.folds_per_step does not exist in this '
+                     'checkout (fold-parallel training is not merged yet); only the sequential '
+                     'loop (folds_per_step=1) can be measured')
+
+
+# ------------------------------------------------------------------------------------ the data
+def _natural_key(s):
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
+
+
+def make_clipset(clips, labels, apex, subjects, names, classes):
+  """An ``input_pipeline.ClipSet`` whose subject order needs no TFDS import.
+
+  ``ClipSet.subject_list`` imports ``tfds_builders.common.natural_key``, which imports
+  tensorflow-datasets; this subclass sorts with the same key without it, so the runner works on a
+  machine without TensorFlow. (Once ``input_pipeline`` stops importing TFDS there, a plain ClipSet
+  does the same.)
+  """
+  from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  class BenchClipSet(input_pipeline.ClipSet):
+
+    @property
+    def subject_list(self):
+      return sorted(set(self.subjects.tolist()), key=_natural_key)
+
+    def subset(self, mask):
+      return BenchClipSet(self.clips[mask], self.labels[mask], self.apex[mask],
+                          self.subjects[mask], self.names[mask], self.classes)
+
+  return BenchClipSet(clips, labels, apex, subjects, names, classes)
+
+
+def random_data(num_subjects, num_clips, frames, size, num_classes, seed=0):
+  """Uniform-noise clips (float16 in [0, 1]), subjects round-robin, classes cyclic."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if num_subjects < 2 or num_clips < num_subjects:
+    raise BenchError(f'--subjects={num_subjects} --clips={num_clips}: LOSO needs at least 2 '
+                     'subjects and a clip per subject')
+  rng = np.random.default_rng(seed)
+  clips = np.empty((num_clips, frames, size, size, 3), np.float16)
+  for i in range(num_clips):  # one clip at a time: no float64 copy of the whole protocol
+    clips[i] = rng.random((frames, size, size, 3), np.float32)
+  idx = np.arange(num_clips)
+  subjects = np.asarray([f's{i % num_subjects + 1:02d}' for i in idx])
+  labels = ((idx // num_subjects) % num_classes).astype(np.int32)
+  names = np.asarray([f'bench/{s}/clip{i:04d}' for s, i in zip(subjects, idx)])
+  classes = tuple(f'class{c}' for c in range(num_classes))
+  return make_clipset(clips, labels, np.full(num_clips, (frames - 1) // 2, np.int32), subjects,
+                      names, classes)
+
+
+def faces_data(num_subjects, num_clips, frames, size):
+  """The synthetic demo faces (``tfds_builders/synthetic.py``'s generator), resampled in memory."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    from tfds_builders import synthetic  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise BenchError(f'--data=faces needs tensorflow-datasets importable ({e}); use --data=random')
+  cfg = synthetic.SyntheticConfig(name='bench')
+  clips, labels, apex, subjects, names = [], [], [], [], []
+  for i in range(num_clips):
+    s, c = i % num_subjects, (i // num_subjects) % len(synthetic.CLASSES)
+    emotion = synthetic.CLASSES[c]
+    raw, onset, apex_frame, _ = synthetic.make_clip(s, emotion, i // num_subjects, cfg)
+    clips.append(input_pipeline.prepare_clip(list(raw), frames, size))
+    labels.append(c)
+    apex.append(input_pipeline.apex_on_timeline(apex_frame - onset, len(raw), frames))
+    subjects.append(f'p{s + 1:02d}')
+    names.append(f'synthetic_me/p{s + 1:02d}/{emotion}_{i:04d}')
+  return make_clipset(np.stack(clips), np.asarray(labels, np.int32), np.asarray(apex, np.int32),
+                      np.asarray(subjects), np.asarray(names), tuple(synthetic.CLASSES))
+
+
+def build(args):
+  """(config, data) of ``args`` (the same in every variant's subprocess)."""
+  config = load_config(args.config)
+  apply_overrides(config, args.set)
+  if args.vit:
+    config.model.vit = args.vit
+  if args.frames:
+    config.model.num_frames = args.frames
+  if args.image_size:
+    config.model.image_size = args.image_size
+  frames, size = int(config.model.num_frames), int(config.model.image_size)
+  num_classes = int(config.data.get('num_classes', 5) or 5)
+  if args.data == 'random':
+    data = random_data(args.subjects, args.clips, frames, size, num_classes)
+  elif args.data == 'faces':
+    data = faces_data(args.subjects, args.clips, frames, size)
+  else:
+    from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    data = input_pipeline.load(config)
+  if args.data != 'prepared':
+    config.data.num_classes = len(data.classes)
+    config.data.subjects = ()
+  return config, data
+
+
+# ---------------------------------------------------------------------- one variant (a child)
+class CompileClock:
+  """Sums JAX's compile-time events (``jax.monitoring``) while it is installed."""
+
+  EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
+            '/jax/core/compile/jaxpr_to_mlir_module_duration',
+            '/jax/core/compile/backend_compile_duration')
+
+  def __init__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.seconds = collections.defaultdict(float)
+    self.counts = collections.Counter()
+    jax.monitoring.register_event_duration_secs_listener(self._on)
+
+  def _on(self, name, secs, **_):
+    if name in self.EVENTS:
+      self.seconds[name] += secs
+      self.counts[name] += 1
+
+  @property
+  def total_s(self):
+    return sum(self.seconds.values())
+
+  @property
+  def backend_compiles(self):
+    return self.counts[self.EVENTS[-1]]
+
+
+def device_peak_mib():
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return None
+  return round(stats['peak_bytes_in_use'] / 2**20, 1)
+
+
+def read_folds(workdir):
+  """Per fold (``seed/subject``): predictions, probabilities, final training loss."""
+  out = {}
+  for seed_dir in sorted(os.listdir(workdir)):
+    if not seed_dir.startswith('seed_'):
+      continue
+    for fold in sorted(os.listdir(os.path.join(workdir, seed_dir))):
+      path = os.path.join(workdir, seed_dir, fold, 'result.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          r = json.load(f)
+        out[f'{seed_dir}/{r["subject"]}'] = {
+            'predictions': r['predictions'], 'probabilities': r['probabilities'],
+            'train_loss': r['history']['train_loss']}
+  return out
+
+
+def run_variant(args, folds, workdir):
+  """Runs one LOSO; returns its measurements (a dict; ``error`` set for a user error)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  t_start = time.time()
+  config, data = build(args)
+  set_folds_per_step(config, folds)
+  import jax  # pylint: disable=g-import-not-at-top
+  from mpt_jax import errors  # pylint: disable=g-import-not-at-top
+  from mpt_jax import loso  # pylint: disable=g-import-not-at-top
+  from mpt_jax import report as report_lib  # pylint: disable=g-import-not-at-top
+  clock = CompileClock()
+  report_time = [0.0]
+  write_report = report_lib.write_report
+
+  def timed_report(*a, **kw):
+    t = time.time()
+    try:
+      return write_report(*a, **kw)
+    finally:
+      report_time[0] += time.time() - t
+
+  report_lib.write_report = timed_report
+  data_s = time.time() - t_start
+  t = time.time()
+  try:
+    summary = loso.train_and_evaluate(config, workdir, data=data)
+  except errors.UserError as e:
+    return {'folds_per_step': folds, 'error': ' '.join(str(e).split())}
+  loso_s = time.time() - t
+  train_s = loso_s - report_time[0]
+  seeds, epochs = int(config.num_seeds), int(config.train.num_epochs)
+  train_clips = sum(int((data.subjects != s).sum()) for s in set(data.subjects.tolist()))
+  train_clips *= seeds * epochs
+  return {
+      'folds_per_step': folds,
+      'loso_s': round(loso_s, 3), 'report_s': round(report_time[0], 3),
+      'train_s': round(train_s, 3), 'train_clips': train_clips,
+      'train_clips_per_s': round(train_clips / train_s, 3),
+      'compile_s': round(clock.total_s, 3), 'compiles': clock.backend_compiles,
+      'data_s': round(data_s, 3),
+      'peak_rss_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      'device_peak_mib': device_peak_mib(),
+      'uf1': round(float(summary['last_epoch_over_seeds']['uf1']['mean']), 4),
+      'device': f'{jax.devices()[0].platform}:{jax.devices()[0].device_kind}',
+      'folds': read_folds(workdir) if args.check_same else None,
+      'fold_count': len(set(data.subjects.tolist())) * seeds,
+      'accuracy_mean': float(np.mean([f['accuracy'] for e in summary['seeds'].values()
+                                      for f in e['folds']])),
+  }
+
+
+# --------------------------------------------------------------------------------- the parent
+def compare(a, b, atol):
+  """Differences of two variants' folds: {'same_predictions': bool, 'max_prob_diff': float, ...}."""
+  if set(a) != set(b):
+    return {'same_predictions': False, 'reason': f'different folds {sorted(set(a) ^ set(b))}'}
+  differing = [k for k in a if a[k]['predictions'] != b[k]['predictions']]
+  prob = max((abs(x - y) for k in a for ra, rb in zip(a[k]['probabilities'],
+                                                       b[k]['probabilities'])
+              for x, y in zip(ra, rb)), default=0.0)
+  loss = max((abs(x - y) for k in a for x, y in zip(a[k]['train_loss'], b[k]['train_loss'])),
+             default=0.0)
+  return {'same_predictions': not differing, 'folds_with_other_predictions': differing,
+          'max_prob_diff': prob, 'max_train_loss_diff': loss, 'within_atol': prob <= atol}
+
+
+def child_argv(args, folds, out_path):
+  argv = [sys.executable, os.path.abspath(__file__), f'--config={args.config}',
+          f'--data={args.data}', f'--subjects={args.subjects}', f'--clips={args.clips}',
+          f'--_variant={folds}', f'--_out={out_path}']
+  argv += [f'--set={s}' for s in args.set]
+  for name in ('frames', 'image_size', 'vit', 'without', 'workdir_root'):
+    value = getattr(args, name)
+    if value:
+      argv.append(f'--{name}={value}')
+  if args.check_same:
+    argv.append('--check_same')
+  return argv
+
+
+def run_child(args, folds, timeout=None):
+  """One variant in a fresh subprocess; returns its result dict (``error`` on failure)."""
+  tmp = tempfile.mkdtemp(prefix='bench_loso_')
+  out = os.path.join(tmp, 'result.json')
+  try:
+    try:
+      proc = subprocess.run(child_argv(args, folds, out), cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+      return {'folds_per_step': folds, 'error': f'did not finish within {timeout:.0f} s'}
+    if os.path.exists(out):
+      with open(out) as f:
+        return json.load(f)
+    tail = [l for l in (proc.stderr or '').strip().splitlines() if l.strip()][-1:]
+    return {'folds_per_step': folds,
+            'error': f'the variant exited with code {proc.returncode}: '
+                     f'{tail[0] if tail else "(no output)"}'}
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  p.add_argument('--config', default='configs/synthetic.py',
+                 help='config file[:arg], as main.py takes it')
+  p.add_argument('--set', action='append', default=[],
+                 help='config override key=value (repeatable), e.g. train.num_epochs=3')
+  p.add_argument('--data', choices=('random', 'faces', 'prepared'), default='random')
+  p.add_argument('--subjects', type=int, default=8)
+  p.add_argument('--clips', type=int, default=160)
+  p.add_argument('--frames', type=int, default=0, help='T (default: the config\'s)')
+  p.add_argument('--image_size', type=int, default=0, help='default: the config\'s')
+  p.add_argument('--vit', default='', help='backbone variant (default: the config\'s)')
+  p.add_argument('--folds_per_step', default='1,0',
+                 help='variants, comma-separated (1 = sequential; 0 = the runner\'s automatic '
+                      'choice, where it has one)')
+  p.add_argument('--check_same', action='store_true',
+                 help='compare per-fold predictions and probabilities between the variants')
+  p.add_argument('--atol', type=float, default=1e-4, help='--check_same probability tolerance')
+  p.add_argument('--without', default='',
+                 help='hide these packages, comma-separated (e.g. tensorflow,tensorflow_datasets,clu)')
+  p.add_argument('--workdir_root', default='', help='where the variants\' workdirs go (temporary)')
+  p.add_argument('--timeout', type=float, default=0, help='seconds per variant (0 = none)')
+  p.add_argument('--_variant', type=int, default=None, help=argparse.SUPPRESS)
+  p.add_argument('--_out', default='', help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  try:
+    args.folds = [int(x) for x in args.folds_per_step.split(',') if x.strip()]
+  except ValueError:
+    p.error(f'--folds_per_step={args.folds_per_step}: expected integers such as 1,4')
+  return args
+
+
+def child_main(args):
+  workdir = tempfile.mkdtemp(prefix='loso_', dir=args.workdir_root or None)
+  try:
+    try:
+      result = run_variant(args, args._variant, workdir)  # pylint: disable=protected-access
+    except BenchError as e:
+      result = {'folds_per_step': args._variant, 'error': str(e)}  # pylint: disable=protected-access
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  with open(args._out, 'w') as f:  # pylint: disable=protected-access
+    json.dump(result, f)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  hide_modules(args.without.split(','))
+  if args._variant is not None:  # pylint: disable=protected-access
+    child_main(args)
+    return 0
+  try:
+    config = load_config(args.config)  # fail fast on a bad config or override
+    apply_overrides(config, args.set)
+  except BenchError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  errors_early = {}
+  for folds in args.folds:
+    try:
+      set_folds_per_step(config, folds)
+    except BenchError as e:
+      errors_early[folds] = {'folds_per_step': folds, 'error': str(e)}
+  t0 = time.time()
+  results = []
+  for folds in args.folds:
+    if folds in errors_early:
+      results.append(errors_early[folds])
+      continue
+    results.append(run_child(args, folds, timeout=args.timeout or None))
+  line = {'bench': 'loso', 'config': args.config, 'set': args.set, 'data': args.data,
+          'subjects': args.subjects, 'clips': args.clips if args.data != 'prepared' else None,
+          'wall_s': round(time.time() - t0, 2)}
+  ok = [r for r in results if 'error' not in r]
+  base = next((r for r in ok if r['folds_per_step'] == 1), ok[0] if ok else None)
+  for r in ok:
+    if base is not None and r is not base:
+      r['speedup_vs_sequential'] = round(base['train_s'] / r['train_s'], 3)
+  failed = False
+  if args.check_same:
+    if len(ok) < 2:
+      line['check_same'] = {'error': '--check_same needs two variants that ran'}
+      failed = True
+    else:
+      line['check_same'] = {str(r['folds_per_step']): compare(base['folds'], r['folds'], args.atol)
+                            for r in ok if r is not base}
+      failed = not all(c['same_predictions'] and c['within_atol']
+                       for c in line['check_same'].values())
+  for r in results:
+    r.pop('folds', None)
+  line['variants'] = results
+  print(json.dumps(line), flush=True)
+  for r in results:
+    if 'error' in r:
+      prefix = '' if r['error'].startswith('folds_per_step=') else \
+          f"folds_per_step={r['folds_per_step']}: "
+      print(f"error: {prefix}{r['error']}", file=sys.stderr)
+  if failed:
+    print(f"error: {line['check_same'].get('error', '--check_same: the variants differ (see '
+                                           'check_same in the JSON line)')}", file=sys.stderr)
+  return 2 if failed or any('error' in r for r in results) else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
