@@ -499,8 +499,9 @@ def main(argv=None):
           f"folds_per_step={r['folds_per_step']}: "
       print(f"error: {prefix}{r['error']}", file=sys.stderr)
   if failed:
-    print(f"error: {line['check_same'].get('error', '--check_same: the variants differ (see '
-                                           'check_same in the JSON line)')}", file=sys.stderr)
+    why = line['check_same'].get('error', '--check_same: the variants differ (see check_same in '
+                                          'the JSON line)')
+    print(f'error: {why}', file=sys.stderr)
   return 2 if failed or any('error' in r for r in results) else 0
 
 
