@@ -14,7 +14,7 @@ memory loses only itself:
    with the frozen backbone shared (not copied), each fold its own batch of 16 gathered from the
    in-memory clips on the device, as the runner does. Per entry: ``compile_s`` (lower + compile),
    ``step_ms``, ``clips_per_s`` (F x 16 clips per step), ``gflop_per_step`` (XLA's cost analysis
-   of the compiled step, 2 flops per multiply-add, as ``gflop_per_step``), ``tflops`` achieved and ``mfu`` against the
+   of the compiled step, 2 flops per multiply-add), ``tflops`` achieved and ``mfu`` against the
    card's dense peak (bfloat16: H100 SXM / H200 989, H100 PCIe 756, A100 312 TFLOP/s; float32
    compares with the TF32 peak, half of that, since XLA runs float32 matmuls as TF32 on these
    cards by default). Measured in the order f32 F=1, bf16 F=1, bf16 F=8, bf16 F=26, f32 F=8,

@@ -1,0 +1,267 @@
+"""Smoke tests of the benchmark scripts, the TF-free runner path, the compile cache and XLA flags.
+
+The scripts run at tiny sizes on CPU; their numbers are not checked, only that they run, print one
+JSON line with the expected keys and refuse what cannot be measured with one clear line.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mpt_jax import console
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HIDDEN = 'tensorflow,tensorflow_datasets,clu'
+
+
+def _run(argv, timeout=600, env=None):
+  return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, **(env or {})}, check=False)
+
+
+def _json_line(stdout):
+  lines = [l for l in stdout.splitlines() if l.strip()]
+  assert len(lines) == 1, stdout
+  return json.loads(lines[0])
+
+
+# ------------------------------------------------------------------ the runner without clu / TF
+def _scalars_in_events(logdir):
+  """(step, tag, value) of every scalar in ``logdir``'s event files, read by TensorBoard itself."""
+  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in os.listdir(logdir):
+    if name.startswith('events.out.tfevents'):
+      for event in event_file_loader.LegacyEventFileLoader(os.path.join(logdir, name)).Load():
+        for v in event.summary.value:
+          out.append((event.step, v.tag, round(v.simple_value, 6)))
+  return out
+
+
+def test_metric_writer_without_clu_writes_tensorboard_scalars(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'clu', None)  # `from clu import ...` raises ImportError
+  writer = console.metric_writer(str(tmp_path))
+  writer.write_scalars(1, {'train_loss': 0.25, 'test_accuracy': 0.5})
+  writer.write_scalars(2, {'train_loss': 0.125})
+  writer.flush()
+  writer.close()
+  assert sorted(_scalars_in_events(str(tmp_path))) == [
+      (1, 'test_accuracy', 0.5), (1, 'train_loss', 0.25), (2, 'train_loss', 0.125)]
+
+
+def test_metric_writer_without_clu_or_tensorboard_writes_json_lines(tmp_path, monkeypatch):
+  for name in ('clu', 'tensorboard', 'tensorboard.compat.proto',
+               'tensorboard.summary.writer'):
+    monkeypatch.setitem(sys.modules, name, None)
+  writer = console.metric_writer(str(tmp_path))
+  writer.write_scalars(3, {'train_loss': 0.5})
+  writer.close()
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert [json.loads(l) for l in f] == [{'step': 3, 'train_loss': 0.5}]
+  assert not [f for f in os.listdir(tmp_path) if f.startswith('events.')]
+
+
+def test_just_logging_writer_without_clu_writes_no_file(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'clu', None)
+  writer = console.metric_writer(str(tmp_path), just_logging=True)
+  writer.write_scalars(1, {'train_loss': 0.25})
+  writer.close()
+  assert not os.listdir(tmp_path)
+
+
+def test_plain_clipset_subject_order_needs_no_tfds():
+  """``ClipSet.subject_list`` must not need TensorFlow: the GPU image has none."""
+  code = textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, 'benchmarks')
+      import bench_loso
+      bench_loso.hide_modules({HIDDEN!r}.split(','))
+      import numpy as np
+      from mpt_jax import input_pipeline
+      n = np.asarray(['s10', 's2', 's1'])
+      data = input_pipeline.ClipSet(np.zeros((3, 1, 1, 1, 3), np.float16), np.zeros(3, np.int32),
+                                    np.zeros(3, np.int32), n, n, ('a',))
+      try:
+        print(data.subject_list)
+      except ImportError as e:
+        print('IMPORT', e)
+  """)
+  proc = _run([sys.executable, '-c', code], timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  if proc.stdout.startswith('IMPORT'):
+    pytest.skip('mpt_jax/input_pipeline.py ClipSet.subject_list imports tfds_builders.common '
+                '(which imports tensorflow_datasets) for natural_key; until that import goes, the '
+                f'benchmarks use their own ClipSet subclass ({proc.stdout.strip()})')
+  assert proc.stdout.strip() == "['s1', 's2', 's10']"
+
+
+# -------------------------------------------------------------------------------- bench_loso
+def test_bench_loso_runs_sequential_and_handles_fold_parallel(tmp_path):
+  """A tiny LOSO without TF/TFDS/clu; F = 3 runs where folds_per_step exists, else one clear line."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  parallel = 'folds_per_step' in common.get_config().train
+  proc = _run([sys.executable, 'benchmarks/bench_loso.py', '--config=configs/synthetic.py:smoke',
+               '--set=train.num_epochs=1', '--subjects=3', '--clips=9', '--folds_per_step=1,3',
+               f'--without={HIDDEN}', f'--workdir_root={tmp_path}'] +
+              (['--check_same'] if parallel else []))
+  line = _json_line(proc.stdout)
+  assert line['bench'] == 'loso'
+  seq, par = line['variants']
+  assert 'error' not in seq, seq
+  for key in ('loso_s', 'report_s', 'train_s', 'train_clips', 'train_clips_per_s', 'compile_s',
+              'compiles', 'peak_rss_mib', 'device_peak_mib', 'device'):
+    assert key in seq, key
+  assert seq['folds_per_step'] == 1 and seq['fold_count'] == 3
+  assert seq['train_clips'] == 3 * 6  # 3 folds x 6 training clips x 1 epoch
+  assert seq['compiles'] > 0 and 0 < seq['compile_s'] < seq['loso_s']
+  assert 0 <= seq['report_s'] < seq['loso_s']
+  if parallel:
+    assert proc.returncode == 0, proc.stderr
+    assert line['check_same']['3']['same_predictions'], line['check_same']
+    assert par['speedup_vs_sequential'] > 0
+  else:
+    assert proc.returncode == 2
+    assert 'config.train.folds_per_step does not exist' in par['error']
+    err = proc.stderr.strip().splitlines()
+    assert err == [f'error: {par["error"]}'], proc.stderr  # one line, no traceback
+  assert not os.listdir(tmp_path)  # the variants' workdirs are removed
+
+
+def test_bench_loso_check_same_compares_predictions_and_probabilities():
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  import bench_loso  # pylint: disable=g-import-not-at-top
+  a = {'seed_0/s1': {'predictions': [0, 1], 'probabilities': [[0.6, 0.4], [0.2, 0.8]],
+                     'train_loss': [1.0, 0.5]}}
+  b = json.loads(json.dumps(a))
+  assert bench_loso.compare(a, b, 1e-4)['same_predictions']
+  b['seed_0/s1']['probabilities'][1] = [0.2001, 0.7999]
+  c = bench_loso.compare(a, b, 1e-5)
+  assert c['same_predictions'] and not c['within_atol']
+  assert c['max_prob_diff'] == pytest.approx(1e-4)
+  b['seed_0/s1']['predictions'] = [1, 1]
+  assert bench_loso.compare(a, b, 1e-3)['folds_with_other_predictions'] == ['seed_0/s1']
+
+
+def test_bench_loso_refuses_unknown_override_in_one_line():
+  proc = _run([sys.executable, 'benchmarks/bench_loso.py', '--config=configs/synthetic.py:smoke',
+               '--set=train.no_such_key=1'], timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == ("error: --set 'train.no_such_key=1': config has no key "
+                                 "'train.no_such_key'")
+
+
+# --------------------------------------------------------------------------------- gpu_check
+def test_gpu_check_tiny_prints_one_json_line_with_every_part():
+  proc = _run(['bash', 'benchmarks/gpu_check.sh', '--tiny'], env={'PYTHON': sys.executable})
+  assert proc.returncode == 0, proc.stderr
+  line = _json_line(proc.stdout)
+  assert line['bench'] == 'gpu_check' and line['tiny'] and line['device'] == 'cpu:cpu'
+  assert '--xla_gpu_deterministic_ops=true' in line['xla_flags']
+  assert set(line['steps']) == {'float32', 'bfloat16'}
+  for dtype in ('float32', 'bfloat16'):
+    assert set(line['steps'][dtype]) == {'F1', 'F2'}
+  for name, entry in line['steps']['float32'].items():
+    assert entry['status'] == 'ok', entry
+    assert entry['folds'] == int(name[1:]) and entry['loss_finite']
+    assert entry['clips_per_s'] > 0 and entry['gflop_per_step'] > 0
+    assert entry['mfu'] is None  # no peak for a CPU
+  # Two folds at once do twice the work of one.
+  f1, f2 = line['steps']['float32']['F1'], line['steps']['float32']['F2']
+  assert f2['gflop_per_step'] == pytest.approx(2 * f1['gflop_per_step'], rel=0.02)
+  for entry in line['steps']['bfloat16'].values():
+    assert entry['status'] == 'ok' if line['model_dtype_key'] else entry['status'].startswith('n/a')
+  loso = line['loso']
+  assert 'error' not in loso, loso
+  assert loso['fold_count'] == 3 and loso['train_s'] > 0 and loso['epochs'] == 1
+  assert loso['fold_parallel'] == line['folds_per_step_key']
+  assert set(line['targets']) == {'loso_train_s_le_60', 'bf16_mfu_ge_0.40'}
+
+
+def test_peak_table():
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  import gpu_check  # pylint: disable=g-import-not-at-top
+  assert gpu_check.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989.0
+  assert gpu_check.peak_tflops('NVIDIA H100 PCIe', 'bfloat16') == 756.0
+  assert gpu_check.peak_tflops('NVIDIA H200', 'float32') == 494.5
+  assert gpu_check.peak_tflops('NVIDIA A100-SXM4-80GB', 'bfloat16') == 312.0
+  assert gpu_check.peak_tflops('cpu', 'bfloat16') is None
+
+
+# ------------------------------------------------------- main.py: compile cache and XLA flags
+_MAIN_PROBE = textwrap.dedent("""
+    import json, os, sys
+    import jax.monitoring
+    hits = []
+    jax.monitoring.register_event_listener(
+        lambda name, **kw: hits.append(name) if name.endswith('cache_hits') else None)
+    import main
+    from absl import app
+    dump = sys.argv[1]
+    main.DETERMINISTIC_GPU_FLAG += ' --xla_dump_to=' + dump  # a CPU-visible flag beside it
+
+    def probe(mode):
+      import jax, jax.numpy as jnp
+      x = jnp.arange(256.0).reshape(16, 16)
+      f = jax.jit(lambda a: jnp.tanh(a @ a.T).sum() + sum(jnp.sin(a * i).sum() for i in range(100)))
+      jax.block_until_ready(f(x))
+      print(json.dumps({'mode': mode, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+                        'cache_dir': jax.config.jax_compilation_cache_dir,
+                        'dumped': len(os.listdir(dump)) if os.path.isdir(dump) else 0,
+                        'cache_hits': len(hits)}))
+
+    main._run = probe
+    app.run(main.main, flags_parser=main.parse_flags, argv=['main.py'] + sys.argv[2:])
+""")
+
+
+def test_main_sets_xla_flags_and_compilation_cache_before_jax_starts(tmp_path):
+  """XLA_FLAGS set by main() reach XLA; the second process finds the step in the cache."""
+  cache = tmp_path / 'cache'
+  outs = []
+  for i in range(2):
+    proc = _run([sys.executable, '-c', _MAIN_PROBE, str(tmp_path / f'dump{i}'),
+                 '--config=configs/synthetic.py:smoke', f'--jax_cache_dir={cache}'],
+                timeout=300, env={'XLA_FLAGS': '', 'MPT_JAX_CACHE': ''})
+    assert proc.returncode == 0, proc.stderr
+    outs.append(_json_line(proc.stdout))
+  for out in outs:
+    assert out['xla_flags'].startswith('--xla_gpu_deterministic_ops=true')
+    assert out['dumped'] > 0  # the flags were read after main() set them
+    assert out['cache_dir'] == str(cache)
+  assert outs[0]['cache_hits'] == 0 and outs[1]['cache_hits'] >= 1
+  assert os.listdir(cache)
+
+
+def test_main_cache_off_and_user_flags_kept(tmp_path):
+  proc = _run([sys.executable, '-c', _MAIN_PROBE, str(tmp_path / 'dump'),
+               '--config=configs/synthetic.py:smoke'],
+              timeout=300, env={'XLA_FLAGS': '--xla_gpu_deterministic_ops=false',
+                                'MPT_JAX_CACHE': 'off', 'HOME': str(tmp_path)})
+  assert proc.returncode == 0, proc.stderr
+  out = _json_line(proc.stdout)
+  assert out['xla_flags'] == '--xla_gpu_deterministic_ops=false'  # the user's setting wins
+  assert out['cache_dir'] is None
+  assert not os.path.exists(tmp_path / '.cache')
+
+
+def test_jax_cache_dir_resolution(monkeypatch):
+  code = textwrap.dedent("""
+      import json, os, main
+      home = os.path.expanduser('~')
+      print(json.dumps([
+          main.jax_cache_dir(None, {}) == os.path.join(home, '.cache/mpt_jax/jax_cache'),
+          main.jax_cache_dir(None, {'MPT_JAX_CACHE': '/x/y'}) == '/x/y',
+          main.jax_cache_dir('/a', {'MPT_JAX_CACHE': '/x/y'}) == '/a',
+          main.jax_cache_dir('', {}) is None,
+          main.jax_cache_dir(None, {'MPT_JAX_CACHE': 'off'}) is None,
+          main.deterministic_xla_flags('--a=1', True) == '--a=1 --xla_gpu_deterministic_ops=true',
+          main.deterministic_xla_flags('--a=1', False) == '--a=1',
+      ]))
+  """)
+  proc = _run([sys.executable, '-c', code], timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert _json_line(proc.stdout) == [True] * 7
