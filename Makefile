@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Versions the test suite ran with (pip constraints); `make lock` regenerates it from $(VENV).
 LOCK := requirements-lock.txt
 
-.PHONY: venv test demo bench lock clean
+.PHONY: venv test demo bench bench-loso gpu-wheels lock clean
 
 $(STAMP): requirements.txt $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
+
+# The `make demo` LOSO (synthetic faces, 8 subjects x 5 classes x 4 clips, 64 px, small ViT,
+# 30 epochs), sequential vs all 8 folds in one step, back to back; one JSON line.
+bench-loso: $(STAMP)
+	$(PY) benchmarks/bench_loso.py --config=configs/synthetic.py --data=faces --subjects=8 \
+	  --clips=160 --folds_per_step=1,all --check_same
+
+# The one package benchmarks/gpu_check.sh needs that the GPU image lacks (pure Python), as a
+# wheel in the git-ignored .whl/ (carry it to the GPU machine with the repository).
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d .whl \
+	  "ml-collections==$$(sed -n 's/^ml[-_]collections==//p' $(LOCK))"
+	@ls .whl
 
 clean:
 	rm -rf $(VENV)

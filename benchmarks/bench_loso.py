@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/bench_loso.py [--config=configs/synthetic.py[:arg]] [--set=train.num_epochs=3]
       [--data=random|faces|prepared] [--subjects=8] [--clips=160] [--frames=T] [--image_size=S]
-      [--vit=V] [--folds_per_step=1,0] [--check_same] [--without=tensorflow,clu]
+      [--vit=V] [--folds_per_step=1,all] [--check_same] [--without=tensorflow,clu]
 
 Each variant (one value of ``--folds_per_step``) runs ``loso.train_and_evaluate`` on the same
 in-memory data in a fresh subprocess (so its peak RSS is its own) with a fresh workdir, and reports:
@@ -413,9 +413,9 @@ def parse_args(argv=None):
   p.add_argument('--frames', type=int, default=0, help='T (default: the config\'s)')
   p.add_argument('--image_size', type=int, default=0, help='default: the config\'s')
   p.add_argument('--vit', default='', help='backbone variant (default: the config\'s)')
-  p.add_argument('--folds_per_step', default='1,0',
-                 help='variants, comma-separated (1 = sequential; 0 = the runner\'s automatic '
-                      'choice, where it has one)')
+  p.add_argument('--folds_per_step', default='1,all',
+                 help='variants, comma-separated: 1 = sequential, F = F folds per step, all = '
+                      'every fold at once (--subjects)')
   p.add_argument('--check_same', action='store_true',
                  help='compare per-fold predictions and probabilities between the variants')
   p.add_argument('--atol', type=float, default=1e-4, help='--check_same probability tolerance')
@@ -427,7 +427,8 @@ def parse_args(argv=None):
   p.add_argument('--_out', default='', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   try:
-    args.folds = [int(x) for x in args.folds_per_step.split(',') if x.strip()]
+    args.folds = [args.subjects if x.strip() == 'all' else int(x)
+                  for x in args.folds_per_step.split(',') if x.strip()]
   except ValueError:
     p.error(f'--folds_per_step={args.folds_per_step}: expected integers such as 1,4')
   return args

@@ -155,7 +155,7 @@ def measure_step(sizes, dtype, folds, built=None, min_time=2.0, max_steps=30):
   if flops:
     tflops = flops / step_s / 1e12
     peak = peak_tflops(device.device_kind, dtype) if device.platform == 'gpu' else None
-    entry.update({'gflop_per_step': round(flops / 1e9, 3), 'tflops': round(tflops, 4),
+    entry.update({'gflop_per_step': float(f'{flops / 1e9:.6g}'), 'tflops': round(tflops, 4),
                   'peak_tflops': peak, 'mfu': round(tflops / peak, 4) if peak else None})
   mem = bench_loso.device_peak_mib()
   if mem is not None:

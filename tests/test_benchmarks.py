@@ -171,7 +171,7 @@ def test_gpu_check_tiny_prints_one_json_line_with_every_part():
     assert entry['mfu'] is None  # no peak for a CPU
   # Two folds at once do twice the work of one.
   f1, f2 = line['steps']['float32']['F1'], line['steps']['float32']['F2']
-  assert f2['gflop_per_step'] == pytest.approx(2 * f1['gflop_per_step'], rel=0.02)
+  assert f2['gflop_per_step'] == pytest.approx(2 * f1['gflop_per_step'], rel=0.05)
   for entry in line['steps']['bfloat16'].values():
     assert entry['status'] == 'ok' if line['model_dtype_key'] else entry['status'].startswith('n/a')
   loso = line['loso']
