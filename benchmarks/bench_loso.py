@@ -29,7 +29,8 @@ generator, needs tensorflow-datasets importable but no preparation); ``prepared`
 prepared TFDS dataset. Clips are assigned to subjects round-robin and to classes cyclically.
 
 ``--without=tensorflow,tensorflow_datasets,clu`` hides those packages (as on a GPU image that has
-JAX but not TensorFlow), to check the runner needs none of them.
+JAX but not TensorFlow), to check the runner needs none of them. ``--compile_cache=DIR`` sets up
+main.py's persistent compilation cache in every variant (none by default: cold compiles).
 """
 
 import argparse
@@ -219,8 +220,8 @@ def faces_data(num_subjects, num_clips, frames, size):
                       np.asarray(subjects), np.asarray(names), tuple(synthetic.CLASSES))
 
 
-def build(args):
-  """(config, data) of ``args`` (the same in every variant's subprocess)."""
+def build_config(args):
+  """The config of ``args`` (the same in every variant's subprocess)."""
   config = load_config(args.config)
   apply_overrides(config, args.set)
   if args.vit:
@@ -229,6 +230,11 @@ def build(args):
     config.model.num_frames = args.frames
   if args.image_size:
     config.model.image_size = args.image_size
+  return config
+
+
+def build_data(args, config):
+  """The clips of ``args`` (the same in every variant); sets the config's classes to match."""
   frames, size = int(config.model.num_frames), int(config.model.image_size)
   num_classes = int(config.data.get('num_classes', 5) or 5)
   if args.data == 'random':
@@ -241,7 +247,7 @@ def build(args):
   if args.data != 'prepared':
     config.data.num_classes = len(data.classes)
     config.data.subjects = ()
-  return config, data
+  return data
 
 
 # ---------------------------------------------------------------------- one variant (a child)
@@ -304,8 +310,12 @@ def run_variant(args, folds, workdir):
   """Runs one LOSO; returns its measurements (a dict; ``error`` set for a user error)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   t_start = time.time()
-  config, data = build(args)
+  config = build_config(args)
   set_folds_per_step(config, folds)
+  if args.compile_cache:  # exactly what main.py does (XLA flags too), before JAX starts
+    import main as main_lib  # pylint: disable=g-import-not-at-top
+    main_lib.configure_jax(config, args.compile_cache)
+  data = build_data(args, config)
   import jax  # pylint: disable=g-import-not-at-top
   from mpt_jax import errors  # pylint: disable=g-import-not-at-top
   from mpt_jax import loso  # pylint: disable=g-import-not-at-top
@@ -371,7 +381,7 @@ def child_argv(args, folds, out_path):
           f'--data={args.data}', f'--subjects={args.subjects}', f'--clips={args.clips}',
           f'--_variant={folds}', f'--_out={out_path}']
   argv += [f'--set={s}' for s in args.set]
-  for name in ('frames', 'image_size', 'vit', 'without', 'workdir_root'):
+  for name in ('frames', 'image_size', 'vit', 'without', 'workdir_root', 'compile_cache'):
     value = getattr(args, name)
     if value:
       argv.append(f'--{name}={value}')
@@ -422,6 +432,10 @@ def parse_args(argv=None):
   p.add_argument('--without', default='',
                  help='hide these packages, comma-separated (e.g. tensorflow,tensorflow_datasets,clu)')
   p.add_argument('--workdir_root', default='', help='where the variants\' workdirs go (temporary)')
+  p.add_argument('--compile_cache', default='',
+                 help='persistent compilation cache folder, set up as main.py does (default: none, '
+                      'so every variant compiles from scratch); --folds_per_step=1,1 with a new '
+                      'folder measures a cold and a warm cache')
   p.add_argument('--timeout', type=float, default=0, help='seconds per variant (0 = none)')
   p.add_argument('--_variant', type=int, default=None, help=argparse.SUPPRESS)
   p.add_argument('--_out', default='', help=argparse.SUPPRESS)
