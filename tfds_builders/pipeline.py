@@ -18,9 +18,12 @@ Which clips are aligned (``config.data.align``):
 """
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
-from typing import Any, Dict, List, Sequence
+import sys
+import types
+from typing import Any, Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -59,27 +62,67 @@ def num_workers(requested: int, total_frames: int, num_clips: int) -> int:
   return max(1, min(n, num_clips))
 
 
+def task_cost(task: clip_frames.ClipTask) -> float:
+  """A clip's relative processing time (frames; an aligned frame costs about twice as much)."""
+  return len(task.paths) * (2.0 if task.align else 1.0)
+
+
+@contextlib.contextmanager
+def _workers_skip_main_module():
+  """While pool workers are spawned, hides the parent's main script from them.
+
+  A ``spawn`` worker first imports the parent's ``__main__`` script again (as ``__mp_main__``):
+  for ``main.py`` or a benchmark that means absl, ml_collections and often TensorFlow, up to a
+  second or two per worker on a busy machine, for nothing: a worker runs
+  :func:`clip_frames.process_clip` and needs only that module (numpy, OpenCV, PIL). Python sends a
+  worker the main script's path when the worker is started (inside ``submit``), so ``__main__``
+  is an empty module for exactly that moment; nothing else runs in between.
+  """
+  main = sys.modules.get('__main__')
+  sys.modules['__main__'] = types.ModuleType('__main__')
+  try:
+    yield
+  finally:
+    if main is not None:
+      sys.modules['__main__'] = main
+
+
 def process_clips(tasks: Sequence[clip_frames.ClipTask], workers: int) -> List[Dict[str, Any]]:
-  """Runs every task (in a pool when ``workers`` > 1); results in task order."""
+  """Runs every task (in a pool when ``workers`` > 1); results in task order.
+
+  The pool gets the clips longest first (so no core idles at the end waiting for one long clip),
+  one clip per message (a clip is 10-150 frames: messages are a negligible part of its time, and
+  workers send back only file names and the transform, never pixels). Each clip's output depends
+  only on its task, so the order of processing changes nothing that is stored.
+  """
   total = len(tasks)
-  results: List[Dict[str, Any]] = []
+  results: List[Optional[Dict[str, Any]]] = [None] * total
   step = max(1, total // 10)
   if workers <= 1:
-    it = map(clip_frames.process_clip, tasks)
-    pool = None
-  else:
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context('spawn'))
-    it = pool.map(clip_frames.process_clip, tasks, chunksize=1)
-  try:
-    for i, res in enumerate(it, start=1):
-      results.append(res)
+    for i, task in enumerate(tasks, start=1):
+      results[i - 1] = clip_frames.process_clip(task)
       if i % step == 0 or i == total:
-        logging.info('Prepared %d/%d clips (%d worker(s))', i, total, workers)
-  finally:
-    if pool is not None:
-      pool.shutdown(wait=True, cancel_futures=True)
-  return results
+        logging.info('Prepared %d/%d clips (1 worker)', i, total)
+    return results  # type: ignore[return-value]
+  order = sorted(range(total), key=lambda i: (-task_cost(tasks[i]), i))
+  pool = concurrent.futures.ProcessPoolExecutor(
+      max_workers=workers, mp_context=multiprocessing.get_context('spawn'))
+  done = 0
+  try:
+    with _workers_skip_main_module():  # the workers start on the first submits
+      futures = {pool.submit(clip_frames.process_clip, tasks[i]): i for i in order[:workers]}
+    futures.update({pool.submit(clip_frames.process_clip, tasks[i]): i for i in order[workers:]})
+    for future in concurrent.futures.as_completed(futures):
+      results[futures[future]] = future.result()
+      done += 1
+      if done % step == 0 or done == total:
+        logging.info('Prepared %d/%d clips (%d worker(s))', done, total, workers)
+  except BaseException:
+    pool.shutdown(wait=True, cancel_futures=True)
+    raise
+  # Every result is in; the workers exit in the background while TFDS writes the examples.
+  pool.shutdown(wait=False)
+  return results  # type: ignore[return-value]
 
 
 def alignment_summary(mode: str, margin: float, keys: Sequence[str],
