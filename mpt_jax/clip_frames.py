@@ -116,7 +116,10 @@ def encode_png(frame: np.ndarray) -> bytes:
   if frame.ndim == 3 and frame.shape[2] == 1:
     frame = frame[..., 0]
   gray = frame.ndim == 2
-  bgr = np.repeat(frame[..., None], 3, axis=-1) if gray else np.ascontiguousarray(frame[..., 2::-1])
+  if gray:
+    bgr = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_GRAY2BGR)
+  else:
+    bgr = cv2.cvtColor(np.ascontiguousarray(frame[..., :3]), cv2.COLOR_RGB2BGR)
   ok, buf = cv2.imencode('.png', bgr, list(PNG_GRAY if gray else PNG_COLOUR))
   if not ok:
     raise RuntimeError('PNG encoding failed')
