@@ -32,6 +32,7 @@ from PIL import Image
 from mpt_jax import clip_frames
 from mpt_jax import errors
 from mpt_jax import face_align
+from mpt_jax import prepared_version
 
 FRAME_SIZE = 224
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -620,7 +621,7 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
   * ``prepare_workers``: processes decoding and encoding clips (0 = every core).
   """
 
-  VERSION = tfds.core.Version('2.1.0')
+  VERSION = tfds.core.Version(prepared_version.DATASET_VERSION)
   RELEASE_NOTES = {
       '1.0.0': 'Initial release.',
       '1.1.0': 'Apex after the offset kept when its frames are on disk; emotion aliases; every '
