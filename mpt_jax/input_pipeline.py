@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -60,12 +61,18 @@ class ClipSet:
 
   @property
   def subject_list(self) -> List[str]:
-    from tfds_builders.common import natural_key  # pylint: disable=g-import-not-at-top
     return sorted(set(self.subjects.tolist()), key=natural_key)
 
   def subset(self, mask: np.ndarray) -> 'ClipSet':
     return ClipSet(self.clips[mask], self.labels[mask], self.apex[mask], self.subjects[mask],
                    self.names[mask], self.classes)
+
+
+def natural_key(s: str):
+  """Sort key that orders embedded integers numerically (``s2`` < ``s10``): the builders' order
+  (``tfds_builders.common.natural_key``), here so that training never imports the builders
+  (and with them TensorFlow Datasets)."""
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
 
 
 def resample_positions(n: int, t_count: int) -> np.ndarray:

@@ -111,7 +111,8 @@ def test_a_changed_key_misses_the_cache(tmp_path, prepared):  # pylint: disable=
 
 def test_cache_hit_needs_no_tfds_builder(tmp_path, prepared, monkeypatch):  # pylint: disable=redefined-outer-name
   """The second run finds its cache through the index, without building the TFDS builder (so
-  without importing TensorFlow Datasets: checked in a fresh process)."""
+  without importing TensorFlow Datasets: checked in a fresh process, with the subject list the
+  training loop asks for, sorted as the builders sort)."""
   config = _config(tmp_path, prepared)
   first = input_pipeline.load(config)
   assert input_pipeline.read_indexed_cache(config) is not None
@@ -131,7 +132,7 @@ def test_cache_hit_needs_no_tfds_builder(tmp_path, prepared, monkeypatch):  # py
   code = ('import sys; from configs import synthetic; from mpt_jax import input_pipeline\n'
           'c = synthetic.get_config("smoke"); c.data.builder_config = "small"\n'
           f'c.data.data_dir = {config.data.data_dir!r}; c.data.subjects = ()\n'
-          'd = input_pipeline.load(c)\n'
+          'd = input_pipeline.load(c); d.subject_list\n'
           'print(len(d), "tensorflow_datasets" in sys.modules, "tensorflow" in sys.modules)\n')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -172,3 +173,9 @@ def test_index_is_trusted_only_while_its_key_holds(tmp_path, prepared, monkeypat
   shutil.copytree(config.data.data_dir, moved, copy_function=shutil.copy2)
   config.data.data_dir = moved
   assert input_pipeline.read_indexed_cache(config) is not None
+
+
+def test_subject_order_is_the_builders_order():
+  from tfds_builders import common  # pylint: disable=g-import-not-at-top
+  names = ['sub10', 'sub2', 's1', '006', '28', 'sub02', 'a', 'p01']
+  assert sorted(names, key=input_pipeline.natural_key) == sorted(names, key=common.natural_key)
