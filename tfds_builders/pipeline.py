@@ -1,11 +1,14 @@
-"""Preparation on all cores: every clip decoded, checked, aligned and encoded before any writing.
+"""Preparation on all cores: clips decoded, checked, aligned and encoded while TFDS writes.
 
-:func:`process_clips` runs :func:`mpt_jax.clip_frames.process_clip` for every clip in a process pool
-(``spawn`` workers: nothing of the parent's TensorFlow/JAX threads is inherited). Each worker writes
-the clip's stored PNGs into a spool folder inside TFDS's incomplete-dataset folder; the builder's
-``_generate_examples`` then hands those files to TFDS, which stores their bytes as they are. Results
-come back in clip order, and each clip's frames depend only on the clip, so the prepared dataset is
-byte-identical for any number of workers.
+:func:`stream_clips` runs :func:`mpt_jax.clip_frames.process_clip` for every clip in a process pool
+(``spawn`` workers that import only numpy, OpenCV and PIL: nothing of the parent's TensorFlow/JAX
+threads is inherited, and not its main script). Each worker writes the clip's stored PNGs into a
+spool folder inside TFDS's incomplete-dataset folder and sends back their names; the builder's
+``_generate_examples`` hands each clip to TFDS as soon as it is ready (TFDS stores the PNG bytes as
+they are), so serialising and writing overlap the pool's work. Results come back in clip order,
+and each clip's frames depend only on the clip, so the prepared dataset is byte-identical for any
+number of workers. An unreadable frame stops the preparation before TFDS finishes: TFDS then
+deletes its incomplete folder, spool included, so nothing is left.
 
 Which clips are aligned (``config.data.align``):
 
@@ -23,7 +26,7 @@ import multiprocessing
 import os
 import sys
 import types
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Sequence
 
 import cv2
 import numpy as np
@@ -62,11 +65,6 @@ def num_workers(requested: int, total_frames: int, num_clips: int) -> int:
   return max(1, min(n, num_clips))
 
 
-def task_cost(task: clip_frames.ClipTask) -> float:
-  """A clip's relative processing time (frames; an aligned frame costs about twice as much)."""
-  return len(task.paths) * (2.0 if task.align else 1.0)
-
-
 @contextlib.contextmanager
 def _workers_skip_main_module():
   """While pool workers are spawned, hides the parent's main script from them.
@@ -87,42 +85,44 @@ def _workers_skip_main_module():
       sys.modules['__main__'] = main
 
 
-def process_clips(tasks: Sequence[clip_frames.ClipTask], workers: int) -> List[Dict[str, Any]]:
-  """Runs every task (in a pool when ``workers`` > 1); results in task order.
+def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
+                 ) -> Iterator[Dict[str, Any]]:
+  """Runs every task (in a pool when ``workers`` > 1), yielding the results in task order as they
+  are ready, so the caller (TFDS writing the examples) works while the pool still runs.
 
-  The pool gets the clips longest first (so no core idles at the end waiting for one long clip),
-  one clip per message (a clip is 10-150 frames: messages are a negligible part of its time, and
-  workers send back only file names and the transform, never pixels). Each clip's output depends
-  only on its task, so the order of processing changes nothing that is stored.
+  The pool gets the clips in order, one clip per message (a clip is 10-150 frames: messages are a
+  negligible part of its time, and workers send back only file names and the transform, never
+  pixels). Each clip's output depends only on its task, so the number of workers changes nothing
+  that is stored. Closing the generator early (an error downstream) cancels what has not started.
   """
   total = len(tasks)
-  results: List[Optional[Dict[str, Any]]] = [None] * total
   step = max(1, total // 10)
   if workers <= 1:
     for i, task in enumerate(tasks, start=1):
-      results[i - 1] = clip_frames.process_clip(task)
+      yield clip_frames.process_clip(task)
       if i % step == 0 or i == total:
         logging.info('Prepared %d/%d clips (1 worker)', i, total)
-    return results  # type: ignore[return-value]
-  order = sorted(range(total), key=lambda i: (-task_cost(tasks[i]), i))
+    return
   pool = concurrent.futures.ProcessPoolExecutor(
       max_workers=workers, mp_context=multiprocessing.get_context('spawn'))
-  done = 0
+  finished = False
   try:
     with _workers_skip_main_module():  # the workers start on the first submits
-      futures = {pool.submit(clip_frames.process_clip, tasks[i]): i for i in order[:workers]}
-    futures.update({pool.submit(clip_frames.process_clip, tasks[i]): i for i in order[workers:]})
-    for future in concurrent.futures.as_completed(futures):
-      results[futures[future]] = future.result()
-      done += 1
-      if done % step == 0 or done == total:
-        logging.info('Prepared %d/%d clips (%d worker(s))', done, total, workers)
-  except BaseException:
-    pool.shutdown(wait=True, cancel_futures=True)
-    raise
-  # Every result is in; the workers exit in the background while TFDS writes the examples.
-  pool.shutdown(wait=False)
-  return results  # type: ignore[return-value]
+      futures = [pool.submit(clip_frames.process_clip, t) for t in tasks[:workers]]
+    futures += [pool.submit(clip_frames.process_clip, t) for t in tasks[workers:]]
+    for i, future in enumerate(futures, start=1):
+      yield future.result()
+      if i % step == 0 or i == total:
+        logging.info('Prepared %d/%d clips (%d worker(s))', i, total, workers)
+    finished = True
+  finally:
+    # Done: the workers exit in the background. Stopped early: nothing more is started.
+    pool.shutdown(wait=not finished, cancel_futures=not finished)
+
+
+def process_clips(tasks: Sequence[clip_frames.ClipTask], workers: int) -> List[Dict[str, Any]]:
+  """Every result of :func:`stream_clips`, in task order."""
+  return list(stream_clips(tasks, workers))
 
 
 def alignment_summary(mode: str, margin: float, keys: Sequence[str],
