@@ -1,7 +1,7 @@
 """Preparation speed: frames/s on a CASME II-sized and a SAMM-sized fixture, one process vs all cores.
 
 Usage: python benchmarks/bench_prepare.py [--clips=255] [--samm_clips=159] [--workdir=/tmp/bench_prepare]
-       [--which=casme2,samm]
+       [--which=casme2,samm] [--stages]
 
 * CASME II-sized: the real layout (coding sheet + Cropped/subXX/EPxx/reg_imgN.jpg), 340 x 280 RGB
   JPEGs, clip lengths drawn around the real mean of about 67 frames; stored as released (no
@@ -15,6 +15,8 @@ Each fixture is prepared twice with ``tfds_builders.prepare.prepare`` (what ``ma
 times reading every JPEG once (a full PIL decode, one process) as the floor. Prints one JSON line per
 fixture. Timings are wall clock and depend on what else the machine is doing; ``*_cpu_seconds``
 (this process and its pool workers, user + system) is less sensitive to other load.
+``--stages`` instead times each step per frame in one process (decode, resize or warp, PNG
+encoding, each against what it replaced).
 """
 
 import argparse
@@ -135,18 +137,83 @@ def run(which, workdir, clips):
   return out
 
 
+def _ms(fn, items, repeats=3):
+  """Best-of-``repeats`` milliseconds per item of ``fn`` over ``items``."""
+  best = float('inf')
+  for _ in range(repeats):
+    t = time.perf_counter()
+    for x in items:
+      fn(x)
+    best = min(best, (time.perf_counter() - t) / len(items) * 1e3)
+  return round(best, 2)
+
+
+def stages(which, paths, sample=60):
+  """Milliseconds per frame of each step in one process: decode, resize or warp, PNG encoding
+  (the settings in use vs zlib level 1 with libpng's default filters, the settings before)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  from mpt_jax import clip_frames  # pylint: disable=g-import-not-at-top
+  from mpt_jax import face_align  # pylint: disable=g-import-not-at-top
+  cv2.setNumThreads(1)
+  paths = paths[::max(1, len(paths) // sample)][:sample]
+  out = {'fixture': which, 'stage_ms_per_frame': {}}
+  ms = out['stage_ms_per_frame']
+  ms['decode'] = _ms(lambda p: clip_frames.decode(p), paths)
+  if which == 'casme2':
+    ms['decode_and_resize_as_released'] = _ms(
+        lambda p: clip_frames._load_resized_native(p, 224), paths)  # pylint: disable=protected-access
+    frames = [clip_frames._load_resized_native(p, 224) for p in paths]  # pylint: disable=protected-access
+  else:
+    full = [clip_frames.decode(p)[0] for p in paths]
+    info = face_align.estimate_transform(lambda i: full[i], len(full), 224)
+    tr = info.transform
+    s = face_align.scale_of(tr)
+    out['scale'] = round(s, 3)
+
+    def whole_frame(f):  # the antialiased warp before 2.1.0: the whole frame resampled
+      h, w = f.shape[:2]
+      nw, nh = int(round(w * s)), int(round(h * s))
+      small = cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA)
+      fx, fy = w / nw, h / nh
+      a = face_align.compose(tr, np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5]]))
+      return cv2.warpAffine(small, a, (224, 224), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE)
+
+    ms['warp_face_crop'] = _ms(lambda f: face_align.warp(f, tr, 224), full)
+    ms['warp_whole_frame'] = _ms(whole_frame, full)
+    diff = [np.abs(face_align.warp(f, tr, 224).astype(int) - whole_frame(f)).mean()
+            for f in full[:10]]
+    out['warp_mean_abs_difference_grey_levels'] = round(float(np.mean(diff)), 3)
+    frames = [face_align.warp(f, tr, 224) for f in full]
+  bgr = [clip_frames.to_rgb(f)[..., ::-1].copy() for f in frames]
+  ms['png_now'] = _ms(clip_frames.encode_png, frames)
+  ms['png_zlib1_default_filters'] = _ms(
+      lambda b: cv2.imencode('.png', b, [cv2.IMWRITE_PNG_COMPRESSION, 1]), bgr)
+  out['png_kb_now'] = round(np.mean([len(clip_frames.encode_png(f)) for f in frames]) / 1e3, 1)
+  out['png_kb_zlib1_default_filters'] = round(np.mean(
+      [cv2.imencode('.png', b, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].size for b in bgr]) / 1e3, 1)
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--clips', type=int, default=255, help='CASME II-sized fixture clips')
   parser.add_argument('--samm_clips', type=int, default=159, help='SAMM-sized fixture clips')
   parser.add_argument('--which', default='casme2,samm')
   parser.add_argument('--workdir', default='/tmp/bench_prepare')
+  parser.add_argument('--stages', action='store_true',
+                      help='only time the steps per frame in one process (no preparation)')
   args = parser.parse_args()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()
   shutil.rmtree(args.workdir, ignore_errors=True)
   for which in args.which.split(','):
     clips = args.clips if which == 'casme2' else args.samm_clips
+    if args.stages:
+      manual = os.path.join(args.workdir, which)
+      paths = (write_casme2 if which == 'casme2' else write_samm)(manual, clips)
+      print(json.dumps(stages(which, paths)), flush=True)
+      continue
     print(json.dumps(run(which, args.workdir, clips)), flush=True)
 
 

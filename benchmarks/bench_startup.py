@@ -8,7 +8,9 @@ about 67 frames), prepares it once, then starts three fresh processes that each 
 (T frames at ``image_size``, float16), build the smoke model (tiny ViT, CPU) and run one training
 step: ``no cache`` (cache_resampled=False), ``cache miss`` (resamples and writes the cache) and
 ``cache hit``. Each prints the seconds to load the data, to build the model and to finish the first
-step (which includes its compilation). CPU only: the data part is what the cache changes.
+step (which includes its compilation), and a second step (the step without compiling). CPU
+only: the data part is what the cache changes. ``--reuse --runs='cache hit'`` times only the
+cached start, on a fixture an earlier run prepared and cached.
 """
 
 import argparse
@@ -39,7 +41,7 @@ def config_for(data_dir, cache, num_frames, image_size):
 
 
 def child(args):
-  """One run start: load, build, one step. Prints a JSON line."""
+  """One run start: load, build, two steps. Prints a JSON line."""
   import jax  # pylint: disable=g-import-not-at-top
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from mpt_jax import loso  # pylint: disable=g-import-not-at-top
@@ -49,21 +51,33 @@ def child(args):
   data = input_pipeline.load(config)
   t_load = time.time() - t
   t = time.time()
-  exp = loso.Experiment(config, data)
-  exp.init(config.seed)
+  exp = loso.Experiment(config, data)  # checks the config, puts the data on the device
+  jax.block_until_ready(exp.data_on_device)
+  t_device = time.time() - t
+  t = time.time()
+  exp.init(config.seed)  # model parameters (jit of model.init: a compile), optimizer, steps
   state = exp.fresh_state()
   train_idx, _ = input_pipeline.split_for_subject(data, data.subject_list[0])
   batch = next(input_pipeline.epoch_batches(train_idx, int(config.train.batch_size),
                                             exp.global_devices, 0, True))
-  t_build = time.time() - t
+  t_init = time.time() - t
   t = time.time()
   state, m = exp.p_train(state, exp.data_on_device, batch.idx, batch.aug, batch.mask)
   jax.block_until_ready(m)
   t_step = time.time() - t
+  t_first = time.time() - T_START
+  t = time.time()
+  state, m = exp.p_train(state, exp.data_on_device, batch.idx, batch.aug, batch.mask)
+  jax.block_until_ready(m)
+  t_step2 = time.time() - t
   print(json.dumps({'imports_s': round(t_imports, 2), 'load_data_s': round(t_load, 2),
-                    'build_model_s': round(t_build, 2),
+                    'data_on_device_s': round(t_device, 2),
+                    'init_model_s': round(t_init, 2),
+                    'build_model_s': round(t_device + t_init, 2),
                     'first_step_incl_compile_s': round(t_step, 2),
-                    'to_first_step_s': round(time.time() - T_START, 2),
+                    'second_step_s': round(t_step2, 2),
+                    'to_first_step_s': round(t_first, 2),
+                    'tfds_imported': 'tensorflow_datasets' in sys.modules,
                     'clips': len(data), 'clip_array': list(data.clips.shape)}), flush=True)
 
 
@@ -75,6 +89,9 @@ def main():
   parser.add_argument('--workdir', default='/tmp/bench_startup')
   parser.add_argument('--reuse', action='store_true',
                       help='reuse the fixture prepared in --workdir by an earlier run')
+  parser.add_argument('--runs', default='no cache,cache miss,cache hit',
+                      help="which run starts to time, in order ('cache hit' alone needs --reuse "
+                           'and a cache written by an earlier run)')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--data_dir', default='', help=argparse.SUPPRESS)
   parser.add_argument('--cache', type=int, default=1, help=argparse.SUPPRESS)
@@ -100,11 +117,17 @@ def main():
                       'prepare_s': round(time.time() - t, 1), 'num_frames': args.num_frames,
                       'image_size': args.image_size, 'cpu_count': len(os.sched_getaffinity(0))}),
           flush=True)
-  for root, dirs, _ in os.walk(data_dir):  # start without a cache
-    if input_pipeline.CACHE_DIR in dirs:
-      shutil.rmtree(os.path.join(root, input_pipeline.CACHE_DIR))
+  runs = [r.strip() for r in args.runs.split(',') if r.strip()]
+  known = {'no cache': 0, 'cache miss': 1, 'cache hit': 1}
+  if set(runs) - set(known):
+    sys.exit(f'--runs: unknown {sorted(set(runs) - set(known))}; known: {sorted(known)}')
+  if 'cache miss' in runs:
+    for root, dirs, _ in os.walk(data_dir):  # start without a cache
+      for d in (input_pipeline.CACHE_DIR, input_pipeline.INDEX_DIR):
+        if d in dirs:
+          shutil.rmtree(os.path.join(root, d))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  for name, cache in (('no cache', 0), ('cache miss', 1), ('cache hit', 1)):
+  for name, cache in ((r, known[r]) for r in runs):
     out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', '--data_dir',
                           data_dir, '--cache', str(cache), '--num_frames', str(args.num_frames),
                           '--image_size', str(args.image_size)], env=env, cwd=ROOT,

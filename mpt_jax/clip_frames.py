@@ -27,9 +27,21 @@ from PIL import Image
 
 from mpt_jax import face_align
 
-PNG_COMPRESSION = 1  # zlib level of the stored PNGs (lossless at any level; 1 is the fastest
-#                       that still compresses: 2.4 ms per 224 px frame here, TFDS's default 6:
-#                       8.8 ms)
+# How the stored PNGs are encoded. PNG is lossless whatever these are (the stored pixels never
+# depend on them); they only trade encoding time for file size. Measured here on 224 px frames
+# (``benchmarks/bench_prepare.py`` fixtures and scikit-image's astronaut with sensor noise), zlib
+# level 1 with libpng's adaptive filter choice took 4.5-5.3 ms per colour frame:
+# * colour frames: the Sub filter with Huffman-only coding, 1.5 ms, files within 2-5 % of level 1
+#   (LZ77 string matching finds almost nothing in filtered photographs);
+# * grayscale frames (stored as 3 equal channels): the Up filter at zlib level 1, 2.0 ms instead of
+#   3.4-8 ms and the same size (here LZ77 is what finds the repeated channels: Huffman-only would
+#   double the files).
+PNG_COMPRESSION = 1  # zlib level (1: the fastest that still compresses)
+PNG_COLOUR = (cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION,
+              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+              cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB)
+PNG_GRAY = (cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION,
+            cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +62,24 @@ def _one_line(e: Exception) -> str:
 
 def load_resized(path: str, size: int) -> np.ndarray:
   """The as-released path: RGB uint8, PIL bilinear (antialiased) resize to ``size`` x ``size``."""
+  return to_rgb(_load_resized_native(path, size))
+
+
+def _load_resized_native(path: str, size: int) -> np.ndarray:
+  """:func:`load_resized` before grayscale is replicated: (size, size) for a grayscale file (the
+  same values as every channel of :func:`load_resized`: PIL resizes each channel alike), else
+  (size, size, 3)."""
   with Image.open(path) as im:
     im.load()
-    im = im.convert('RGB')
+    im = im.convert('L' if im.mode in ('L', '1', 'I;16', 'I', 'F') else 'RGB')
     if im.size != (size, size):
       im = im.resize((size, size), Image.BILINEAR)
     return np.asarray(im, np.uint8)
+
+
+def to_rgb(frame: np.ndarray) -> np.ndarray:
+  """(H, W) or (H, W, 1) grayscale replicated to (H, W, 3); RGB returned as is."""
+  return face_align.to_rgb(frame)
 
 
 def decode(path: str, reduce: int = 1) -> Tuple[np.ndarray, int, Tuple[int, int]]:
@@ -82,13 +106,30 @@ def decode(path: str, reduce: int = 1) -> Tuple[np.ndarray, int, Tuple[int, int]
     return np.asarray(im.convert(mode), np.uint8), got, (h, w)
 
 
-def _png(path: str, rgb: np.ndarray) -> None:
-  ok, buf = cv2.imencode('.png', np.ascontiguousarray(rgb[..., ::-1]),
-                         [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+def encode_png(frame: np.ndarray) -> bytes:
+  """The stored PNG of a frame: (H, W) grayscale (stored as 3 equal channels) or (H, W, 3) RGB.
+
+  Lossless: decoding gives back ``to_rgb(frame)`` exactly. Grayscale and colour frames use the
+  encoder settings that are fastest for each (:data:`PNG_GRAY`, :data:`PNG_COLOUR`).
+  """
+  frame = np.asarray(frame, np.uint8)
+  if frame.ndim == 3 and frame.shape[2] == 1:
+    frame = frame[..., 0]
+  gray = frame.ndim == 2
+  if gray:
+    bgr = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_GRAY2BGR)
+  else:
+    bgr = cv2.cvtColor(np.ascontiguousarray(frame[..., :3]), cv2.COLOR_RGB2BGR)
+  ok, buf = cv2.imencode('.png', bgr, list(PNG_GRAY if gray else PNG_COLOUR))
   if not ok:
-    raise RuntimeError(f'PNG encoding failed for {path}')
+    raise RuntimeError('PNG encoding failed')
+  return buf.tobytes()
+
+
+def _png(path: str, frame: np.ndarray) -> None:
+  data = encode_png(frame)
   with open(path, 'wb') as f:
-    f.write(buf.tobytes())
+    f.write(data)
 
 
 def process_clip(task: ClipTask) -> Dict:
@@ -120,7 +161,7 @@ def process_clip(task: ClipTask) -> Dict:
             w, h = im.size
           out['source_size'] = (h, w)
           out['transform'] = face_align.resize_transform(h, w, task.size, task.size).tolist()
-        _png(target(k), load_resized(path, task.size))
+        _png(target(k), _load_resized_native(path, task.size))
         pngs[k] = target(k)
       except Exception as e:  # pylint: disable=broad-except
         bad.append([path, _one_line(e)])
@@ -163,7 +204,7 @@ def process_clip(task: ClipTask) -> Dict:
                         f'{out["source_size"][1]}x{out["source_size"][0]}'])
       continue
     aligned = face_align.warp(frame, info.transform, task.size, reduced_by=got)
-    _png(target(k), face_align.to_rgb(aligned))
+    _png(target(k), aligned)
     pngs[k] = target(k)
   full.clear()
   return out

@@ -14,13 +14,21 @@ version, a fingerprint of the prepared files, T, image size, dtype, subjects, th
 version), written atomically (a temporary folder renamed into place) and verified by its full key
 on load. A miss decodes only the stored frames the temporal interpolation uses (at most 2T per
 clip) straight into one preallocated array, so two full copies never exist. The cached clips are
-memory-mapped read-only.
+memory-mapped read-only (and on the CPU backend ``jax.device_put`` uses those pages without a copy).
+
+A run start that hits the cache does not import TensorFlow Datasets at all: a small index in
+``<data_dir>/mpt_resampled_index/`` maps the run's config to the prepared dataset's folder and the
+cache key; the key's on-disk parts (the prepared files' fingerprint, the dataset version of this
+code, the cache format) are checked again before the entry is trusted (:func:`read_indexed_cache`).
+Verification is by key, file header and array shape, never by hashing the 1 GB of clips: the cache
+is written atomically, so a partial file cannot be found under a valid key.
 """
 
 import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -53,12 +61,18 @@ class ClipSet:
 
   @property
   def subject_list(self) -> List[str]:
-    from tfds_builders.common import natural_key  # pylint: disable=g-import-not-at-top
     return sorted(set(self.subjects.tolist()), key=natural_key)
 
   def subset(self, mask: np.ndarray) -> 'ClipSet':
     return ClipSet(self.clips[mask], self.labels[mask], self.apex[mask], self.subjects[mask],
                    self.names[mask], self.classes)
+
+
+def natural_key(s: str):
+  """Sort key that orders embedded integers numerically (``s2`` < ``s10``): the builders' order
+  (``tfds_builders.common.natural_key``), here so that training never imports the builders
+  (and with them TensorFlow Datasets)."""
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
 
 
 def resample_positions(n: int, t_count: int) -> np.ndarray:
@@ -244,6 +258,81 @@ def write_cache(data_dir: str, key: Dict[str, Any], data: 'ClipSet') -> Optional
     return None
 
 
+INDEX_DIR = 'mpt_resampled_index'  # in config.data.data_dir: config -> cache, without TFDS
+
+
+def _lookup(config) -> Dict[str, Any]:
+  """What a run asks for, from its config alone: every ``config.data`` field but ``data_dir`` (the
+  index lives in it; fields that do not select the prepared dataset at worst cost a lookup miss),
+  T and the image size."""
+  data = config.data.to_dict() if hasattr(config.data, 'to_dict') else dict(config.data)
+  data = {k: (sorted(v) if k == 'subjects' and v else v) for k, v in data.items()
+          if k != 'data_dir'}
+  return {'format': CACHE_FORMAT, 'data': json.loads(json.dumps(data, sort_keys=True, default=str)),
+          'num_frames': int(config.model.num_frames), 'image_size': int(config.model.image_size)}
+
+
+def _index_path(config) -> str:
+  digest = hashlib.sha256(json.dumps(_lookup(config), sort_keys=True).encode()).hexdigest()[:20]
+  return os.path.join(os.path.expanduser(config.data.data_dir), INDEX_DIR, digest + '.json')
+
+
+def write_index(config, builder_data_dir: str, key: Dict[str, Any]) -> None:
+  """Records which cache a config loads (atomically; the folder is relative to data_dir, so a
+  copied or moved data_dir keeps working). Only a speed-up: failures are logged and ignored."""
+  path = _index_path(config)
+  root = os.path.expanduser(config.data.data_dir)
+  entry = {'lookup': _lookup(config), 'dataset_dir': os.path.relpath(builder_data_dir, root),
+           'key': key}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=os.path.dirname(path))
+    with os.fdopen(fd, 'w') as f:
+      json.dump(entry, f)
+    os.replace(tmp, path)
+  except OSError as e:
+    logging.info('Cannot write the resampled-cache index %s (%s)', path, e)
+
+
+def read_indexed_cache(config) -> Optional['ClipSet']:
+  """The cached protocol for ``config`` found without TensorFlow Datasets, or None.
+
+  The index entry names the prepared dataset's folder and the cache key it was written with. It
+  is trusted only if everything in that key that can change on disk or in the code still holds:
+  the same config (the entry's own lookup), the prepared files' fingerprint recomputed now
+  (:func:`prepared_fingerprint`: a re-prepared dataset misses), the dataset version of this code
+  (``prepared_version.DATASET_VERSION``), the cache format and resampling, and the number of
+  classes; then :func:`read_cache` checks the cache's own stored key and array shape. Any
+  mismatch returns None and :func:`load` takes the full path (the TFDS builder).
+  """
+  from mpt_jax import prepared_version  # pylint: disable=g-import-not-at-top
+  try:
+    with open(_index_path(config)) as f:
+      entry = json.load(f)
+  except (OSError, ValueError):
+    return None
+  key = entry.get('key') or {}
+  if entry.get('lookup') != _lookup(config) or not isinstance(entry.get('dataset_dir'), str):
+    return None
+  data_dir = os.path.join(os.path.expanduser(config.data.data_dir), entry['dataset_dir'])
+  if (key.get('format') != CACHE_FORMAT or key.get('resampling') != RESAMPLING
+      or key.get('version') != prepared_version.DATASET_VERSION
+      or key.get('num_frames') != int(config.model.num_frames)
+      or key.get('image_size') != int(config.model.image_size)):
+    return None
+  try:
+    if key.get('prepared') != prepared_fingerprint(data_dir):
+      return None
+  except OSError:
+    return None
+  data = read_cache(data_dir, key)
+  if data is None:
+    return None
+  if 'num_classes' in config.data and int(config.data.num_classes) != len(data.classes):
+    return None  # the full path reports the mismatch
+  return data
+
+
 def _raw_frames_decoder():
   """A TFDS decoder that leaves a sequence of images as their encoded bytes (TFDS's own
   SkipDecoding has no NumPy path for sequences)."""
@@ -272,6 +361,13 @@ def load(config) -> ClipSet:
     DataError: when the dataset is not prepared (with the command that prepares it) or its classes
       do not match ``config.data.num_classes``.
   """
+  use_cache = bool(config.data.get('cache_resampled', True))
+  if use_cache:
+    cached = read_indexed_cache(config)  # the usual run start: no TFDS import, no decoding
+    if cached is not None:
+      logging.info('Loaded %d resampled clips from the cache (index %s)', len(cached),
+                   _index_path(config))
+      return cached
   from tfds_builders import prepare as prep  # pylint: disable=g-import-not-at-top
   builder = prep.builder_for(config.data)
   if not builder.is_prepared():
@@ -286,19 +382,20 @@ def load(config) -> ClipSet:
   if 'num_classes' in config.data and int(config.data.num_classes) != len(classes):
     raise DataError(f'config.data.num_classes is {config.data.num_classes} but dataset '
                     f'{builder.name} has {len(classes)} classes {classes}')
-  use_cache = bool(config.data.get('cache_resampled', True))
   key = cache_key(builder, config) if use_cache else None
   if use_cache:
     cached = read_cache(builder.data_dir, key)
     if cached is not None:
       logging.info('Loaded %d resampled clips of %s from the cache in %s', len(cached),
                    builder.name, builder.data_dir)
+      write_index(config, builder.data_dir, key)
       return cached
   data = _resample_dataset(builder, config, classes)
   if use_cache:
     path = write_cache(builder.data_dir, key, data)
     if path:
       logging.info('Cached the resampled protocol in %s', path)
+      write_index(config, builder.data_dir, key)
   return data
 
 

@@ -160,3 +160,37 @@ def test_predict_align_face_uses_the_preparation_aligner():
   assert how == '' and not np.array_equal(plain, clip)
   with pytest.raises(predict.PredictError, match='exclude each other'):
     predict.preprocess(frames, config, 224, align_face=True, crop_face=True)
+
+
+def _whole_frame_warp(frame, transform, size):
+  """The antialiased warp resampling the WHOLE frame (face_align before 2.1.0), as reference."""
+  s = face_align.scale_of(transform)
+  h, w = frame.shape[:2]
+  nw, nh = int(round(w * s)), int(round(h * s))
+  small = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
+  fx, fy = w / nw, h / nh
+  a = face_align.compose(transform, np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5]]))
+  return cv2.warpAffine(small, a, (size, size), flags=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+
+
+@pytest.mark.parametrize('eyes', [
+    ((400.0, 300.0), (520.0, 310.0)),  # face inside the frame: only its neighbourhood is resampled
+    ((40.0, 60.0), (170.0, 35.0)),     # face at the frame's corner: the crop ends at the edge
+    ((300.0, 300.0), (420.0, 300.0)),  # level eyes, another scale
+])
+def test_area_crop_resamples_as_the_whole_frame(eyes):
+  """Resampling only the part of the frame the output reads gives the whole-frame result to a
+  fraction of a grey level (the cells are the same to a fraction of a pixel), edges included."""
+  rng = np.random.default_rng(3)
+  frame, _ = place(skimage.data.astronaut(), (650, 960), 5.0, 3.0, (480, 320), gray=True)
+  frame = np.clip(frame + rng.normal(0, 2, frame.shape), 0, 255).astype(np.uint8)
+  transform = face_align.similarity_from_eyes(eyes[0], eyes[1], 224)
+  s = face_align.scale_of(transform)
+  assert 0.5 < s < 0.95  # the antialiasing path
+  crop, _ = face_align.area_crop(frame, transform, s, 224)
+  assert crop.size < 0.5 * frame.size * s ** 2
+  got = face_align.warp(frame, transform, 224).astype(int)
+  ref = _whole_frame_warp(frame, transform, 224).astype(int)
+  d = np.abs(got - ref)
+  assert d.mean() < 0.3 and d.max() <= 8, (d.mean(), d.max())

@@ -107,3 +107,75 @@ def test_a_changed_key_misses_the_cache(tmp_path, prepared):  # pylint: disable=
   st = os.stat(os.path.join(builder.data_dir, rec))
   os.utime(os.path.join(builder.data_dir, rec), ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
   assert input_pipeline.cache_key(builder, config)['prepared'] != key['prepared']
+
+
+def test_cache_hit_needs_no_tfds_builder(tmp_path, prepared, monkeypatch):  # pylint: disable=redefined-outer-name
+  """The second run finds its cache through the index, without building the TFDS builder (so
+  without importing TensorFlow Datasets: checked in a fresh process, with the subject list the
+  training loop asks for, sorted as the builders sort)."""
+  config = _config(tmp_path, prepared)
+  first = input_pipeline.load(config)
+  assert input_pipeline.read_indexed_cache(config) is not None
+
+  def no_builder(*args, **kwargs):
+    raise AssertionError('the TFDS builder was built on a cache hit')
+
+  monkeypatch.setattr(prepare, 'builder_for', no_builder)
+  second = input_pipeline.load(config)
+  np.testing.assert_array_equal(np.asarray(first.clips), np.asarray(second.clips))
+  assert first.names.tolist() == second.names.tolist() and first.classes == second.classes
+  np.testing.assert_array_equal(first.labels, second.labels)
+  np.testing.assert_array_equal(first.apex, second.apex)
+  monkeypatch.undo()
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ('import sys; from configs import synthetic; from mpt_jax import input_pipeline\n'
+          'c = synthetic.get_config("smoke"); c.data.builder_config = "small"\n'
+          f'c.data.data_dir = {config.data.data_dir!r}; c.data.subjects = ()\n'
+          'd = input_pipeline.load(c); d.subject_list\n'
+          'print(len(d), "tensorflow_datasets" in sys.modules, "tensorflow" in sys.modules)\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.stdout.split()[-3:] == [str(len(first)), 'False', 'False'], out.stdout + out.stderr
+
+
+def test_index_is_trusted_only_while_its_key_holds(tmp_path, prepared, monkeypatch):  # pylint: disable=redefined-outer-name
+  config = _config(tmp_path, prepared)
+  input_pipeline.load(config)
+  assert input_pipeline.read_indexed_cache(config) is not None
+  # Another config (another builder option, T, classes) has no entry, or is refused.
+  for field, value in (('align', 'never'), ('subjects', ('p01',))):
+    other = _config(tmp_path / field, prepared, **{field: value})
+    other.data.data_dir = config.data.data_dir
+    assert input_pipeline.read_indexed_cache(other) is None
+  config.data.num_classes = 3
+  assert input_pipeline.read_indexed_cache(config) is None
+  with pytest.raises(input_pipeline.DataError, match='num_classes'):
+    input_pipeline.load(config)  # the full path says why
+  config.data.num_classes = 5
+  # Another dataset version in the code (the data was prepared by an older version).
+  from mpt_jax import prepared_version  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(prepared_version, 'DATASET_VERSION', '9.9.9')
+  assert input_pipeline.read_indexed_cache(config) is None
+  monkeypatch.undo()
+  assert input_pipeline.read_indexed_cache(config) is not None
+  # Re-prepared data (another fingerprint) misses; the full path resamples it and re-indexes.
+  builder = prepare.builder_for(config.data)
+  rec = [f for f in os.listdir(builder.data_dir) if 'array_record' in f][0]
+  st = os.stat(os.path.join(builder.data_dir, rec))
+  os.utime(os.path.join(builder.data_dir, rec), ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  assert input_pipeline.read_indexed_cache(config) is None
+  input_pipeline.load(config)
+  assert input_pipeline.read_indexed_cache(config) is not None
+  # A copied data_dir keeps its index (folders are recorded relative to data_dir).
+  moved = str(tmp_path / 'moved')
+  shutil.copytree(config.data.data_dir, moved, copy_function=shutil.copy2)
+  config.data.data_dir = moved
+  assert input_pipeline.read_indexed_cache(config) is not None
+
+
+def test_subject_order_is_the_builders_order():
+  from tfds_builders import common  # pylint: disable=g-import-not-at-top
+  names = ['sub10', 'sub2', 's1', '006', '28', 'sub02', 'a', 'p01']
+  assert sorted(names, key=input_pipeline.natural_key) == sorted(names, key=common.natural_key)

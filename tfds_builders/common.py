@@ -32,6 +32,7 @@ from PIL import Image
 from mpt_jax import clip_frames
 from mpt_jax import errors
 from mpt_jax import face_align
+from mpt_jax import prepared_version
 
 FRAME_SIZE = 224
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -620,13 +621,17 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
   * ``prepare_workers``: processes decoding and encoding clips (0 = every core).
   """
 
-  VERSION = tfds.core.Version('2.0.0')
+  VERSION = tfds.core.Version(prepared_version.DATASET_VERSION)
   RELEASE_NOTES = {
       '1.0.0': 'Initial release.',
       '1.1.0': 'Apex after the offset kept when its frames are on disk; emotion aliases; every '
                'dropped row reported; CASME II configs name their sheet; preparation record.',
       '2.0.0': 'Faces aligned at preparation (one similarity per clip) where the release has no '
                'face crops; each example stores its alignment method and transform.',
+      '2.1.0': 'Aligned frames: the antialiasing area resize reads only the part of the frame the '
+               'aligned face comes from (a different resampling grid phase: stored pixels differ '
+               'from 2.0.0 by 0.6 grey levels on average); PNGs encoded with faster settings '
+               '(lossless, same pixels).',
   }
   FRAME_SIZE = FRAME_SIZE
   DATASET = ''
@@ -695,9 +700,10 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
       raise DatasetLayoutError(f'{self.DATASET}: duplicate clips {dup[:5]}')
-    # Every frame is decoded, checked, aligned and encoded (on all cores) before TFDS writes
-    # anything. The PNGs wait in a spool folder inside TFDS's incomplete-dataset folder, which TFDS
-    # deletes if preparation fails; _generate_examples deletes the spool once TFDS has read it.
+    # Frames are decoded, checked, aligned and encoded on all cores while TFDS writes the clips
+    # already done (_generate_examples). The PNGs wait in a spool folder inside TFDS's
+    # incomplete-dataset folder, which TFDS deletes if preparation fails; _generate_examples
+    # deletes the spool once TFDS has read it. The report is stored when the last clip is in.
     spool = os.path.join(self.data_dir, '_frames_spool')
     tasks = [clip_frames.ClipTask(i, tuple(c.frames), self.FRAME_SIZE,
                                   pipeline.should_align(self._align, c.dataset, c.frames[0]),
@@ -706,57 +712,65 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
              for i, c in enumerate(clips)]
     workers = pipeline.num_workers(self._prepare_workers, sum(len(c.frames) for c in clips),
                                    len(clips))
-    try:
-      results = pipeline.process_clips(tasks, workers)
-      clips, results = self._handle_bad_frames(clips, results, report)
-    except BaseException:
-      shutil.rmtree(spool, ignore_errors=True)
-      raise
-    summary = report.summary(clips, self.classes)
-    sheet = os.path.join(self.data_dir, pipeline.CONTACT_SHEET)
-    pipeline.contact_sheet(sheet, [c.subject for c in clips],
-                           [next((p for p in r['pngs'] if p), None) for r in results])
-    summary['alignment'] = pipeline.alignment_summary(
-        self._align, self._align_margin, [c.key for c in clips], results,
-        pipeline.CONTACT_SHEET if os.path.exists(sheet) else '')
-    self.info.metadata['preparation_report'] = summary
-    self._last_report = summary  # pylint: disable=attribute-defined-outside-init
-    return {'train': self._generate_examples(list(zip(clips, results)), spool)}
+    return {'train': self._generate_examples(clips, tasks, workers, report, spool)}
 
-  def _handle_bad_frames(self, clips, results, report):
-    """Refuses unreadable frames (one line naming the first), or skips and reports each one."""
-    bad = [(c, path, msg) for c, r in zip(clips, results) for path, msg in r['bad']]
-    if not bad:
-      return clips, results
-    if not self._skip_bad_frames:
-      clip, path, msg = bad[0]
-      raise CorruptImageError(
-          f'Cannot decode image {path} ({clip.key}): {msg}; {len(bad)} unreadable frame(s) in '
-          f'{len({c.key for c, _, _ in bad})} clip(s), nothing was written. Replace them, or pass '
-          '--config.data.skip_bad_frames=True to skip them and list them in the report.')
+  def _generate_examples(self, clips, tasks, workers, report, spool):
+    """Yields each clip's example as soon as the pool has it; then stores the report."""
+    from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
+    stream = pipeline.stream_clips(tasks, workers)
     kept_clips, kept_results = [], []
-    for clip, res in zip(clips, results):
-      for path, msg in res['bad']:
-        report.add(clip.key, f'unreadable frame {path}: {msg}', 'skipped the frame')
-      keep = [k for k, p in enumerate(res['pngs']) if p is not None]
-      if len(keep) < 2:
-        report.add(clip.key, f'only {len(keep)} readable frame(s)', 'skipped')
-        continue
-      if len(keep) < len(res['pngs']):
-        clip = dataclasses.replace(clip, frames=[clip.frames[k] for k in keep],
-                                   frame_numbers=[clip.frame_numbers[k] for k in keep])
-        frame = res['frame']
-        res = dict(res, pngs=[res['pngs'][k] for k in keep],
-                   frame=keep.index(frame) if frame in keep else frame)
-      kept_clips.append(clip)
-      kept_results.append(res)
-    if not kept_clips:
-      raise DatasetLayoutError(f'{self.DATASET}: no clip has two readable frames')
-    return kept_clips, kept_results
-
-  def _generate_examples(self, items, spool):
     try:
-      for clip, prepared in items:
-        yield clip.key, example(clip, prepared)
+      for clip, res in zip(clips, stream):
+        if res['bad'] and not self._skip_bad_frames:
+          # Every clip is checked first, so that the error says how many frames are unreadable.
+          self._refuse_bad_frames(clip, res, list(stream))
+        clip, res = self._keep_readable(clip, res, report)
+        if clip is None:
+          continue
+        kept_clips.append(clip)
+        kept_results.append(res)
+        yield clip.key, example(clip, res)
+      if not kept_clips:
+        raise DatasetLayoutError(f'{self.DATASET}: no clip has two readable frames')
+      summary = report.summary(kept_clips, self.classes)
+      sheet = os.path.join(self.data_dir, pipeline.CONTACT_SHEET)
+      pipeline.contact_sheet(sheet, [c.subject for c in kept_clips],
+                             [next((p for p in r['pngs'] if p), None) for r in kept_results])
+      summary['alignment'] = pipeline.alignment_summary(
+          self._align, self._align_margin, [c.key for c in kept_clips], kept_results,
+          pipeline.CONTACT_SHEET if os.path.exists(sheet) else '')
+      self.info.metadata['preparation_report'] = summary
+      self._last_report = summary  # pylint: disable=attribute-defined-outside-init
     finally:
+      stream.close()
       shutil.rmtree(spool, ignore_errors=True)
+
+  @staticmethod
+  def _refuse_bad_frames(clip: Clip, res: Dict[str, Any], rest: Sequence[Dict[str, Any]]):
+    """The one-line error for the first clip with unreadable frames, counting every clip's."""
+    path, msg = res['bad'][0]
+    frames = len(res['bad']) + sum(len(r['bad']) for r in rest)
+    clips_bad = 1 + sum(1 for r in rest if r['bad'])
+    raise CorruptImageError(
+        f'Cannot decode image {path} ({clip.key}): {msg}; {frames} unreadable frame(s) in '
+        f'{clips_bad} clip(s), nothing was written. Replace them, or pass '
+        '--config.data.skip_bad_frames=True to skip them and list them in the report.')
+
+  def _keep_readable(self, clip, res, report):
+    """``(clip, result)`` without its unreadable frames (each reported), or ``(None, None)`` for a
+    clip left with fewer than 2 frames (reported)."""
+    if not res['bad']:
+      return clip, res
+    for path, msg in res['bad']:
+      report.add(clip.key, f'unreadable frame {path}: {msg}', 'skipped the frame')
+    keep = [k for k, p in enumerate(res['pngs']) if p is not None]
+    if len(keep) < 2:
+      report.add(clip.key, f'only {len(keep)} readable frame(s)', 'skipped')
+      return None, None
+    if len(keep) < len(res['pngs']):
+      clip = dataclasses.replace(clip, frames=[clip.frames[k] for k in keep],
+                                 frame_numbers=[clip.frame_numbers[k] for k in keep])
+      frame = res['frame']
+      res = dict(res, pngs=[res['pngs'][k] for k in keep],
+                 frame=keep.index(frame) if frame in keep else frame)
+    return clip, res

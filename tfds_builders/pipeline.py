@@ -1,11 +1,14 @@
-"""Preparation on all cores: every clip decoded, checked, aligned and encoded before any writing.
+"""Preparation on all cores: clips decoded, checked, aligned and encoded while TFDS writes.
 
-:func:`process_clips` runs :func:`mpt_jax.clip_frames.process_clip` for every clip in a process pool
-(``spawn`` workers: nothing of the parent's TensorFlow/JAX threads is inherited). Each worker writes
-the clip's stored PNGs into a spool folder inside TFDS's incomplete-dataset folder; the builder's
-``_generate_examples`` then hands those files to TFDS, which stores their bytes as they are. Results
-come back in clip order, and each clip's frames depend only on the clip, so the prepared dataset is
-byte-identical for any number of workers.
+:func:`stream_clips` runs :func:`mpt_jax.clip_frames.process_clip` for every clip in a process pool
+(``spawn`` workers that import only numpy, OpenCV and PIL: nothing of the parent's TensorFlow/JAX
+threads is inherited, and not its main script). Each worker writes the clip's stored PNGs into a
+spool folder inside TFDS's incomplete-dataset folder and sends back their names; the builder's
+``_generate_examples`` hands each clip to TFDS as soon as it is ready (TFDS stores the PNG bytes as
+they are), so serialising and writing overlap the pool's work. Results come back in clip order,
+and each clip's frames depend only on the clip, so the prepared dataset is byte-identical for any
+number of workers. An unreadable frame stops the preparation before TFDS finishes: TFDS then
+deletes its incomplete folder, spool included, so nothing is left.
 
 Which clips are aligned (``config.data.align``):
 
@@ -18,9 +21,12 @@ Which clips are aligned (``config.data.align``):
 """
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
-from typing import Any, Dict, List, Sequence
+import sys
+import types
+from typing import Any, Dict, Iterator, List, Sequence
 
 import cv2
 import numpy as np
@@ -59,27 +65,64 @@ def num_workers(requested: int, total_frames: int, num_clips: int) -> int:
   return max(1, min(n, num_clips))
 
 
-def process_clips(tasks: Sequence[clip_frames.ClipTask], workers: int) -> List[Dict[str, Any]]:
-  """Runs every task (in a pool when ``workers`` > 1); results in task order."""
+@contextlib.contextmanager
+def _workers_skip_main_module():
+  """While pool workers are spawned, hides the parent's main script from them.
+
+  A ``spawn`` worker first imports the parent's ``__main__`` script again (as ``__mp_main__``):
+  for ``main.py`` or a benchmark that means absl, ml_collections and often TensorFlow, up to a
+  second or two per worker on a busy machine, for nothing: a worker runs
+  :func:`clip_frames.process_clip` and needs only that module (numpy, OpenCV, PIL). Python sends a
+  worker the main script's path when the worker is started (inside ``submit``), so ``__main__``
+  is an empty module for exactly that moment; nothing else runs in between.
+  """
+  main = sys.modules.get('__main__')
+  sys.modules['__main__'] = types.ModuleType('__main__')
+  try:
+    yield
+  finally:
+    if main is not None:
+      sys.modules['__main__'] = main
+
+
+def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
+                 ) -> Iterator[Dict[str, Any]]:
+  """Runs every task (in a pool when ``workers`` > 1), yielding the results in task order as they
+  are ready, so the caller (TFDS writing the examples) works while the pool still runs.
+
+  The pool gets the clips in order, one clip per message (a clip is 10-150 frames: messages are a
+  negligible part of its time, and workers send back only file names and the transform, never
+  pixels). Each clip's output depends only on its task, so the number of workers changes nothing
+  that is stored. Closing the generator early (an error downstream) cancels what has not started.
+  """
   total = len(tasks)
-  results: List[Dict[str, Any]] = []
   step = max(1, total // 10)
   if workers <= 1:
-    it = map(clip_frames.process_clip, tasks)
-    pool = None
-  else:
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context('spawn'))
-    it = pool.map(clip_frames.process_clip, tasks, chunksize=1)
+    for i, task in enumerate(tasks, start=1):
+      yield clip_frames.process_clip(task)
+      if i % step == 0 or i == total:
+        logging.info('Prepared %d/%d clips (1 worker)', i, total)
+    return
+  pool = concurrent.futures.ProcessPoolExecutor(
+      max_workers=workers, mp_context=multiprocessing.get_context('spawn'))
+  finished = False
   try:
-    for i, res in enumerate(it, start=1):
-      results.append(res)
+    with _workers_skip_main_module():  # the workers start on the first submits
+      futures = [pool.submit(clip_frames.process_clip, t) for t in tasks[:workers]]
+    futures += [pool.submit(clip_frames.process_clip, t) for t in tasks[workers:]]
+    for i, future in enumerate(futures, start=1):
+      yield future.result()
       if i % step == 0 or i == total:
         logging.info('Prepared %d/%d clips (%d worker(s))', i, total, workers)
+    finished = True
   finally:
-    if pool is not None:
-      pool.shutdown(wait=True, cancel_futures=True)
-  return results
+    # Done: the workers exit in the background. Stopped early: nothing more is started.
+    pool.shutdown(wait=not finished, cancel_futures=not finished)
+
+
+def process_clips(tasks: Sequence[clip_frames.ClipTask], workers: int) -> List[Dict[str, Any]]:
+  """Every result of :func:`stream_clips`, in task order."""
+  return list(stream_clips(tasks, workers))
 
 
 def alignment_summary(mode: str, margin: float, keys: Sequence[str],
