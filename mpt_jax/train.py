@@ -157,12 +157,20 @@ class FoldLayout:
       return x[0].T
     return np.swapaxes(x, 1, 2).reshape(self.folds, x.shape[1])
 
-  def state_to_device(self, stacked: TrainState) -> TrainState:
-    """A host state ``(folds, ...)`` in the program's layout."""
+  def state_to_device(self, stacked: TrainState, devices: Sequence[jax.Device]) -> TrainState:
+    """A host state ``(folds, ...)`` on ``devices`` in the program's layout.
+
+    The arrays get exactly the placement the programs give their outputs (replicated, or split
+    over the devices on a mesh named like the pmap axis), so the first call and the later ones
+    share one trace.
+    """
     if self.data_parallel:
-      return stacked  # (1, ...), replicated by the pmap
-    return jax.tree.map(
+      return replicate(stacked, devices)  # (1, ...), the same on every device
+    stacked = jax.tree.map(
         lambda x: x.reshape((self.num_devices, self.per_device_folds) + x.shape[1:]), stacked)
+    mesh = jax.sharding.Mesh(np.asarray(list(devices)), (AXIS,))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+    return jax.tree.map(lambda x: jax.device_put(x, split), stacked)
 
   def state_from_device(self, state: TrainState) -> TrainState:
     """The program's state as a host state ``(folds, ...)``."""
