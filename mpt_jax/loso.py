@@ -687,8 +687,8 @@ def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
       label = exp.subjects[group[0]] + (f'..{exp.subjects[group[-1]]}' if len(group) > 1 else '')
 
       def make_writer(i, seed=seed):
-        return console.metric_writer(fold_dir(workdir, seed, exp.subjects[i]),
-                                     just_logging=not main_process)
+        # Each process writes the TensorBoard scalars of the folds it trains.
+        return console.metric_writer(fold_dir(workdir, seed, exp.subjects[i]))
 
       def on_epoch(i, scalars, label=label):
         del i

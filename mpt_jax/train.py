@@ -287,6 +287,16 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
   return f'{type(e).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
 
 
+def _own_process_options() -> Dict[str, Any]:
+  """Multi-host: a fold's checkpoint belongs to the one process that trains it (its own primary
+  host, no barrier with the other processes, which save their folds at other times)."""
+  if jax.process_count() == 1:
+    return {}
+  me = jax.process_index()
+  return {'multiprocessing_options': ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'mpt_jax_process_{me}')}
+
+
 class FoldCheckpointer:
   """Orbax ``CheckpointManager`` for one fold; keeps the latest epoch only.
 
@@ -306,7 +316,8 @@ class FoldCheckpointer:
           options=ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only,
                                                cleanup_tmp_directories=not read_only,
                                                read_only=read_only,
-                                               enable_async_checkpointing=False))
+                                               enable_async_checkpointing=False,
+                                               **_own_process_options()))
     except OSError as e:
       raise CheckpointDamagedError(f'cannot open checkpoint folder {self.directory} '
                                    f'({_one_line(e)})') from e
