@@ -310,14 +310,17 @@ class FoldCheckpointer:
     self.directory = os.path.abspath(directory)
     if read_only and not os.path.isdir(self.directory):
       raise CheckpointDamagedError(f'checkpoint folder {self.directory} is missing')
+    own = _own_process_options()
     try:
+      if own and not read_only:  # Orbax leaves the folder to us when a subset of processes saves
+        os.makedirs(self.directory, exist_ok=True)
       self.manager = ocp.CheckpointManager(
           self.directory,
-          options=ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only,
+          options=ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only and not own,
                                                cleanup_tmp_directories=not read_only,
                                                read_only=read_only,
                                                enable_async_checkpointing=False,
-                                               **_own_process_options()))
+                                               **own))
     except OSError as e:
       raise CheckpointDamagedError(f'cannot open checkpoint folder {self.directory} '
                                    f'({_one_line(e)})') from e
