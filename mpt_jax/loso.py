@@ -13,6 +13,11 @@ its last checkpoint (a damaged one is moved aside and the fold retrained). Data 
 augmentation depend only on (seed, fold, epoch), so a resumed run ends with exactly the metrics of
 an uninterrupted one. Every fold starts from the same freshly initialised trainable parameters (same
 seed); the frozen backbone is one set of arrays shared by all folds.
+
+Folds train in groups of ``config.train.folds_per_step`` (:func:`train_group`, the programs of
+:mod:`mpt_jax.train`); each fold of a group keeps its own epoch counter, records and checkpoint.
+Multi-host: process ``p`` trains the folds ``i % process_count == p``; process 0 writes the shared
+records.
 """
 
 import math
