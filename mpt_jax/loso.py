@@ -470,11 +470,12 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
       save = [j for j in active if slots[j].epoch % ck_every == 0
               or slots[j].epoch == num_epochs]
       host = layout.state_from_device(state) if save else None
+      # Every fold's epoch is checked before anything of the epoch is written.
+      epoch_metrics = {}
       for j in active:
         f = slots[j]
         w = m['count'][j].astype(np.float64)
         real = w > 0
-        f.step += int(real.sum())
         train_loss = float(np.dot(m['loss'][j], w) / w.sum())
         train_acc = float(np.dot(m['accuracy'][j], w) / w.sum())
         if not np.all(np.isfinite(np.asarray(m['loss'][j][real], np.float64))):
@@ -482,6 +483,11 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
                          f'epoch {f.epoch}: the training loss became {train_loss} (not finite); '
                          'nothing of this epoch is saved and the fold has no result. Lower '
                          '--config.train.learning_rate or check the pretrained weights')
+        epoch_metrics[j] = (train_loss, train_acc, int(real.sum()))
+      for j in active:
+        f = slots[j]
+        train_loss, train_acc, real_steps = epoch_metrics[j]
+        f.step += real_steps
         lr = float(exp.schedule(f.step))
         h = f.history
         h['epoch'].append(f.epoch)
@@ -516,6 +522,7 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
     for f in folds:
       if f.result is None:
         f.ckpt.close()
+        f.writer.close()
   return results
 
 
