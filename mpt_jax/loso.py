@@ -55,7 +55,8 @@ _POSITIVE = ('num_seeds', 'train.num_epochs', 'train.batch_size', 'train.eval_ba
              'train.eval_every_epochs', 'train.checkpoint_every_epochs', 'train.log_every_steps',
              'model.num_frames', 'model.image_size', 'model.num_prompts',
              'model.adapter_reduction', 'model.tokenizer_dim', 'model.tokenizer_patch')
-_NON_NEGATIVE = ('train.num_devices', 'train.folds_per_step', 'train.warmup_epochs', 'train.weight_decay')
+_NON_NEGATIVE = ('train.num_devices', 'train.folds_per_step', 'train.warmup_epochs',
+                 'train.weight_decay')
 _CHOICES = {'train.optimizer': ('adam', 'adamw', 'sgd'),
             'train.schedule': ('constant', 'cosine'),
             'model.training_strategy': tuple(partition.STRATEGIES)}
