@@ -13,18 +13,24 @@ its last checkpoint (a damaged one is moved aside and the fold retrained). Data 
 augmentation depend only on (seed, fold, epoch), so a resumed run ends with exactly the metrics of
 an uninterrupted one. Every fold starts from the same freshly initialised trainable parameters (same
 seed); the frozen backbone is one set of arrays shared by all folds.
+
+Folds train in groups of ``config.train.folds_per_step`` (:func:`train_group`, the programs of
+:mod:`mpt_jax.train`); each fold of a group keeps its own epoch counter, records and checkpoint.
+Multi-host: process ``p`` trains the folds ``i % process_count == p``; process 0 writes the shared
+records.
 """
 
 import math
 import os
 import platform
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
 from mpt_jax import console
 from mpt_jax import errors
@@ -49,7 +55,8 @@ _POSITIVE = ('num_seeds', 'train.num_epochs', 'train.batch_size', 'train.eval_ba
              'train.eval_every_epochs', 'train.checkpoint_every_epochs', 'train.log_every_steps',
              'model.num_frames', 'model.image_size', 'model.num_prompts',
              'model.adapter_reduction', 'model.tokenizer_dim', 'model.tokenizer_patch')
-_NON_NEGATIVE = ('train.num_devices', 'train.warmup_epochs', 'train.weight_decay')
+_NON_NEGATIVE = ('train.num_devices', 'train.folds_per_step', 'train.warmup_epochs',
+                 'train.weight_decay')
 _CHOICES = {'train.optimizer': ('adam', 'adamw', 'sgd'),
             'train.schedule': ('constant', 'cosine'),
             'model.training_strategy': tuple(partition.STRATEGIES)}
@@ -108,45 +115,130 @@ def fold_dir(workdir: str, seed: int, subject: str) -> str:
   return wd.fold_dir(workdir, seed, subject)
 
 
+def _vit_dims(model_config) -> Tuple[int, int, int, int, int]:
+  """(hidden size, MLP size, heads, blocks, patch size) of the configured backbone."""
+  from mpt_jax.models import vit  # pylint: disable=g-import-not-at-top
+  cfg = vit.vit_config(model_config.vit)
+  return cfg.hidden_size, cfg.mlp_dim, cfg.num_heads, cfg.num_layers, cfg.patch_size
+
+
+def fold_bytes_estimate(config: ml_collections.ConfigDict) -> int:
+  """An estimate of one fold's training-step memory (bytes).
+
+  Activations kept for the backward pass of every block (about 12 hidden-size vectors, two MLP
+  vectors and the attention maps per token, float32) and the clip pipeline (frames, magnification
+  pyramid and their gradients: 16 copies of the float32 batch). For ViT-B/16 at 224 px, T = 16,
+  batch 16 this gives 5.2 GiB; the measured peak of one such training step on CPU is 5.7 GiB (issue
+  9), most of the difference being the parameters, counted once in the budget's margin.
+  """
+  d, mlp, heads, layers, patch = _vit_dims(config.model)
+  size, frames = int(config.model.image_size), int(config.model.num_frames)
+  tokens = (size // patch) ** 2 + 1 + int(config.model.num_prompts)
+  batch = int(config.train.batch_size)
+  blocks = 4 * batch * layers * tokens * (12 * d + 2 * mlp + 2 * heads * tokens)
+  clips = 4 * batch * frames * size * size * 3 * 16
+  return blocks + clips
+
+
+def memory_budget(devices: Sequence[jax.Device]) -> int:
+  """Bytes the fold-parallel state may use on one device: 60 % of an accelerator's memory, or
+  40 % of the host's RAM shared by the CPU devices."""
+  dev = devices[0]
+  if dev.platform != 'cpu':
+    try:
+      limit = int((dev.memory_stats() or {}).get('bytes_limit', 0))
+    except Exception:  # pylint: disable=broad-except
+      limit = 0
+    if limit:
+      return int(0.6 * limit)
+  try:
+    ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    ram = 8 << 30
+  return int(0.4 * ram) // len(devices)
+
+
+def resolve_folds_per_step(config: ml_collections.ConfigDict, num_folds: int,
+                           devices: Sequence[jax.Device]) -> int:
+  """The fold slots of one program call (``config.train.folds_per_step``; 0 = auto).
+
+  Auto: every fold this process trains for a seed, as far as :func:`fold_bytes_estimate` fits
+  :func:`memory_budget` on each device; 1 when not even two folds per device fit. A value above 1
+  is rounded up to a multiple of the devices (the extra slots are dummy folds) and capped at the
+  folds rounded up the same way.
+  """
+  n_dev = len(devices)
+  want = int(config.train.get('folds_per_step', 0))
+  if want == 0:
+    per_device = max(1, memory_budget(devices) // max(1, fold_bytes_estimate(config)))
+    want = min(num_folds, per_device * n_dev)
+    if per_device < 2 and n_dev == 1:
+      want = 1
+  want = min(want, num_folds)
+  if want <= 1:
+    return 1
+  return -(-want // n_dev) * n_dev
+
+
 class Experiment:
-  """Everything shared by the folds of a run: data on device, model, steps, frozen backbone."""
+  """Everything shared by the folds of a run: data on device, model, programs, frozen backbone.
+
+  Attributes other code reads: ``config``, ``data``, ``model``, ``strategy``, ``subjects``,
+  ``devices`` (local), ``num_devices``, ``layout`` (:class:`mpt_jax.train.FoldLayout`), ``seed``,
+  ``init_fingerprint``, ``trainable0`` and ``frozen`` (flat dicts of the seed's initial leaves),
+  ``tx`` (optimizer of the full tree), ``schedule``; the methods :meth:`init`,
+  :meth:`fresh_state`, :meth:`fresh_fold_state`, :meth:`predict`, :meth:`my_folds`.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, data: input_pipeline.ClipSet):
     self.config = config
     self.data = data
     self.devices = jax.local_devices()
-    # Multi-host (jax.distributed): every process loads the data, builds the same global batch
-    # (same seeds) and feeds its slice to its local devices; gradients are summed over all devices.
+    # Multi-host (jax.distributed): each process trains its own folds (see my_folds) on its own
+    # devices; the programs have no cross-process collective.
     self.process_count, self.process_index = jax.process_count(), jax.process_index()
-    if int(config.train.get('num_devices', 0)) > 0 and self.process_count > 1:
-      raise RunError('train.num_devices cannot restrict devices in a multi-host run')
     if int(config.train.get('num_devices', 0)) > 0:
       if int(config.train.num_devices) > len(self.devices):
         raise RunError(f'train.num_devices is {config.train.num_devices} but only '
                        f'{len(self.devices)} local device(s) exist')
       self.devices = self.devices[:int(config.train.num_devices)]
     self.num_devices = len(self.devices)  # local
-    self.global_devices = self.num_devices * self.process_count
+    self.global_devices = self.num_devices  # the devices one fold's batch is spread over, at most
     self.strategy = config.model.training_strategy
     self.model = validate_config(config, len(data.classes))
     self.subjects = data.subject_list
     if len(self.subjects) < 2:
       raise RunError(f'LOSO needs at least 2 subjects; the data has {self.subjects}')
+    mine = len(self.my_folds())
+    self.layout = train_lib.FoldLayout(
+        self.num_devices, resolve_folds_per_step(config, max(1, mine), self.devices))
     bs = int(config.train.batch_size)
-    if bs % self.global_devices or int(config.train.eval_batch_size) % self.num_devices:
-      raise RunError(f'train.batch_size ({bs}) must be a multiple of the {self.global_devices} '
-                     f'devices and train.eval_batch_size ({config.train.eval_batch_size}) of the '
-                     f'{self.num_devices} local ones')
+    split = self.layout.split
+    if bs % split or int(config.train.eval_batch_size) % split:
+      raise RunError(f'train.batch_size ({bs}) and train.eval_batch_size '
+                     f'({config.train.eval_batch_size}) must be multiples of the {split} devices '
+                     'that share a fold (train.folds_per_step=1); or train several folds at once '
+                     '(train.folds_per_step=0)')
     smallest = min(int((data.subjects != s).sum()) for s in self.subjects)
     if bs > smallest:
       raise RunError(f'train.batch_size {bs} is larger than the smallest training fold '
                      f'({smallest} clips); lower --config.train.batch_size')
     largest = max(int((data.subjects != s).sum()) for s in self.subjects)
     self.steps_per_epoch_max = input_pipeline.steps_per_epoch(largest, bs)
+    most_test = max(int((data.subjects == s).sum()) for s in self.subjects)
+    self.eval_batches_max = input_pipeline.steps_per_epoch(most_test,
+                                                           int(config.train.eval_batch_size))
     self.data_on_device = input_pipeline.device_arrays(data, self.devices)
     self.geometric = (float(config.data.max_rotation_deg) > 0
                       or float(config.data.min_crop_scale) < 1.0)
     self.seed = None  # the seed of the last init()
+    self.p_train = self.p_eval = None  # built by the first init(), kept for every seed
+    self._single_eval = None  # a one-fold evaluate program for predict(), built when needed
+
+  def my_folds(self) -> List[int]:
+    """Indices (into ``subjects``) of the folds this process trains: fold i goes to process
+    ``i % process_count``."""
+    return [i for i in range(len(self.subjects)) if i % self.process_count == self.process_index]
 
   def init(self, seed: int) -> None:
     """Initial parameters for ``seed``: trainable init (same for every fold) and frozen leaves."""
@@ -159,31 +251,69 @@ class Experiment:
       raise ConfigError(f'config.model cannot be initialised: {e}') from e
     self.labels_tree = partition.param_labels(params, self.strategy)  # pylint: disable=attribute-defined-outside-init
     self.trainable0, self.frozen = partition.split_params(params, self.strategy)  # pylint: disable=attribute-defined-outside-init
-    # The schedule horizon uses the largest fold so that one compiled step serves every fold.
+    # The schedule horizon uses the largest fold so that one compiled program serves every fold.
     self.tx = partition.make_optimizer(self.config.train, params, self.strategy,  # pylint: disable=attribute-defined-outside-init
                                        self.steps_per_epoch_max)
+    self.tx_trainable = partition.make_optimizer(  # pylint: disable=attribute-defined-outside-init
+        self.config.train, traverse_util.unflatten_dict(dict(self.trainable0), sep='/'),
+        self.strategy, self.steps_per_epoch_max)
     self.schedule = partition.make_schedule(self.config.train, self.steps_per_epoch_max)  # pylint: disable=attribute-defined-outside-init
-    self.p_train, self.p_eval = train_lib.make_steps(
-        self.model, self.tx, self.labels_tree,
-        self.devices if self.process_count == 1 else None,
-        eval_devices=self.devices, geometric_augmentation=self.geometric)  # pylint: disable=attribute-defined-outside-init
+    if self.p_train is None:  # the same programs for every seed: they compile once per run
+      self.p_train, self.p_eval = train_lib.make_steps(
+          self.model, self.tx_trainable, self.layout, self.devices,
+          geometric_augmentation=self.geometric)
+    self.frozen_on_device = train_lib.replicate(self.frozen, self.devices)  # pylint: disable=attribute-defined-outside-init
     # The whole initial tree: a changed pretrained file or init is refused on resume, whatever
     # the strategy trains.
     self.init_fingerprint = partition.tree_fingerprint(params)  # pylint: disable=attribute-defined-outside-init
 
   def fresh_state(self) -> train_lib.TrainState:
+    """A fresh state of the full parameter tree (the template evaluation restores into)."""
     return train_lib.create_state(self.trainable0, self.frozen, self.tx)
 
-  def predict(self, params: Any, indices: np.ndarray) -> np.ndarray:
-    """Logits of the clips at ``indices`` (fixed-shape, padded eval batches)."""
+  def fresh_fold_state(self) -> train_lib.TrainState:
+    """A fresh state of the trainable leaves alone (what the training loop stacks per fold)."""
+    return train_lib.trainable_state(self.trainable0, self.tx_trainable)
+
+  def eval_arrays(self, test_sets: Sequence[np.ndarray],
+                  layout: train_lib.FoldLayout) -> Tuple[np.ndarray, np.ndarray]:
+    """``(idx in the device layout, mask (folds, batches * eval batch))`` of held-out sets."""
     bs = int(self.config.train.eval_batch_size)
-    out = []
-    for batch in input_pipeline.epoch_batches(indices, bs, self.num_devices, 0, False,
-                                              shuffle=False):
-      logits = self.p_eval(params, self.data_on_device, batch.idx)
-      logits = np.asarray(jax.device_get(logits)).reshape(bs, -1)
-      out.append(logits[batch.mask.reshape(-1) > 0])
-    return np.concatenate(out, axis=0)
+    n = self.eval_batches_max
+    idx = np.zeros((layout.folds, n, layout.split, bs // layout.split), np.int32)
+    mask = np.zeros((layout.folds, n * bs), np.float32)
+    for f, indices in enumerate(test_sets):
+      for b, batch in enumerate(input_pipeline.epoch_batches(indices, bs, layout.split, 0, False,
+                                                             shuffle=False)):
+        idx[f, b] = batch.idx
+        mask[f, b * bs:(b + 1) * bs] = batch.mask.reshape(-1)
+    return layout.to_device(idx), mask
+
+  def evaluate_folds(self, p_eval, layout, params, frozen, eval_idx, eval_mask) -> List[np.ndarray]:
+    """Held-out logits of every fold slot (real clips only)."""
+    logits = np.asarray(jax.device_get(p_eval(params, frozen, self.data_on_device, eval_idx)))
+    logits = layout.from_device(logits)  # (folds, batches, eval batch, classes)
+    logits = logits.reshape(layout.folds, -1, logits.shape[-1])
+    return [logits[f][eval_mask[f] > 0] for f in range(layout.folds)]
+
+  def predict(self, params: Any, indices: np.ndarray) -> np.ndarray:
+    """Logits of the clips at ``indices`` under the full parameter tree ``params`` (one fold)."""
+    layout = train_lib.FoldLayout(self.num_devices, 1)
+    if self.layout == layout and self.p_eval is not None:
+      p_eval = self.p_eval
+    else:
+      if self._single_eval is None:
+        _, self._single_eval = train_lib.make_steps(
+            self.model, self.tx_trainable, layout, self.devices,
+            geometric_augmentation=self.geometric)
+      p_eval = self._single_eval
+    trainable, frozen = partition.split_params(params, self.strategy)
+    state = train_lib.trainable_state(trainable, self.tx_trainable)
+    stacked = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[None], state.params)
+    idx, mask = self.eval_arrays([indices], layout)
+    return self.evaluate_folds(p_eval, layout, layout.state_to_device(stacked, self.devices),
+                               train_lib.replicate(frozen, self.devices), idx,
+                               mask)[0]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -191,111 +321,210 @@ def _softmax(x: np.ndarray) -> np.ndarray:
   return e / e.sum(-1, keepdims=True)
 
 
-def train_fold(exp: Experiment, seed: int, fold_index: int, subject: str, workdir: str,
-               writer) -> Dict[str, Any]:
-  """Trains (or resumes) the fold holding out ``subject``; returns its result record."""
-  config = exp.config
-  fdir = fold_dir(workdir, seed, subject)
-  wd.makedirs(fdir)
-  train_idx, test_idx = input_pipeline.split_for_subject(exp.data, subject)
-  ckpt_dir = wd.checkpoint_dir(workdir, seed, subject)
-  ckpt = train_lib.FoldCheckpointer(ckpt_dir)
-  state = exp.fresh_state()
-  history_path = os.path.join(fdir, 'history.json')
-  history: Dict[str, List[Any]] = {'epoch': [], 'train_loss': [], 'train_accuracy': [],
-                                   'test_accuracy': [], 'test_predictions': [], 'learning_rate': []}
-  start_epoch = 0
-  if ckpt.latest_epoch() is not None:
+class _Fold:
+  """One fold of a training group: its data, records, checkpoint and epochs."""
+
+  def __init__(self, exp: Experiment, seed: int, index: int, workdir: str, writer):
+    self.index, self.subject, self.seed = index, exp.subjects[index], seed
+    self.fdir = fold_dir(workdir, seed, self.subject)
+    wd.makedirs(self.fdir)
+    self.train_idx, self.test_idx = input_pipeline.split_for_subject(exp.data, self.subject)
+    self.ckpt_dir = wd.checkpoint_dir(workdir, seed, self.subject)
+    self.ckpt = train_lib.FoldCheckpointer(self.ckpt_dir)
+    self.history_path = os.path.join(self.fdir, 'history.json')
+    self.history: Dict[str, List[Any]] = {'epoch': [], 'train_loss': [], 'train_accuracy': [],
+                                          'test_accuracy': [], 'test_predictions': [],
+                                          'learning_rate': []}
+    self.writer = writer
+    self.logits = None  # held-out logits of the final state, once computed
+    self.result = None
+    self.state, self.epoch = self._restore(exp)
+    self.step = int(self.state.step)
+
+  def _restore(self, exp: Experiment) -> Tuple[train_lib.TrainState, int]:
+    state = exp.fresh_fold_state()
+    if self.ckpt.latest_epoch() is None:
+      return state, 0
     try:
-      start_epoch, state = ckpt.restore(state, exp.strategy)
+      start_epoch, state = self.ckpt.restore(state, exp.strategy)
     except train_lib.CheckpointDamagedError as e:
       # Only the latest checkpoint is kept, so there is no earlier one to fall back to: keep the
       # damaged one aside (never delete data) and retrain this fold from the start.
-      ckpt.close()
-      aside = f'{ckpt_dir}.damaged.{int(time.time())}'
-      os.replace(ckpt_dir, aside)
+      self.ckpt.close()
+      aside = f'{self.ckpt_dir}.damaged.{int(time.time())}'
+      os.replace(self.ckpt_dir, aside)
       logging.warning('Fold %s (seed %d): %s; moved it to %s and retraining the fold from the '
-                      'start', subject, seed, e, aside)
-      ckpt = train_lib.FoldCheckpointer(ckpt_dir)
-      start_epoch, state = 0, exp.fresh_state()
-    if start_epoch and os.path.exists(history_path):
-      history = wd.read_json(history_path)
+                      'start', self.subject, self.seed, e, aside)
+      self.ckpt = train_lib.FoldCheckpointer(self.ckpt_dir)
+      return exp.fresh_fold_state(), 0
+    if start_epoch and os.path.exists(self.history_path):
+      history = wd.read_json(self.history_path)
       keep = [i for i, e in enumerate(history['epoch']) if e <= start_epoch]
-      history = {k: [v[i] for i in keep] for k, v in history.items()}
+      self.history = {k: [v[i] for i in keep] for k, v in history.items()}
     if start_epoch:
-      logging.info('Fold %s: resuming after epoch %d', subject, start_epoch)
+      logging.info('Fold %s: resuming after epoch %d', self.subject, start_epoch)
+    return state, int(start_epoch)
+
+  def finish(self, exp: Experiment, workdir: str) -> Dict[str, Any]:
+    """Writes ``result.json`` (the final state's held-out predictions) and closes the fold."""
+    self.writer.flush()
+    self.writer.close()
+    self.ckpt.close()
+    num_epochs = int(exp.config.train.num_epochs)
+    test_idx, logits, history = self.test_idx, self.logits, self.history
+    self.result = {
+        'subject': self.subject, 'seed': self.seed, 'fold': self.index, 'n': int(len(test_idx)),
+        'clips': exp.data.names[test_idx].tolist(),
+        'labels': exp.data.labels[test_idx].tolist(),
+        'predictions': logits.argmax(-1).tolist(),
+        'probabilities': np.round(_softmax(logits), 6).tolist(),
+        'epochs': num_epochs, 'history': {k: history[k] for k in
+                                          ('epoch', 'train_loss', 'train_accuracy',
+                                           'test_accuracy', 'learning_rate')},
+        'per_epoch_predictions': history['test_predictions'],
+    }
+    wd.write_json(wd.result_path(workdir, self.seed, self.subject), self.result)
+    return self.result
+
+
+def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir: str,
+                make_writer: Callable[[int], Any],
+                on_epoch: Optional[Callable[[int, Dict[str, float]], None]] = None,
+                on_fold_done: Optional[Callable[[int, Dict[str, Any]], None]] = None
+                ) -> Dict[int, Dict[str, Any]]:
+  """Trains (or resumes) the folds ``fold_indices`` of ``seed`` together; returns their results.
+
+  At most ``exp.layout.folds`` folds; the free slots are dummy folds that never update. Each fold
+  resumes from its own checkpoint (folds may be at different epochs) and runs its own epochs: in
+  call ``k`` of the epoch program, fold ``f`` trains its epoch ``start_f + 1 + k``; a fold whose
+  epochs are done is inactive.
+
+  Args:
+    exp: the experiment, initialised for ``seed``.
+    seed: the run seed.
+    fold_indices: indices into ``exp.subjects``.
+    workdir: the run directory.
+    make_writer: fold index -> metric writer (TensorBoard scalars of the fold).
+    on_epoch: called with (fold index, scalars) after each fold epoch.
+    on_fold_done: called with (fold index, result) when a fold finished.
+  """
+  config, layout = exp.config, exp.layout
+  if not 0 < len(fold_indices) <= layout.folds:
+    raise ValueError(f'{len(fold_indices)} folds for {layout.folds} fold slots')
   num_epochs = int(config.train.num_epochs)
-  t0 = time.time()
-  logits = None  # held-out logits of the final state, once computed
-  for epoch in range(start_epoch + 1, num_epochs + 1):
-    seed_e = input_pipeline.fold_seed(seed, fold_index, epoch)
-    losses, accs, counts = [], [], []
-    for batch in input_pipeline.epoch_batches(
-        train_idx, int(config.train.batch_size), exp.global_devices, seed_e,
-        bool(config.data.hflip), max_rotation_deg=float(config.data.max_rotation_deg),
-        min_crop_scale=float(config.data.min_crop_scale)):
-      local = slice(exp.process_index * exp.num_devices, (exp.process_index + 1) * exp.num_devices)
-      state, m = exp.p_train(state, exp.data_on_device, batch.idx[local], batch.aug[local],
-                             batch.mask[local])
-      losses.append(m['loss'])
-      accs.append(m['accuracy'])
-      counts.append(m['count'])
-    m = jax.device_get({'loss': losses, 'accuracy': accs, 'count': counts})
-    w = np.asarray(m['count'], np.float64)
-    train_loss = float(np.dot(m['loss'], w) / w.sum())
-    train_acc = float(np.dot(m['accuracy'], w) / w.sum())
-    if not np.all(np.isfinite(np.asarray(m['loss'], np.float64))):
-      ckpt.close()
-      raise RunError(f'seed {seed} fold {fold_index + 1}/{len(exp.subjects)} ({subject}), epoch '
-                     f'{epoch}: the training loss became {train_loss} (not finite); nothing of '
-                     'this epoch is saved and the fold has no result. Lower '
-                     '--config.train.learning_rate or check the pretrained weights')
-    lr = float(exp.schedule(int(jax.device_get(state.step))))
-    history['epoch'].append(epoch)
-    history['train_loss'].append(train_loss)
-    history['train_accuracy'].append(train_acc)
-    history['learning_rate'].append(lr)
-    every = max(1, int(config.train.eval_every_epochs))
-    if epoch % every == 0 or epoch == num_epochs:
-      logits = exp.predict(state.params, test_idx)
-      preds = logits.argmax(-1)
-      test_acc = float((preds == exp.data.labels[test_idx]).mean())
-      history['test_accuracy'].append(test_acc)
-      history['test_predictions'].append(preds.tolist())
-    else:
-      history['test_accuracy'].append(None)
-      history['test_predictions'].append(None)
-    scalars = {'train_loss': train_loss, 'train_accuracy': train_acc, 'learning_rate': lr}
-    if history['test_accuracy'][-1] is not None:
-      scalars['test_accuracy'] = history['test_accuracy'][-1]
-    writer.write_scalars(epoch, scalars)
-    if epoch % max(1, int(config.train.checkpoint_every_epochs)) == 0 or epoch == num_epochs:
-      wd.write_json(history_path, history)
-      ckpt.save(epoch, state, exp.strategy)
-    elapsed = time.time() - t0
-    eta = elapsed / (epoch - start_epoch) * (num_epochs - epoch)
-    logging.info('seed %d fold %d/%d (%s) epoch %d/%d: loss %.4f acc %.3f test acc %s, '
-                 'fold ETA %.0fs', seed, fold_index + 1, len(exp.subjects), subject, epoch,
-                 num_epochs, train_loss, train_acc, history['test_accuracy'][-1], eta)
-  writer.flush()
-  # The last epoch always evaluates; a fold whose training had already finished before this
-  # process started predicts from its restored final state.
-  if logits is None:
-    logits = exp.predict(state.params, test_idx)
-  ckpt.close()
-  result = {
-      'subject': subject, 'seed': seed, 'fold': fold_index, 'n': int(len(test_idx)),
-      'clips': exp.data.names[test_idx].tolist(),
-      'labels': exp.data.labels[test_idx].tolist(),
-      'predictions': logits.argmax(-1).tolist(),
-      'probabilities': np.round(_softmax(logits), 6).tolist(),
-      'epochs': num_epochs, 'history': {k: history[k] for k in
-                                        ('epoch', 'train_loss', 'train_accuracy', 'test_accuracy',
-                                         'learning_rate')},
-      'per_epoch_predictions': history['test_predictions'],
-  }
-  wd.write_json(wd.result_path(workdir, seed, subject), result)
-  return result
+  bs, split = int(config.train.batch_size), layout.split
+  every = max(1, int(config.train.eval_every_epochs))
+  ck_every = max(1, int(config.train.checkpoint_every_epochs))
+  folds = []
+  try:
+    for i in fold_indices:
+      folds.append(_Fold(exp, seed, i, workdir, make_writer(i)))
+  except BaseException:
+    for f in folds:
+      f.ckpt.close()
+    raise
+  slots = folds + [None] * (layout.folds - len(folds))
+  fresh = exp.fresh_fold_state()
+  host = train_lib.stack_states([f.state if f else fresh for f in slots])
+  for f in folds:
+    f.state = None  # the stacked state holds it now
+  state = layout.state_to_device(host, exp.devices)
+  eval_idx, eval_mask = exp.eval_arrays([f.test_idx if f else np.zeros(0, np.int64)
+                                         for f in slots], layout)
+  results = {}
+  # A fold whose last epoch was saved before its result (a crash in between) predicts now.
+  if any(f.epoch >= num_epochs for f in folds):
+    logits = exp.evaluate_folds(exp.p_eval, layout, state.params, exp.frozen_on_device,
+                                eval_idx, eval_mask)
+    for j, f in enumerate(slots):
+      if f is not None and f.epoch >= num_epochs:
+        f.logits = logits[j]
+        results[f.index] = f.finish(exp, workdir)
+        if on_fold_done:
+          on_fold_done(f.index, results[f.index])
+  steps = exp.steps_per_epoch_max
+  identity = np.array([0, 0, 1, 0, 0], np.float32)
+  try:
+    while any(f is not None and f.epoch < num_epochs for f in slots):
+      idx = np.zeros((layout.folds, steps, split, bs // split), np.int32)
+      aug = np.tile(identity, (layout.folds, steps, split, bs // split, 1))
+      mask = np.zeros((layout.folds, steps, split, bs // split), np.float32)
+      active = [j for j, f in enumerate(slots) if f is not None and f.epoch < num_epochs]
+      for j in active:
+        f = slots[j]
+        seed_e = input_pipeline.fold_seed(seed, f.index, f.epoch + 1)
+        for k, batch in enumerate(input_pipeline.epoch_batches(
+            f.train_idx, bs, split, seed_e, bool(config.data.hflip),
+            max_rotation_deg=float(config.data.max_rotation_deg),
+            min_crop_scale=float(config.data.min_crop_scale))):
+          idx[j, k], aug[j, k], mask[j, k] = batch.idx, batch.aug, batch.mask
+      state, m = exp.p_train(state, exp.frozen_on_device, exp.data_on_device,
+                             layout.to_device(idx), layout.to_device(aug), layout.to_device(mask))
+      m = {k: layout.metrics_from_device(np.asarray(v)) for k, v in jax.device_get(m).items()}
+      for f in slots:
+        if f is not None and f.epoch < num_epochs:
+          f.epoch += 1
+      evaluate = [j for j in active if slots[j].epoch % every == 0
+                  or slots[j].epoch == num_epochs]
+      logits = (exp.evaluate_folds(exp.p_eval, layout, state.params, exp.frozen_on_device,
+                                   eval_idx, eval_mask) if evaluate else None)
+      save = [j for j in active if slots[j].epoch % ck_every == 0
+              or slots[j].epoch == num_epochs]
+      host = layout.state_from_device(state) if save else None
+      # Every fold's epoch is checked before anything of the epoch is written.
+      epoch_metrics = {}
+      for j in active:
+        f = slots[j]
+        w = m['count'][j].astype(np.float64)
+        real = w > 0
+        train_loss = float(np.dot(m['loss'][j], w) / w.sum())
+        train_acc = float(np.dot(m['accuracy'][j], w) / w.sum())
+        if not np.all(np.isfinite(np.asarray(m['loss'][j][real], np.float64))):
+          raise RunError(f'seed {seed} fold {f.index + 1}/{len(exp.subjects)} ({f.subject}), '
+                         f'epoch {f.epoch}: the training loss became {train_loss} (not finite); '
+                         'nothing of this epoch is saved and the fold has no result. Lower '
+                         '--config.train.learning_rate or check the pretrained weights')
+        epoch_metrics[j] = (train_loss, train_acc, int(real.sum()))
+      for j in active:
+        f = slots[j]
+        train_loss, train_acc, real_steps = epoch_metrics[j]
+        f.step += real_steps
+        lr = float(exp.schedule(f.step))
+        h = f.history
+        h['epoch'].append(f.epoch)
+        h['train_loss'].append(train_loss)
+        h['train_accuracy'].append(train_acc)
+        h['learning_rate'].append(lr)
+        if j in evaluate:
+          f.logits = logits[j]
+          preds = f.logits.argmax(-1)
+          h['test_accuracy'].append(float((preds == exp.data.labels[f.test_idx]).mean()))
+          h['test_predictions'].append(preds.tolist())
+        else:
+          h['test_accuracy'].append(None)
+          h['test_predictions'].append(None)
+        scalars = {'train_loss': train_loss, 'train_accuracy': train_acc, 'learning_rate': lr}
+        if h['test_accuracy'][-1] is not None:
+          scalars['test_accuracy'] = h['test_accuracy'][-1]
+        f.writer.write_scalars(f.epoch, scalars)
+        if on_epoch:
+          on_epoch(f.index, scalars)
+        if j in save:
+          wd.write_json(f.history_path, h)
+          f.ckpt.save(f.epoch, train_lib.fold_slice(host, j), exp.strategy)
+        logging.info('seed %d fold %d/%d (%s) epoch %d/%d: loss %.4f acc %.3f test acc %s', seed,
+                     f.index + 1, len(exp.subjects), f.subject, f.epoch, num_epochs, train_loss,
+                     train_acc, h['test_accuracy'][-1])
+        if f.epoch == num_epochs:  # the last epoch always evaluates
+          results[f.index] = f.finish(exp, workdir)
+          if on_fold_done:
+            on_fold_done(f.index, results[f.index])
+  finally:
+    for f in folds:
+      if f.result is None:
+        f.ckpt.close()
+        f.writer.close()
+  return results
 
 
 def oracle_predictions(results: List[Dict[str, Any]]) -> Tuple[List[int], List[int]]:
@@ -415,60 +644,92 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       lock.release()
 
 
+def _barrier(name: str) -> None:
+  """Waits for every process of a multi-host run (no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
-  """The LOSO loop of :func:`train_and_evaluate`, once every check passed and the lock is held."""
-  wd.save_config(config, workdir)
-  logging.info('LOSO over %d subjects, %d clips, %d device(s) (%s)', len(exp.subjects), len(data),
-               exp.num_devices, jax.devices()[0].platform)
+  """The LOSO loop of :func:`train_and_evaluate`, once every check passed and the lock is held.
+
+  Multi-host: process ``p`` trains the folds ``i % process_count == p`` and writes only their
+  records; process 0 alone writes the shared files (``config.json``, ``run_info.json``,
+  ``results.json``, the report), the latter once every process has finished its folds.
+  """
+  main_process = jax.process_index() == 0
+  if main_process:
+    wd.save_config(config, workdir)
+  logging.info('LOSO over %d subjects, %d clips, %d device(s) (%s), %d fold(s) per step',
+               len(exp.subjects), len(data), exp.num_devices, jax.devices()[0].platform,
+               exp.layout.folds)
   results_by_seed = {}
   t_run = time.time()
-  total_folds = int(config.num_seeds) * len(exp.subjects)
-  folds_done_now = 0
-  progress = console.Progress(total_folds, int(config.train.num_epochs), int(config.num_seeds),
-                              show=jax.process_index() == 0)
+  num_subjects = len(exp.subjects)
+  num_epochs = int(config.train.num_epochs)
+  total_folds = int(config.num_seeds) * num_subjects
+  progress = console.Progress(total_folds, num_epochs, int(config.num_seeds), show=main_process)
+  position = [0]  # epochs of the run done (finished folds and resumed epochs included)
+  folds_done_now = [0]
   for s in range(int(config.num_seeds)):
     seed = int(config.seed) + s
     if exp.seed != seed:
       exp.init(seed)
     info = wd.read_run_info(workdir, required=False)
     wd.check_init_fingerprint(info, seed, exp.init_fingerprint, workdir)
-    info.setdefault('init_fingerprint', {})[str(seed)] = exp.init_fingerprint
-    info.pop('backbone_fingerprint', None)  # older runs: frozen leaves only
-    info.update({'devices': [str(d) for d in exp.devices], 'jax': jax.__version__,
-                 'python': platform.python_version(), 'subjects': exp.subjects,
-                 'num_clips': len(data), 'classes': list(data.classes), 'protocol': protocol,
-                 'trainable_params': partition.count_trainable(
-                     partition.merge_params(exp.trainable0, exp.frozen), exp.strategy)})
-    wd.write_json(wd.run_info_path(workdir), info)
+    if main_process:
+      info.setdefault('init_fingerprint', {})[str(seed)] = exp.init_fingerprint
+      info.pop('backbone_fingerprint', None)  # older runs: frozen leaves only
+      info.update({'devices': [str(d) for d in exp.devices], 'jax': jax.__version__,
+                   'processes': jax.process_count(), 'folds_per_step': exp.layout.folds,
+                   'python': platform.python_version(), 'subjects': exp.subjects,
+                   'num_clips': len(data), 'classes': list(data.classes), 'protocol': protocol,
+                   'trainable_params': partition.count_trainable(
+                       partition.merge_params(exp.trainable0, exp.frozen), exp.strategy)})
+      wd.write_json(wd.run_info_path(workdir), info)
     logging.info('Seed %d: parameters by part %s, trainable parts %s', seed,
                  partition.count_by_part(partition.merge_params(exp.trainable0, exp.frozen)),
                  partition.trainable_parts(exp.strategy))
-    results = []
-    for i, subject in enumerate(exp.subjects):
-      path = wd.result_path(workdir, seed, subject)
-      if os.path.exists(path):
-        results.append(wd.read_json(path))
-        continue
-      writer = progress.writer(console.metric_writer(fold_dir(workdir, seed, subject),
-                                                     just_logging=jax.process_index() > 0),
-                               s * len(exp.subjects) + i, subject)
-      t_fold = time.time()
-      results.append(train_fold(exp, seed, i, subject, workdir, writer))
-      writer.close()
-      progress.fold_done(s * len(exp.subjects) + i, results[-1], time.time() - t_fold)
-      folds_done_now += 1
-      done = s * len(exp.subjects) + i + 1  # every earlier fold of this seed is finished
-      per_fold = (time.time() - t_run) / folds_done_now
-      logging.info('Fold %s done in %.0fs (accuracy %.3f); %d/%d folds, overall ETA %.0fs',
-                   subject, time.time() - t_fold,
-                   float(np.mean(np.asarray(results[-1]['labels']) ==
-                                 np.asarray(results[-1]['predictions']))),
-                   done, total_folds, per_fold * (total_folds - done))
-    results_by_seed[seed] = results
+    pending = [i for i in exp.my_folds()
+               if not os.path.exists(wd.result_path(workdir, seed, exp.subjects[i]))]
+    position[0] += num_epochs * (num_subjects - len(pending))
+    groups = [pending[k:k + exp.layout.folds] for k in range(0, len(pending), exp.layout.folds)]
+    for group in groups:
+      t_group = time.time()
+      label = exp.subjects[group[0]] + (f'..{exp.subjects[group[-1]]}' if len(group) > 1 else '')
+
+      def make_writer(i, seed=seed):
+        # Each process writes the TensorBoard scalars of the folds it trains.
+        return console.metric_writer(fold_dir(workdir, seed, exp.subjects[i]))
+
+      def on_epoch(i, scalars, label=label):
+        del i
+        position[0] += 1
+        progress.epoch(position[0] // num_epochs, position[0] % num_epochs, scalars, label)
+
+      def on_fold_done(i, result, s=s, t_group=t_group):
+        folds_done_now[0] += 1
+        progress.fold_done(s * num_subjects + i, result, time.time() - t_group)
+        logging.info('Fold %s done in %.0fs (accuracy %.3f); %d folds done by this process in '
+                     '%.0fs', result['subject'], time.time() - t_group,
+                     float(np.mean(np.asarray(result['labels']) ==
+                                   np.asarray(result['predictions']))),
+                     folds_done_now[0], time.time() - t_run)
+
+      train_group(exp, seed, group, workdir, make_writer, on_epoch, on_fold_done)
+    results_by_seed[seed] = None
   progress.close()
+  # Every process has written the result.json of its folds; then the shared records.
+  _barrier('mpt_jax: every fold trained')
+  for seed in results_by_seed:
+    results_by_seed[seed] = [wd.read_json(wd.result_path(workdir, seed, subject))
+                             for subject in exp.subjects]
   summary = summarise(config, data.classes, results_by_seed)
+  if not main_process:
+    return summary
   wd.write_json(os.path.join(workdir, 'results.json'), summary)
-  run_writer = console.metric_writer(workdir, just_logging=jax.process_index() > 0)
+  run_writer = console.metric_writer(workdir)
   for seed, entry in summary['seeds'].items():
     for i, f in enumerate(entry['folds']):
       run_writer.write_scalars(i, {f'seed_{seed}/fold_accuracy': f['accuracy']})

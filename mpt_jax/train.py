@@ -1,19 +1,37 @@
-"""Training state, the data-parallel train and eval steps, and per-fold Orbax checkpoints.
+"""Training state, the fold-parallel train and eval programs, and per-fold Orbax checkpoints.
 
-One code path for 1 or N devices: the steps are ``jax.pmap``-ed over the local devices with the
-state and the in-memory dataset replicated (``in_axes=None``) and the batch indices split across
-devices. Losses are summed per device and divided by the global count of real (unmasked) samples,
-and only the trainable gradients are all-reduced, so N devices give the same update as one device
-with the same global batch. Frozen leaves get zero updates through ``optax.multi_transform`` and
-their weight gradients are dead code that XLA removes.
+A LOSO run trains one small model per held-out subject on one shared frozen backbone. The train
+program updates ``F`` folds at once (``config.train.folds_per_step``): their trainable parameters
+and optimizer states are stacked on a leading fold axis and ``jax.vmap``-ed, while the frozen
+backbone is one argument passed once (``in_axes=None``), never stacked, copied per fold, donated
+or returned. One call trains one epoch of every fold of the group: a ``lax.scan`` over the epoch's
+steps, with the steps' clip indices, augmentation parameters and validity masks stacked as arrays,
+so there is one dispatch and no host synchronisation inside an epoch, and the state is donated.
 
-Checkpoints hold only what trains: the trainable parameters, the optimizer state and the step. The
-frozen backbone comes from the pretrained file (or the seed, for a from-scratch backbone) and is
-checked by a fingerprint on restore.
+A step of a fold whose mask is all zero (a fold with fewer steps this epoch, a fold that already
+finished its epochs, a dummy fold that pads the last group) changes nothing: its new state is
+discarded (``jnp.where`` on the fold's ``active`` flag), so neither its parameters nor its Adam
+moments or counts move.
+
+The program is ``jax.pmap``-ed over the local devices (:class:`FoldLayout`):
+
+* ``F > 1``: each device trains its own ``F / D`` folds; no collective in the step;
+* ``F = 1``: the one fold is data-parallel over the ``D`` devices, as before this change: the
+  batch is split, losses are summed per device and divided by the global count of real samples,
+  and the trainable gradients are summed (``psum``), so ``D`` devices give the update of one.
+
+Shapes (steps per epoch of the largest fold, ``F``, batch) are fixed for the whole run, so the
+program compiles once per run, whatever the seed, fold group or resumed epoch.
+
+Checkpoints hold only what trains: the trainable parameters, the optimizer state and the step, one
+checkpoint per fold (the fold's slice of the stacked state), so any fold restores alone. The frozen
+backbone comes from the pretrained file (or the seed, for a from-scratch backbone) and is checked by
+a fingerprint on restore.
 """
 
+import dataclasses
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import flax
 import jax
@@ -28,11 +46,22 @@ from mpt_jax import errors
 from mpt_jax import partition
 
 AXIS = 'batch'
+# Python-side traces of the programs, by name ('train_epoch', 'evaluate'): a trace precedes every
+# compilation, so tests read here that the step compiles once per run.
+TRACE_COUNTS: Dict[str, int] = {}
+
+
+def _traced(name: str) -> None:
+  TRACE_COUNTS[name] = TRACE_COUNTS.get(name, 0) + 1
 
 
 @flax.struct.dataclass
 class TrainState:
-  """Step counter, full parameter tree (frozen leaves included, shared) and optimizer state."""
+  """Step counter, parameter tree and optimizer state.
+
+  For :func:`create_state` the tree is the full model (frozen leaves included); for
+  :func:`trainable_state` (the training loop) it holds the trainable leaves alone.
+  """
   step: jax.Array
   params: Any
   opt_state: Any
@@ -40,65 +69,211 @@ class TrainState:
 
 def create_state(trainable: Dict[str, Any], frozen: Dict[str, Any],
                  tx: optax.GradientTransformation) -> TrainState:
-  """A fresh state from flat trainable leaves and the shared frozen leaves."""
+  """A fresh state of the full parameter tree from flat trainable and frozen leaves.
+
+  ``tx`` is :func:`mpt_jax.partition.make_optimizer` of the full tree. Evaluation and prediction
+  restore fold checkpoints into this structure.
+  """
   params = partition.merge_params(trainable, frozen)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def make_steps(model, tx: optax.GradientTransformation, labels_tree: Any, devices=None,
-               eval_devices=None, geometric_augmentation: bool = False):
-  """Returns pmapped ``(train_step, eval_step)``.
+def trainable_state(trainable: Dict[str, Any], tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state of the trainable leaves alone (flat ``{'a/b': leaf}`` in, nested tree inside).
 
-  ``train_step(state, data, idx, aug, mask) -> (state, metrics)`` and
-  ``eval_step(params, data, idx) -> logits (devices, per_device, classes)``.
+  ``tx`` is :func:`mpt_jax.partition.make_optimizer` of the trainable tree alone. Its state has
+  the same leaves, in the same order, as the full tree's optimizer state (frozen leaves carry no
+  optimizer state), so both kinds of state save and restore the same checkpoints.
+  """
+  params = traverse_util.unflatten_dict(dict(trainable), sep='/')
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def stack_states(states: Sequence[TrainState]) -> TrainState:
+  """Host (numpy) state with a leading fold axis from per-fold states."""
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
+
+
+def fold_slice(stacked: TrainState, i: int) -> TrainState:
+  """Fold ``i`` of a host state with a leading fold axis."""
+  return jax.tree.map(lambda x: x[i], stacked)
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldLayout:
+  """How the ``folds`` fold slots of one program call sit on ``num_devices`` local devices.
+
+  ``folds == 1``: the fold is data-parallel over every device (``split == num_devices``).
+  Otherwise ``folds`` is a multiple of ``num_devices`` and each device holds ``folds /
+  num_devices`` whole folds (``split == 1``). Per-fold arrays are ``(folds, steps, split,
+  per_device, ...)`` on the host and ``(num_devices, steps, per_device_folds, per_device, ...)``
+  in the program.
+  """
+  num_devices: int
+  folds: int
+
+  def __post_init__(self):
+    if self.folds < 1 or (self.folds > 1 and self.folds % self.num_devices):
+      raise ValueError(f'{self.folds} fold slots cannot be spread over {self.num_devices} devices')
+
+  @property
+  def data_parallel(self) -> bool:
+    return self.folds == 1
+
+  @property
+  def split(self) -> int:
+    """Devices that share one fold's batch."""
+    return self.num_devices if self.data_parallel else 1
+
+  @property
+  def groups(self) -> int:
+    """Device groups, one fold group each."""
+    return 1 if self.data_parallel else self.num_devices
+
+  @property
+  def per_device_folds(self) -> int:
+    return 1 if self.data_parallel else self.folds // self.num_devices
+
+  def to_device(self, x: np.ndarray) -> np.ndarray:
+    """``(folds, steps, split, per_device, ...)`` -> ``(devices, steps, per_device_folds, ...)``."""
+    g, fd, dp = self.groups, self.per_device_folds, self.split
+    rest = x.shape[3:]
+    x = x.reshape((g, fd) + x.shape[1:])  # (g, fd, s, dp, per, ...)
+    x = np.moveaxis(x, 3, 1)  # (g, dp, fd, s, per, ...)
+    x = np.swapaxes(x, 2, 3)  # (g, dp, s, fd, per, ...)
+    return x.reshape((g * dp, x.shape[2], fd) + rest)
+
+  def from_device(self, x: np.ndarray) -> np.ndarray:
+    """Inverse of :meth:`to_device`, with the split merged: ``(folds, steps, split * per, ...)``."""
+    g, fd, dp = self.groups, self.per_device_folds, self.split
+    s, per, rest = x.shape[1], x.shape[3], x.shape[4:]
+    x = x.reshape((g, dp, s, fd, per) + rest)
+    x = np.transpose(x, (0, 3, 2, 1, 4) + tuple(range(5, 5 + len(rest))))  # (g, fd, s, dp, per)
+    return x.reshape((g * fd, s, dp * per) + rest)
+
+  def metrics_from_device(self, x: np.ndarray) -> np.ndarray:
+    """Per-step metrics ``(devices, steps, per_device_folds)`` -> ``(folds, steps)``."""
+    if self.data_parallel:  # summed over the devices: every device holds the same values
+      return x[0].T
+    return np.swapaxes(x, 1, 2).reshape(self.folds, x.shape[1])
+
+  def state_to_device(self, stacked: TrainState, devices: Sequence[jax.Device]) -> TrainState:
+    """A host state ``(folds, ...)`` on ``devices`` in the program's layout.
+
+    The arrays get exactly the placement the programs give their outputs (replicated, or split
+    over the devices on a mesh named like the pmap axis), so the first call and the later ones
+    share one trace.
+    """
+    if self.data_parallel:
+      return replicate(stacked, devices)  # (1, ...), the same on every device
+    stacked = jax.tree.map(
+        lambda x: x.reshape((self.num_devices, self.per_device_folds) + x.shape[1:]), stacked)
+    mesh = jax.sharding.Mesh(np.asarray(list(devices)), (AXIS,))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+    return jax.tree.map(lambda x: jax.device_put(x, split), stacked)
+
+  def state_from_device(self, state: TrainState) -> TrainState:
+    """The program's state as a host state ``(folds, ...)``."""
+    state = jax.device_get(state)
+    if self.data_parallel:
+      return jax.tree.map(np.asarray, state)
+    return jax.tree.map(lambda x: np.asarray(x).reshape((self.folds,) + x.shape[2:]), state)
+
+
+def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
+  """Puts every leaf of ``tree`` on each of ``devices`` once (what the programs take with
+  ``in_axes=None``: the frozen backbone, the protocol)."""
+  mesh = jax.sharding.Mesh(np.asarray(list(devices)), (AXIS,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+def gather(data: Dict[str, jax.Array], idx: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """The one place where clip indices become model inputs: ``(clips float32, labels, apex)``."""
+  clips = data['clips'][idx].astype(jnp.float32)
+  return clips, data['labels'][idx], data['apex'][idx]
+
+
+def _merge(trainable: Any, frozen: Dict[str, Any]) -> Any:
+  """The full parameter tree from the nested trainable tree and the flat frozen leaves."""
+  return partition.merge_params(traverse_util.flatten_dict(trainable, sep='/'), frozen)
+
+
+def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
+               devices: Sequence[jax.Device], geometric_augmentation: bool = False,
+               gather_fn: Callable = gather) -> Tuple[Callable, Callable]:
+  """Returns the pmapped ``(train_epoch, evaluate)`` programs of ``layout``.
+
+  ``train_epoch(state, frozen, data, idx, aug, mask) -> (state, metrics)``: ``state`` is a
+  :class:`TrainState` of the trainable tree in ``layout.state_to_device`` form (donated);
+  ``frozen`` the flat frozen leaves and ``data`` the on-device protocol (both replicated,
+  ``in_axes=None``); ``idx``/``mask`` ``(devices, steps, per_device_folds, per_device)`` and ``aug``
+  the same with a trailing 5 (``layout.to_device``); ``metrics`` has ``loss``, ``accuracy`` and
+  ``count`` per step and fold, ``(devices, steps, per_device_folds)``.
+
+  ``evaluate(params, frozen, data, idx) -> logits (devices, batches, per_device_folds, per_device,
+  classes)``: ``params`` is the trainable tree in the state's layout.
 
   Args:
     model: the MPT module.
-    tx: the partitioned optimizer.
-    labels_tree: ``trainable``/``frozen`` labels of the parameters.
-    devices: devices of the training pmap (None: every device of every process).
-    eval_devices: devices of the evaluation pmap. Evaluation needs no collectives, so in a
-      multi-host run each process evaluates on its own local devices.
+    tx: the optimizer of the trainable tree alone (see :func:`trainable_state`).
+    layout: how the fold slots sit on the devices.
+    devices: the local devices of the programs.
     geometric_augmentation: compile the rotation/crop warp into the step.
+    gather_fn: ``(data, idx) -> (clips, labels, apex)``, the step's input hook.
   """
+  dp = layout.data_parallel
 
-  def gather(data, idx):
-    clips = data['clips'][idx].astype(jnp.float32)
-    return clips, data['labels'][idx], data['apex'][idx]
-
-  def train_step(state, data, idx, aug, mask):
-    clips, labels, apex = gather(data, idx)
+  def fold_step(state, frozen, data, idx, aug, mask):
+    clips, labels, apex = gather_fn(data, idx)
     clips = augment.apply(clips, aug, geometric_augmentation)
-    count = jax.lax.psum(mask.sum(), AXIS)
+    count = mask.sum()
+    if dp:
+      count = jax.lax.psum(count, AXIS)
     denom = jnp.maximum(count, 1.0)
 
-    def loss_fn(params):
-      logits = model.apply({'params': params}, clips, apex)
+    def loss_fn(trainable):
+      logits = model.apply({'params': _merge(trainable, frozen)}, clips, apex)
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       return (ce * mask).sum() / denom, logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.tree.map(lambda g, l: jax.lax.psum(g, AXIS) if l == partition.TRAINABLE else g,
-                         grads, labels_tree)
     correct = ((jnp.argmax(logits, -1) == labels) * mask).sum()
-    metrics = {'loss': jax.lax.psum(loss, AXIS),
-               'accuracy': jax.lax.psum(correct, AXIS) / denom,
-               'count': count}
+    if dp:
+      grads, loss, correct = jax.lax.psum((grads, loss, correct), AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                     opt_state=opt_state)
+    # A step without a real sample changes nothing (no parameter, moment or count update).
+    active = count > 0
+    new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
+    return new, {'loss': loss, 'accuracy': correct / denom, 'count': count}
 
-  def eval_step(params, data, idx):
-    clips, _, apex = gather(data, idx)
-    return model.apply({'params': params}, clips, apex)
+  folds_step = jax.vmap(fold_step, in_axes=(0, None, None, 0, 0, 0))
 
-  p_train = jax.pmap(train_step, AXIS, in_axes=(None, None, 0, 0, 0), out_axes=(None, None),
-                     devices=devices)
-  if eval_devices is not None and jax.process_count() > 1:
-    # No cross-process pmap for evaluation: a per-process jit of the same step, vmapped.
-    p_eval = jax.jit(jax.vmap(eval_step, in_axes=(None, None, 0)))
-  else:
-    p_eval = jax.pmap(eval_step, AXIS, in_axes=(None, None, 0), out_axes=0, devices=devices)
+  def train_epoch(state, frozen, data, idx, aug, mask):
+    _traced('train_epoch')
+
+    def body(st, xs):
+      return folds_step(st, frozen, data, *xs)
+
+    return jax.lax.scan(body, state, (idx, aug, mask))
+
+  def fold_logits(params, frozen, data, idx):
+    clips, _, apex = gather_fn(data, idx)
+    return model.apply({'params': _merge(params, frozen)}, clips, apex)
+
+  def evaluate(params, frozen, data, idx):
+    _traced('evaluate')
+    folds_logits = jax.vmap(fold_logits, in_axes=(0, None, None, 0))
+    return jax.lax.map(lambda i: folds_logits(params, frozen, data, i), idx)
+
+  state_axis = None if dp else 0
+  p_train = jax.pmap(train_epoch, AXIS, in_axes=(state_axis, None, None, 0, 0, 0),
+                     out_axes=(state_axis, 0), devices=devices,
+                     donate_argnums=() if dp else (0,))
+  p_eval = jax.pmap(evaluate, AXIS, in_axes=(state_axis, None, None, 0), out_axes=0,
+                    devices=devices)
   return p_train, p_eval
 
 
@@ -110,6 +285,16 @@ class CheckpointDamagedError(errors.UserError):
 def _one_line(e: BaseException, limit: int = 200) -> str:
   text = ' '.join(str(e).split())
   return f'{type(e).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+
+
+def _own_process_options() -> Dict[str, Any]:
+  """Multi-host: a fold's checkpoint belongs to the one process that trains it (its own primary
+  host, no barrier with the other processes, which save their folds at other times)."""
+  if jax.process_count() == 1:
+    return {}
+  me = jax.process_index()
+  return {'multiprocessing_options': ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'mpt_jax_process_{me}')}
 
 
 class FoldCheckpointer:
@@ -125,13 +310,17 @@ class FoldCheckpointer:
     self.directory = os.path.abspath(directory)
     if read_only and not os.path.isdir(self.directory):
       raise CheckpointDamagedError(f'checkpoint folder {self.directory} is missing')
+    own = _own_process_options()
     try:
+      if own and not read_only:  # Orbax leaves the folder to us when a subset of processes saves
+        os.makedirs(self.directory, exist_ok=True)
       self.manager = ocp.CheckpointManager(
           self.directory,
-          options=ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only,
+          options=ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only and not own,
                                                cleanup_tmp_directories=not read_only,
                                                read_only=read_only,
-                                               enable_async_checkpointing=False))
+                                               enable_async_checkpointing=False,
+                                               **own))
     except OSError as e:
       raise CheckpointDamagedError(f'cannot open checkpoint folder {self.directory} '
                                    f'({_one_line(e)})') from e

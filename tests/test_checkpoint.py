@@ -49,3 +49,44 @@ def test_round_trip_and_interrupted_save(tmp_path):
   # The leftover temporary folder is cleaned up (asynchronously, at the latest by this save).
   assert ckpt.latest_epoch() == 3 and sorted(os.listdir(directory)) == ['3']
   ckpt.close()
+
+
+def test_a_folds_slice_of_the_stacked_state_restores_alone(tmp_path):
+  """Training saves each fold's slice of the fold-stacked trainable state; evaluation and
+  prediction restore one fold into a full-model state (frozen leaves from the init)."""
+  config = helpers.tiny_config()
+  model = mpt.build_model(config.model, 5)
+  params = model.init(jax.random.PRNGKey(0), helpers.random_clips())['params']
+  trainable, frozen = partition.split_params(params, 'mpt')
+  tx_trainable = partition.make_optimizer(
+      config.train, traverse_util.unflatten_dict(trainable, sep='/'), 'mpt', 1)
+  rng = np.random.default_rng(0)
+  folds = []
+  for f in range(3):  # every leaf different per fold
+    s = train_lib.trainable_state(trainable, tx_trainable)
+    folds.append(jax.tree.map(
+        lambda x, f=f: np.asarray(x) + rng.random(np.shape(x)).astype(np.asarray(x).dtype) * (f + 1)
+        if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x) + f + 1, s))
+  stacked = train_lib.stack_states(folds)
+  ckpt = train_lib.FoldCheckpointer(str(tmp_path / 'fold1'))
+  ckpt.save(4, train_lib.fold_slice(stacked, 1), 'mpt')
+  ckpt.close()
+  tx_full = partition.make_optimizer(config.train, params, 'mpt', 1)
+  ckpt = train_lib.FoldCheckpointer(str(tmp_path / 'fold1'), read_only=True)
+  epoch, restored = ckpt.restore(train_lib.create_state(trainable, frozen, tx_full), 'mpt')
+  ckpt.close()
+  assert epoch == 4 and int(restored.step) == int(folds[1].step) == 2
+  flat = traverse_util.flatten_dict(restored.params, sep='/')
+  want = traverse_util.flatten_dict(folds[1].params, sep='/')
+  for k, v in frozen.items():
+    np.testing.assert_array_equal(np.asarray(flat[k]), np.asarray(v), err_msg=k)
+  for k, v in want.items():
+    np.testing.assert_array_equal(np.asarray(flat[k]), v, err_msg=k)
+  for a, b in zip(jax.tree.leaves(restored.opt_state), jax.tree.leaves(folds[1].opt_state)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  # And back into a trainable-only state (a resumed fold).
+  ckpt = train_lib.FoldCheckpointer(str(tmp_path / 'fold1'))
+  _, again = ckpt.restore(train_lib.trainable_state(trainable, tx_trainable), 'mpt')
+  ckpt.close()
+  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(folds[1])):
+    np.testing.assert_array_equal(np.asarray(a), b)

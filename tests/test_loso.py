@@ -162,7 +162,8 @@ def test_two_devices_match_one_device(data_dir, tmp_path):
   assert jax.local_device_count() >= 2, 'tests run with 2 simulated CPU devices (conftest)'
   histories = {}
   for n in (1, 2):
-    config = smoke_config(data_dir, num_devices=n, num_epochs=2, eval_every_epochs=1)
+    config = smoke_config(data_dir, num_devices=n, num_epochs=2, eval_every_epochs=1,
+                          folds_per_step=1)  # one fold, data-parallel over n devices
     config.data.subjects = ('p01', 'p02')
     loso.train_and_evaluate(config, str(tmp_path / f'dev{n}'))
     res = json.load(open(tmp_path / f'dev{n}' / 'seed_0' / 'fold_p01' / 'result.json'))
@@ -211,20 +212,21 @@ def test_step_compiles_once_per_run_not_per_fold(data_dir, tmp_path, monkeypatch
   events = []
   jax.monitoring.register_event_duration_secs_listener(
       lambda name, *_args, **_kw: events.append(name) if 'backend_compile' in name else None)
-  per_fold = []
-  original = loso.train_fold
+  per_group = []
+  original = loso.train_group
 
-  def counting_train_fold(*args, **kwargs):
+  def counting_train_group(*args, **kwargs):
     before = len(events)
     out = original(*args, **kwargs)
-    per_fold.append(len(events) - before)
+    per_group.append(len(events) - before)
     return out
 
-  monkeypatch.setattr(loso, 'train_fold', counting_train_fold)
-  config = smoke_config(data_dir, num_epochs=2, learning_rate=2e-4)  # fresh functions
+  monkeypatch.setattr(loso, 'train_group', counting_train_group)
+  # One fold per step (fresh functions through the learning rate): 3 groups of one fold.
+  config = smoke_config(data_dir, num_epochs=2, learning_rate=2e-4, folds_per_step=1)
   loso.train_and_evaluate(config, str(tmp_path / 'compile'))
-  assert len(per_fold) == 3
-  assert per_fold[0] > 0 and per_fold[1:] == [0, 0], per_fold  # later folds reuse the step
+  assert len(per_group) == 3
+  assert per_group[0] > 0 and per_group[1:] == [0, 0], per_group  # later folds reuse the step
 
 
 def test_several_seeds_report_mean_and_std(data_dir, tmp_path):

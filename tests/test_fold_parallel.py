@@ -1,0 +1,275 @@
+"""Fold-parallel training (``config.train.folds_per_step``) gives the results of one fold at a time.
+
+A tiny in-memory protocol of 5 subjects of unequal size (so folds have different numbers of steps
+per epoch and the last fold group is padded with dummy folds) is trained with 1 and 4 folds per
+step, on 1 and on 2 (simulated, see conftest) devices; per-fold losses, learning rates and held-out
+probabilities must agree. Interrupted groups resume fold by fold, and the programs are traced once
+per run.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import synthetic
+import jax.numpy as jnp
+import optax
+
+from mpt_jax import augment
+from mpt_jax import evaluate
+from mpt_jax import input_pipeline
+from mpt_jax import loso
+from mpt_jax import partition
+from mpt_jax import pretrained
+from mpt_jax import train as train_lib
+from mpt_jax.models import mpt
+from tfds_builders import prepare
+
+SIZES = {'p01': 8, 'p02': 7, 'p03': 6, 'p04': 5, 'p05': 4}  # 30 clips; 22..26 to train per fold
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp('tfds'))
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = d
+  prepare.prepare(config.data)
+  data = input_pipeline.load(config)
+  # Relabel the 30 clips into 5 subjects of unequal size (classes stay mixed).
+  subjects = np.concatenate([[s] * n for s, n in SIZES.items()])
+  order = np.random.default_rng(0).permutation(len(data))
+  data = input_pipeline.ClipSet(data.clips[order], data.labels[order], data.apex[order], subjects,
+                                np.asarray([f'synthetic_me/{s}/{n.rsplit("/", 1)[-1]}'
+                                            for s, n in zip(subjects, data.names[order])]),
+                                data.classes)
+  return {'data_dir': d, 'data': data, 'runs': {}, 'root': tmp_path_factory.mktemp('runs')}
+
+
+def make_config(setup, folds, devices, **train):
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = setup['data_dir']
+  config.train.num_epochs = 2
+  config.train.folds_per_step = folds
+  config.train.num_devices = devices
+  for k, v in train.items():
+    config.train[k] = v
+  return config
+
+
+def run(setup, name, folds, devices, num_seeds=1, **train):
+  """Trains (once per module) and returns {seed: {subject: result.json}}."""
+  if name not in setup['runs']:
+    config = make_config(setup, folds, devices, **train)
+    config.num_seeds = num_seeds
+    workdir = str(setup['root'] / name)
+    loso.train_and_evaluate(config, workdir, data=setup['data'])
+    setup['runs'][name] = read_results(workdir, num_seeds)
+  return setup['runs'][name]
+
+
+def read_results(workdir, num_seeds=1):
+  return {seed: {s: json.load(open(os.path.join(workdir, f'seed_{seed}', f'fold_{s}',
+                                                'result.json')))
+                 for s in SIZES} for seed in range(num_seeds)}
+
+
+def assert_same(a, b, exact_predictions=True):
+  for subject in SIZES:
+    ra, rb = a[subject], b[subject]
+    np.testing.assert_allclose(ra['history']['train_loss'], rb['history']['train_loss'],
+                               rtol=1e-5, err_msg=subject)
+    np.testing.assert_allclose(ra['history']['train_accuracy'], rb['history']['train_accuracy'],
+                               atol=1e-6, err_msg=subject)
+    assert ra['history']['learning_rate'] == rb['history']['learning_rate'], subject
+    np.testing.assert_allclose(ra['probabilities'], rb['probabilities'], atol=2e-5,
+                               err_msg=subject)
+    if exact_predictions:
+      assert ra['predictions'] == rb['predictions'], subject
+
+
+def test_fold_sizes_give_masked_steps(setup):
+  data, bs = setup['data'], 4
+  steps = {s: input_pipeline.steps_per_epoch(int((data.subjects != s).sum()), bs) for s in SIZES}
+  assert len(set(steps.values())) > 1, steps  # some folds have fewer steps: masked steps happen
+
+
+def test_four_folds_at_once_equal_one_at_a_time_on_one_device(setup):
+  train_lib.TRACE_COUNTS.clear()
+  parallel = run(setup, 'f4d1', 4, 1, num_seeds=2, schedule='cosine')
+  # 2 seeds x 2 fold groups (4 folds + 1 fold and 3 dummies): one trace of each program.
+  assert train_lib.TRACE_COUNTS == {'train_epoch': 1, 'evaluate': 1}, train_lib.TRACE_COUNTS
+  sequential = run(setup, 'f1d1', 1, 1, schedule='cosine')
+  assert_same(sequential[0], parallel[0])
+  assert parallel[0]['p01']['probabilities'] != parallel[1]['p01']['probabilities']
+
+
+def test_four_folds_at_once_equal_one_at_a_time_on_two_devices(setup):
+  assert jax.local_device_count() >= 2, 'tests run with 2 simulated CPU devices (conftest)'
+  sequential = run(setup, 'f1d1', 1, 1, schedule='cosine')[0]
+  data_parallel = run(setup, 'f1d2', 1, 2, schedule='cosine')[0]  # one fold split over 2 devices
+  folds_parallel = run(setup, 'f4d2', 4, 2, schedule='cosine')[0]  # 2 folds on each device
+  assert_same(sequential, data_parallel)
+  assert_same(sequential, folds_parallel)
+
+
+def reference_fold(config, data, subject, seed=0):
+  """One fold trained the plain way, outside the fold-parallel program: a jitted step on the full
+  parameter tree for each real batch of ``epoch_batches`` (no padding steps, no masking, no vmap,
+  no scan). Returns (per-epoch train losses, final held-out probabilities, optimizer steps)."""
+  model = mpt.build_model(config.model, len(data.classes))
+  params = pretrained.init_params(model, config.model, jax.random.PRNGKey(seed))
+  strategy, bs = config.model.training_strategy, int(config.train.batch_size)
+  largest = max(int((data.subjects != s).sum()) for s in SIZES)
+  tx = partition.make_optimizer(config.train, params, strategy,
+                                input_pipeline.steps_per_epoch(largest, bs))
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt, idx, aug, mask):
+    clips = augment.apply(jnp.asarray(data.clips)[idx].astype(jnp.float32), aug, False)
+    labels, apex = jnp.asarray(data.labels)[idx], jnp.asarray(data.apex)[idx]
+
+    def loss_fn(p):
+      logits = model.apply({'params': p}, clips, apex)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return (ce * mask).sum() / mask.sum()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, loss
+
+  fold = data.subject_list.index(subject)
+  train_idx, test_idx = input_pipeline.split_for_subject(data, subject)
+  losses, steps = [], 0
+  for epoch in range(1, int(config.train.num_epochs) + 1):
+    total = count = 0.0
+    for b in input_pipeline.epoch_batches(train_idx, bs, 1, input_pipeline.fold_seed(seed, fold,
+                                                                                       epoch),
+                                          bool(config.data.hflip)):
+      params, opt, loss = step(params, opt, b.idx[0], b.aug[0], b.mask[0])
+      total += float(loss) * b.mask.sum()
+      count += b.mask.sum()
+      steps += 1
+    losses.append(total / count)
+  logits = model.apply({'params': params}, jnp.asarray(data.clips[test_idx], jnp.float32),
+                       jnp.asarray(data.apex[test_idx]))
+  return losses, np.asarray(jax.nn.softmax(logits)), steps
+
+
+def test_parallel_folds_equal_a_plain_training_loop(setup):
+  """The fold with the fewest steps (p01: 6 of the largest fold's 7) and the largest (p05), from a
+  2-folds-per-device run, against :func:`reference_fold`; masked steps must change nothing."""
+  results = run(setup, 'f4d2', 4, 2, schedule='cosine')[0]
+  config = make_config(setup, 4, 2, schedule='cosine')
+  data = setup['data']
+  for subject in ('p01', 'p05'):
+    losses, probs, steps = reference_fold(config, data, subject)
+    np.testing.assert_allclose(results[subject]['history']['train_loss'], losses, rtol=1e-5,
+                               err_msg=subject)
+    np.testing.assert_allclose(results[subject]['probabilities'], probs, atol=2e-5,
+                               err_msg=subject)
+    ckpt = train_lib.FoldCheckpointer(str(setup['root'] / 'f4d2' / 'seed_0' / f'fold_{subject}' /
+                                          'checkpoints'), read_only=True)
+    template = loso.Experiment(config, data)
+    template.init(0)
+    _, state = ckpt.restore(template.fresh_state(), 'mpt')
+    ckpt.close()
+    assert int(state.step) == steps, subject  # no step counted for a masked step
+    counts = [int(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) == 0]
+    assert counts and all(c == steps for c in counts), (subject, counts)  # Adam's counts too
+
+
+def test_layout_round_trip():
+  rng = np.random.default_rng(0)
+  for devices, folds in ((1, 1), (2, 1), (1, 4), (2, 4), (2, 6)):
+    layout = train_lib.FoldLayout(devices, folds)
+    x = rng.random((folds, 3, layout.split, 5))
+    on_device = layout.to_device(x)
+    assert on_device.shape == (devices, 3, layout.per_device_folds, 5 // 1)
+    back = layout.from_device(on_device)
+    np.testing.assert_array_equal(back, x.reshape(folds, 3, layout.split * 5))
+    if not layout.data_parallel:  # fold f lives on device f // (folds / devices)
+      f = folds - 1
+      np.testing.assert_array_equal(on_device[f // layout.per_device_folds, :,
+                                              f % layout.per_device_folds], x[f, :, 0])
+  with pytest.raises(ValueError):
+    train_lib.FoldLayout(2, 3)
+
+
+def test_eval_recomputes_the_parallel_runs_predictions(setup):
+  run(setup, 'f4d1', 4, 1, num_seeds=2, schedule='cosine')
+  config = make_config(setup, 4, 1, schedule='cosine')
+  config.num_seeds = 2
+  summary = evaluate.evaluate(config, str(setup['root'] / 'f4d1'), data=setup['data'])
+  assert summary['identical_to_training_run'] is True
+
+
+class Crash(Exception):
+  pass
+
+
+def test_interrupted_group_resumes_fold_by_fold(setup, monkeypatch):
+  """A crash in the middle of an epoch's checkpoints leaves the folds of a group at different
+  epochs (one already finished); the same command again resumes each from its own checkpoint and
+  ends with the uninterrupted results, without retraining the finished fold."""
+  uninterrupted = run(setup, 'f4d1', 4, 1, num_seeds=2, schedule='cosine')[0]
+  config = make_config(setup, 4, 1, schedule='cosine')
+  workdir = str(setup['root'] / 'crash')
+  saves = []
+  original = train_lib.FoldCheckpointer.save
+
+  def crashing_save(self, epoch, state, strategy):
+    saves.append((os.path.basename(os.path.dirname(self.directory)), epoch))
+    if len(saves) == 6:  # epoch 2 of the second fold of the first group
+      raise Crash()
+    return original(self, epoch, state, strategy)
+
+  monkeypatch.setattr(train_lib.FoldCheckpointer, 'save', crashing_save)
+  with pytest.raises(Crash):
+    loso.train_and_evaluate(config, workdir, data=setup['data'])
+  monkeypatch.setattr(train_lib.FoldCheckpointer, 'save', original)
+  finished = os.path.join(workdir, 'seed_0', 'fold_p01', 'result.json')
+  assert os.path.exists(finished)
+  assert not os.path.exists(os.path.join(workdir, 'seed_0', 'fold_p02', 'result.json'))
+  latest = {}
+  for s in SIZES:
+    ckpt = train_lib.FoldCheckpointer(os.path.join(workdir, 'seed_0', f'fold_{s}', 'checkpoints'))
+    latest[s] = ckpt.latest_epoch()
+    ckpt.close()
+  assert latest == {'p01': 2, 'p02': 1, 'p03': 1, 'p04': 1, 'p05': None}, latest
+  mtime = os.path.getmtime(finished)
+  groups = []
+  original_group = loso.train_group
+
+  def recording_group(exp, seed, fold_indices, *args, **kwargs):
+    groups.append([exp.subjects[i] for i in fold_indices])
+    return original_group(exp, seed, fold_indices, *args, **kwargs)
+
+  monkeypatch.setattr(loso, 'train_group', recording_group)
+  loso.train_and_evaluate(config, workdir, data=setup['data'])
+  assert groups == [['p02', 'p03', 'p04', 'p05']]  # the finished fold is in no group
+  assert os.path.getmtime(finished) == mtime
+  assert_same(uninterrupted, read_results(workdir)[0])
+  history = json.load(open(os.path.join(workdir, 'seed_0', 'fold_p02', 'history.json')))
+  assert history['epoch'] == [1, 2]
+
+
+def test_auto_folds_per_step(setup):
+  config = make_config(setup, 0, 1)
+  devices = jax.local_devices()
+  assert loso.resolve_folds_per_step(config, 5, devices[:1]) == 5  # tiny model: every fold
+  assert loso.resolve_folds_per_step(config, 5, devices[:2]) == 6  # rounded to the devices
+  config.train.folds_per_step = 1
+  assert loso.resolve_folds_per_step(config, 5, devices[:2]) == 1
+  config.train.folds_per_step = 3
+  assert loso.resolve_folds_per_step(config, 2, devices[:1]) == 2  # never more than the folds
+  config = synthetic.get_config('')
+  config.model.vit = 'B_16'
+  config.model.image_size = 224
+  config.model.num_frames = 16
+  config.train.batch_size = 16
+  per_fold = loso.fold_bytes_estimate(config)
+  assert 4 * 2**30 < per_fold < 7 * 2**30  # a measured step peaks at 5.7 GiB (issue 9)
