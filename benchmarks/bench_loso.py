@@ -40,7 +40,6 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -151,31 +150,10 @@ def set_folds_per_step(config, folds: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ the data
-def _natural_key(s):
-  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
-
-
 def make_clipset(clips, labels, apex, subjects, names, classes):
-  """An ``input_pipeline.ClipSet`` whose subject order needs no TFDS import.
-
-  ``ClipSet.subject_list`` imports ``tfds_builders.common.natural_key``, which imports
-  tensorflow-datasets; this subclass sorts with the same key without it, so the runner works on a
-  machine without TensorFlow. (Once ``input_pipeline`` stops importing TFDS there, a plain ClipSet
-  does the same.)
-  """
+  """An ``input_pipeline.ClipSet`` (its import needs no TensorFlow or TFDS)."""
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-
-  class BenchClipSet(input_pipeline.ClipSet):
-
-    @property
-    def subject_list(self):
-      return sorted(set(self.subjects.tolist()), key=_natural_key)
-
-    def subset(self, mask):
-      return BenchClipSet(self.clips[mask], self.labels[mask], self.apex[mask],
-                          self.subjects[mask], self.names[mask], self.classes)
-
-  return BenchClipSet(clips, labels, apex, subjects, names, classes)
+  return input_pipeline.ClipSet(clips, labels, apex, subjects, names, classes)
 
 
 def random_data(num_subjects, num_clips, frames, size, num_classes, seed=0):

@@ -104,6 +104,10 @@ def get_config() -> ml_collections.ConfigDict:
   # kernels and fewer program calls per fold; the results are those of 1 (within float rounding).
   config.train.folds_per_step = 0
   config.train.num_epochs = 20  # Epochs per fold.
+  # Deterministic XLA ops on GPUs (--xla_gpu_deterministic_ops, set by main.py before JAX starts),
+  # so that a resumed run repeats an uninterrupted one there too; a little slower. CPUs are
+  # deterministic anyway.
+  config.train.deterministic = True
   config.train.eval_every_epochs = 1  # Evaluate the held-out subject every N epochs (for curves).
   config.train.oracle_best_epoch = False  # Also report the best epoch per held-out subject
   #                                         (test-set peeking; always labelled "oracle").
