@@ -165,6 +165,8 @@ def test_parallel_folds_equal_a_plain_training_loop(setup):
   results = run(setup, 'f4d2', 4, 2, schedule='cosine')[0]
   config = make_config(setup, 4, 2, schedule='cosine')
   data = setup['data']
+  template = loso.Experiment(config, data)
+  template.init(0)
   for subject in ('p01', 'p05'):
     losses, probs, steps = reference_fold(config, data, subject)
     np.testing.assert_allclose(results[subject]['history']['train_loss'], losses, rtol=1e-5,
@@ -173,8 +175,6 @@ def test_parallel_folds_equal_a_plain_training_loop(setup):
                                err_msg=subject)
     ckpt = train_lib.FoldCheckpointer(str(setup['root'] / 'f4d2' / 'seed_0' / f'fold_{subject}' /
                                           'checkpoints'), read_only=True)
-    template = loso.Experiment(config, data)
-    template.init(0)
     _, state = ckpt.restore(template.fresh_state(), 'mpt')
     ckpt.close()
     assert int(state.step) == steps, subject  # no step counted for a masked step
