@@ -10,7 +10,10 @@ step: ``no cache`` (cache_resampled=False), ``cache miss`` (resamples and writes
 ``cache hit``. Each prints the seconds to load the data, to build the model and to finish the first
 step (which includes its compilation), and a second step (the step without compiling). CPU
 only: the data part is what the cache changes. ``--reuse --runs='cache hit'`` times only the
-cached start, on a fixture an earlier run prepared and cached.
+cached start, on a fixture an earlier run prepared and cached. ``warm start`` is a cache hit with
+main.py's persistent compilation cache (in ``<workdir>/jax_cache``) already holding the programs of
+an identical earlier start (which it runs first): what a resumed or repeated run pays before its
+first step when nothing needs compiling.
 """
 
 import argparse
@@ -34,6 +37,7 @@ def config_for(data_dir, cache, num_frames, image_size):
   config.data.subjects = ()
   config.data.data_dir = data_dir
   config.data.cache_resampled = bool(cache)
+  config.train.folds_per_step = 1  # the first step of one fold
   config.model.num_frames = num_frames
   config.model.image_size = image_size
   config.model.tokenizer_patch = 16
@@ -44,8 +48,13 @@ def child(args):
   """One run start: load, build, two steps. Prints a JSON line."""
   import jax  # pylint: disable=g-import-not-at-top
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from mpt_jax import loso  # pylint: disable=g-import-not-at-top
+  from mpt_jax import train  # pylint: disable=g-import-not-at-top
   config = config_for(args.data_dir, args.cache, args.num_frames, args.image_size)
+  if args.compile_cache:
+    import main as main_lib  # pylint: disable=g-import-not-at-top
+    main_lib.configure_jax(config, args.compile_cache)
   t_imports = time.time() - T_START
   t = time.time()
   data = input_pipeline.load(config)
@@ -55,19 +64,26 @@ def child(args):
   jax.block_until_ready(exp.data_on_device)
   t_device = time.time() - t
   t = time.time()
-  exp.init(config.seed)  # model parameters (jit of model.init: a compile), optimizer, steps
-  state = exp.fresh_state()
+  exp.init(config.seed)  # model parameters (jit of model.init: a compile), optimizer, programs
+  layout = exp.layout
+  state = layout.state_to_device(train.stack_states([exp.fresh_fold_state()] * layout.folds),
+                                 exp.devices)
+  # One training step of every fold slot: the epoch program called with one step per epoch (a run
+  # calls it with its epoch's steps; the per-step work is the same).
   train_idx, _ = input_pipeline.split_for_subject(data, data.subject_list[0])
   batch = next(input_pipeline.epoch_batches(train_idx, int(config.train.batch_size),
-                                            exp.global_devices, 0, True))
+                                            layout.split, 0, True))
+  idx, aug, mask = (np.broadcast_to(a, (layout.folds, 1) + a.shape).copy()
+                    for a in (batch.idx, batch.aug, batch.mask))
+  args = [layout.to_device(a) for a in (idx, aug, mask)]
   t_init = time.time() - t
   t = time.time()
-  state, m = exp.p_train(state, exp.data_on_device, batch.idx, batch.aug, batch.mask)
+  state, m = exp.p_train(state, exp.frozen_on_device, exp.data_on_device, *args)
   jax.block_until_ready(m)
   t_step = time.time() - t
   t_first = time.time() - T_START
   t = time.time()
-  state, m = exp.p_train(state, exp.data_on_device, batch.idx, batch.aug, batch.mask)
+  state, m = exp.p_train(state, exp.frozen_on_device, exp.data_on_device, *args)
   jax.block_until_ready(m)
   t_step2 = time.time() - t
   print(json.dumps({'imports_s': round(t_imports, 2), 'load_data_s': round(t_load, 2),
@@ -89,12 +105,13 @@ def main():
   parser.add_argument('--workdir', default='/tmp/bench_startup')
   parser.add_argument('--reuse', action='store_true',
                       help='reuse the fixture prepared in --workdir by an earlier run')
-  parser.add_argument('--runs', default='no cache,cache miss,cache hit',
+  parser.add_argument('--runs', default='no cache,cache miss,cache hit,warm start',
                       help="which run starts to time, in order ('cache hit' alone needs --reuse "
                            'and a cache written by an earlier run)')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--data_dir', default='', help=argparse.SUPPRESS)
   parser.add_argument('--cache', type=int, default=1, help=argparse.SUPPRESS)
+  parser.add_argument('--compile_cache', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     child(args)
@@ -118,7 +135,7 @@ def main():
                       'image_size': args.image_size, 'cpu_count': len(os.sched_getaffinity(0))}),
           flush=True)
   runs = [r.strip() for r in args.runs.split(',') if r.strip()]
-  known = {'no cache': 0, 'cache miss': 1, 'cache hit': 1}
+  known = {'no cache': 0, 'cache miss': 1, 'cache hit': 1, 'warm start': 1}
   if set(runs) - set(known):
     sys.exit(f'--runs: unknown {sorted(set(runs) - set(known))}; known: {sorted(known)}')
   if 'cache miss' in runs:
@@ -127,14 +144,23 @@ def main():
         if d in dirs:
           shutil.rmtree(os.path.join(root, d))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  for name, cache in ((r, known[r]) for r in runs):
+  def start(cache, compile_cache=''):
     out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', '--data_dir',
                           data_dir, '--cache', str(cache), '--num_frames', str(args.num_frames),
-                          '--image_size', str(args.image_size)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=False)
+                          '--image_size', str(args.image_size), '--compile_cache', compile_cache],
+                         env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     if out.returncode:
       sys.exit(f'{name} run failed:\n{out.stderr[-3000:]}')
-    line = [l for l in out.stdout.splitlines() if l.startswith('{')][-1]
+    return [l for l in out.stdout.splitlines() if l.startswith('{')][-1]
+
+  for name in runs:
+    if name == 'warm start':
+      jax_cache = os.path.join(args.workdir, 'jax_cache')
+      shutil.rmtree(jax_cache, ignore_errors=True)
+      start(1, jax_cache)  # fills the compilation cache
+      line = start(1, jax_cache)
+    else:
+      line = start(known[name])
     print(json.dumps(dict(run=name, **json.loads(line))), flush=True)
 
 
