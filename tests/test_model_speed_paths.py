@@ -107,6 +107,12 @@ def test_remat_gives_the_same_logits_and_gradients():
   assert mpt.build_model(config.model, 3).remat
 
 
+def test_config_fields_reach_the_model():
+  assert mpt.build_model(helpers.tiny_config().model, 3).cls_only_last
+  assert not mpt.build_model(helpers.tiny_config(cls_only_last_block=False).model, 3).cls_only_last
+  assert not mpt.build_model(helpers.tiny_config().model, 3).remat
+
+
 # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2 %); through 3 blocks of the
 # randomised tiny model the logits stay within 3 % of their largest magnitude (measured: about 1 %).
 BF16_TOLERANCE = 0.03

@@ -258,7 +258,8 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
       tokenizer_patch=int(model_config.tokenizer_patch),
       tokenizer_init=tokenizer_init, magnifier=build_magnifier(model_config),
       backbone_family='clip' if is_clip else 'vit', dtype=dtype,
-      remat=bool(model_config.get('remat', False)))
+      remat=bool(model_config.get('remat', False)),
+      cls_only_last=bool(model_config.get('cls_only_last_block', True)))
 
 
 def input_shape(model_config: ml_collections.ConfigDict) -> Tuple[int, ...]:
