@@ -161,7 +161,8 @@ def main():
   ap.add_argument('--repeats', type=int)
   ap.add_argument('--tasks', default=','.join(TASKS))
   ap.add_argument('--rounds', type=int, default=2)
-  ap.add_argument('--set', action='append', default=[], help='config override, e.g. model.dtype=bfloat16')
+  ap.add_argument('--set', action='append', default=[],
+                  help='config override, e.g. model.dtype=bfloat16')
   ap.add_argument('--step', choices=['split', 'full'], default='split')
   ap.add_argument('--motion_cache', action='store_true')
   ap.add_argument('--variant', action='append', default=[],

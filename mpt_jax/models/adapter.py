@@ -23,7 +23,8 @@ GROUP_NAMES = ('cls', 'motion', 'patch')
 def dot_general_for(dtype: Any) -> Optional[Callable[..., jnp.ndarray]]:
   """The ``dot_general`` of a Dense in compute ``dtype``: None (Flax's) for float32; for bfloat16 a
   bfloat16 x bfloat16 product accumulated and returned in float32 (on this project's CPU, XLA runs
-  it at about twice the float32 rate; a product with a bfloat16 result is no faster than float32)."""
+  it at about twice the float32 rate; a product with a bfloat16 result is no faster than
+  float32)."""
   if jnp.dtype(dtype) == jnp.float32:
     return None
   return functools.partial(lax.dot_general, preferred_element_type=jnp.float32)

@@ -164,7 +164,8 @@ class MPT(nn.Module):
         raise ValueError('MPT needs clips or precomputed inputs')
       precomputed = self.precompute(clips, apex_index)
     elif self.prompt_type == 'motion' and 'motion' not in precomputed:
-      raise ValueError("precomputed inputs lack 'motion' (made for a model without motion prompts?)")
+      raise ValueError("precomputed inputs lack 'motion' (made for a model without motion "
+                       'prompts?)')
     dtype = vit.compute_dtype(self.dtype)
     aux: Dict[str, Any] = {}
     rgb = precomputed['rgb']
