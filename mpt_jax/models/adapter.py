@@ -9,11 +9,25 @@ freezes the adapter: with GELU(0) = 0 neither weight matrix ever receives a grad
 zeroed the untrained adapter is the identity, so the untrained MPT equals the pretrained backbone.
 """
 
+import functools
+from typing import Any, Callable, Optional
+
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 ADAPTER_TYPES = ('group', 'shared', 'none')
 GROUP_NAMES = ('cls', 'motion', 'patch')
+
+
+def dot_general_for(dtype: Any) -> Optional[Callable[..., jnp.ndarray]]:
+  """The ``dot_general`` of a Dense in compute ``dtype``: None (Flax's) for float32; for bfloat16 a
+  bfloat16 x bfloat16 product accumulated and returned in float32 (on this project's CPU, XLA runs
+  it at about twice the float32 rate; a product with a bfloat16 result is no faster than
+  float32)."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return None
+  return functools.partial(lax.dot_general, preferred_element_type=jnp.float32)
 
 
 class Bottleneck(nn.Module):
@@ -21,19 +35,22 @@ class Bottleneck(nn.Module):
 
   Attributes:
     reduction: ``r``; the bottleneck width is ``hidden // r``.
+    dtype: compute dtype of the two products (bfloat16 products accumulate in float32).
   """
   reduction: int = 8
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
     hidden = h.shape[-1]
     width = max(1, hidden // self.reduction)
-    y = nn.Dense(width, kernel_init=nn.initializers.xavier_uniform(),
-                 bias_init=nn.initializers.zeros, name='down')(h)
+    dot = dot_general_for(self.dtype)
+    y = nn.Dense(width, kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype,
+                 dot_general=dot, bias_init=nn.initializers.zeros, name='down')(h)
     y = nn.gelu(y, approximate=True)
-    y = nn.Dense(hidden, kernel_init=nn.initializers.zeros,
+    y = nn.Dense(hidden, kernel_init=nn.initializers.zeros, dtype=self.dtype, dot_general=dot,
                  bias_init=nn.initializers.zeros, name='up')(y)
-    return h + y
+    return h + y.astype(h.dtype)
 
 
 class GroupAdapter(nn.Module):
@@ -45,19 +62,25 @@ class GroupAdapter(nn.Module):
     reduction: bottleneck reduction ``r``.
     num_prompts: number of prompt tokens directly after the class token (0 without prompts, and
       then the ``group`` adapter has no ``motion`` branch).
+    dtype: compute dtype of the branches' products.
   """
   adapter_type: str = 'group'
   reduction: int = 8
   num_prompts: int = 0
+  dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, h: jnp.ndarray, cls_only: bool = False) -> jnp.ndarray:
+    """Adapts ``h`` (B, 1 + K + N, D); with ``cls_only``, ``h`` is (B, 1, D), the class token alone
+    (the last block's class-token path), and only the class (or shared) branch runs."""
     if self.adapter_type == 'none':
       return h
     if self.adapter_type == 'shared':
-      return Bottleneck(self.reduction, name='shared')(h)
+      return Bottleneck(self.reduction, self.dtype, name='shared')(h)
     if self.adapter_type != 'group':
       raise ValueError(f'adapter_type must be one of {ADAPTER_TYPES}, got {self.adapter_type!r}')
+    if cls_only:
+      return Bottleneck(self.reduction, self.dtype, name='cls')(h)
     k = self.num_prompts
     # One branch per group that exists: without prompts there is no motion group and therefore no
     # motion branch (its parameters could never get a gradient).
@@ -66,5 +89,5 @@ class GroupAdapter(nn.Module):
     for name in GROUP_NAMES:
       lo, hi = spans[name]
       if hi > lo:
-        outs.append(Bottleneck(self.reduction, name=name)(h[:, lo:hi]))
+        outs.append(Bottleneck(self.reduction, self.dtype, name=name)(h[:, lo:hi]))
     return jnp.concatenate(outs, axis=1)

@@ -35,7 +35,7 @@ input begins; they carry no position embedding), and every block carries a
 """
 
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import flax.linen as nn
 import jax
@@ -44,7 +44,6 @@ import ml_collections
 import numpy as np
 
 from mpt_jax import errors
-from mpt_jax.models import adapter as adapter_lib
 from mpt_jax.models import vit
 
 # OpenAI CLIP's input normalisation (the values of CLIPImageProcessor for the openai checkpoints).
@@ -83,97 +82,26 @@ def clip_config(name: str) -> ml_collections.ConfigDict:
 
 def quick_gelu(x: jnp.ndarray) -> jnp.ndarray:
   """CLIP's activation: ``x * sigmoid(1.702 x)``."""
-  return x * jax.nn.sigmoid(1.702 * x)
+  return vit.activation_fn('quick_gelu')(x)
 
 
-class MlpBlock(nn.Module):
-  """CLIP MLP: Dense (fc1) -> QuickGELU -> Dense (fc2)."""
-  mlp_dim: int
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    y = nn.Dense(self.mlp_dim, name='Dense_0')(x)
-    return nn.Dense(x.shape[-1], name='Dense_1')(quick_gelu(y))
+class ClipBlock(vit.Encoder1DBlock):
+  """CLIP's pre-LN encoder layer: :class:`vit.Encoder1DBlock` with LayerNorm eps 1e-5, QuickGELU
+  and Flax's default initialisers; MPT's adapter sits on the MLP output before its residual add."""
+  ln_eps: float = LN_EPS
+  activation: str = 'quick_gelu'
+  vit_init: bool = False
 
 
-class ClipBlock(nn.Module):
-  """CLIP's pre-LN encoder layer with MPT's adapter on the MLP output (before its residual add).
-
-  Attributes:
-    mlp_dim: MLP width.
-    num_heads: attention heads.
-    adapter_type: ``group`` | ``shared`` | ``none``.
-    adapter_reduction: bottleneck reduction ``r``.
-    num_prompts: prompt tokens after the class token (the adapter's motion group).
-  """
-  mlp_dim: int
-  num_heads: int
-  adapter_type: str = 'none'
-  adapter_reduction: int = 8
-  num_prompts: int = 0
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    y = nn.LayerNorm(epsilon=LN_EPS, name='LayerNorm_0')(x)
-    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, deterministic=True,
-                                        dropout_rate=0.0,
-                                        name='MultiHeadDotProductAttention_1')(y, y)
-    x = x + y
-    y = nn.LayerNorm(epsilon=LN_EPS, name='LayerNorm_2')(x)
-    y = MlpBlock(self.mlp_dim, name='MlpBlock_3')(y)
-    y = adapter_lib.GroupAdapter(self.adapter_type, self.adapter_reduction, self.num_prompts,
-                                 name='adapter')(y)
-    return x + y
-
-
-class Encoder(nn.Module):
-  """The ``Transformer`` subtree of a CLIP tower; same call signature as :class:`vit.Encoder`.
-
-  Attributes:
-    num_layers: number of encoder blocks.
-    mlp_dim: MLP width.
-    num_heads: attention heads.
-    adapter_type: adapter variant used in every block.
-    adapter_reduction: bottleneck reduction ``r``.
-    num_prompts: number of prompt tokens the caller passes (0 for none).
-  """
-  num_layers: int
-  mlp_dim: int
-  num_heads: int
-  adapter_type: str = 'none'
-  adapter_reduction: int = 8
-  num_prompts: int = 0
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, prompts: Optional[jnp.ndarray] = None,
-               deep_prompts: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-    """Encodes ``[cls, patches]``.
-
-    Args:
-      x: (B, 1 + N, D) class embedding and patch embeddings, without position embedding.
-      prompts: optional (B, K, D) tokens inserted after the class token, after the position
-        embedding and CLIP's pre-LayerNorm (so they carry neither).
-      deep_prompts: optional (num_layers - 1, K, D) tokens replacing the prompt slots before every
-        block after the first (VPT-deep).
-
-    Returns:
-      (B, 1 + K + N, D) tokens after the final LayerNorm (CLIP's ``post_layernorm``; the features
-      are row 0).
-    """
-    x = vit.AddPositionEmbs(name='posembed_input')(x)
-    x = nn.LayerNorm(epsilon=LN_EPS, name='pre_norm')(x)
-    k = 0 if prompts is None else prompts.shape[1]
-    if k != self.num_prompts:
-      raise ValueError(f'Encoder built for {self.num_prompts} prompts, got {k}')
-    if prompts is not None:
-      x = jnp.concatenate([x[:, :1], prompts.astype(x.dtype), x[:, 1:]], axis=1)
-    for lyr in range(self.num_layers):
-      if deep_prompts is not None and lyr > 0:
-        p = jnp.broadcast_to(deep_prompts[lyr - 1][None], (x.shape[0], k, x.shape[-1]))
-        x = jnp.concatenate([x[:, :1], p.astype(x.dtype), x[:, 1 + k:]], axis=1)
-      x = ClipBlock(self.mlp_dim, self.num_heads, self.adapter_type, self.adapter_reduction, k,
-                    name=f'encoderblock_{lyr}')(x)
-    return nn.LayerNorm(epsilon=LN_EPS, name='encoder_norm')(x)
+class Encoder(vit.Encoder):
+  """The ``Transformer`` subtree of a CLIP tower: :class:`vit.Encoder` with CLIP's ``pre_norm``
+  LayerNorm after the position embedding (the prompts go in after it, so they carry neither),
+  eps 1e-5, QuickGELU and Flax's default initialisers. The final ``encoder_norm`` is CLIP's
+  ``post_layernorm`` (the features are its class token)."""
+  ln_eps: float = LN_EPS
+  activation: str = 'quick_gelu'
+  vit_init: bool = False
+  pre_norm: bool = True
 
 
 def embed_patches(module: nn.Module, images: jnp.ndarray, patch_size: int,
@@ -219,7 +147,8 @@ class ClipVisionTransformer(nn.Module):
   @nn.compact
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
     x = embed_patches(self, images, self.patch_size, self.hidden_size)
-    x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, name='Transformer')(x)
+    x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, cls_only_last=True,
+                name='Transformer')(x)
     return x[:, 0]
 
 

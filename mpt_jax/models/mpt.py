@@ -10,6 +10,18 @@ Forward pass for a batch of clips (B, T, H, W, 3) in [0, 1] (all inside one jitt
    carries a group adapter (SPEC §5-6).
 4. ``head`` on the final class token (SPEC §7).
 
+Steps 1-2 before the backbone (the RGB-branch image and the magnified motion) depend on no
+parameter, so they can be computed once per clip and fed back (the motion cache)::
+
+  inputs = model.apply(variables, clips, apex_index, method=MPT.precompute)
+  logits = model.apply(variables, None, precomputed=inputs)
+  # logits == model.apply(variables, clips, apex_index)
+
+Speed options (``config.model``): ``dtype`` (bfloat16 products with float32 accumulation in the
+backbone, adapters and tokenizer; parameters, dynamic image, magnification and logits stay float32),
+``remat`` (recompute each block in the backward pass) and the last block computing the class token
+alone (always on: the head reads nothing else; exact).
+
 Parameter tree (top level): ``embedding``, ``cls``, ``Transformer`` (the checkpoint's names plus
 ``encoderblock_i/adapter``), ``tokenizer`` or ``prompt``/``deep_prompt``, and ``head``.
 """
@@ -68,6 +80,11 @@ class MPT(nn.Module):
     tokenizer_init: ``spread`` (SPEC §4) | ``middle`` (symmetric start, comparison only).
     magnifier: the (parameter-free) motion extractor.
     backbone_family: ``vit`` (in21k ViT) or ``clip`` (:mod:`mpt_jax.models.clip`).
+    dtype: ``float32`` | ``bfloat16``: compute dtype of the backbone's, adapters' and tokenizer's
+      products (bfloat16 products accumulate in float32; parameters stay float32).
+    remat: recompute every encoder block in the backward pass (less memory, more time).
+    cls_only_last: the last block computes the class token alone (exact; False runs it on every
+      token, for comparisons).
   """
   num_classes: int
   patch_size: int = 16
@@ -87,31 +104,72 @@ class MPT(nn.Module):
   tokenizer_init: str = 'spread'
   magnifier: Optional[magnification.Magnifier] = None
   backbone_family: str = 'vit'
+  dtype: str = 'float32'
+  remat: bool = False
+  cls_only_last: bool = True
 
   @property
   def effective_prompts(self) -> int:
     return 0 if self.prompt_type == 'none' else self.num_prompts
 
-  @nn.compact
-  def __call__(self, clips: jnp.ndarray, apex_index: Optional[jnp.ndarray] = None,
-               return_aux: bool = False) -> Any:
-    """Classifies clips.
+  def precompute(self, clips: jnp.ndarray,
+                 apex_index: Optional[jnp.ndarray] = None) -> Dict[str, jnp.ndarray]:
+    """The parameter-free inputs of the model, to compute once per clip (the motion cache).
+
+    Call it as ``model.apply(variables, clips, apex_index, method=MPT.precompute)`` (no parameter
+    is read, so ``{}`` works as ``variables`` too) and feed the result to
+    ``model.apply(variables, None, precomputed=inputs)``, which gives the same logits as
+    ``model.apply(variables, clips, apex_index)``. A geometric augmentation or a flip changes
+    both entries: precompute per augmented clip.
 
     Args:
       clips: (B, T, H, W, 3) float frames in [0, 1].
-      apex_index: optional (B,) apex positions on the T-frame timeline (default: the middle).
-      return_aux: also return a dict of intermediate results (for plots and tests).
+      apex_index: optional (B,) apex positions (default: the middle).
 
     Returns:
-      logits (B, num_classes), or ``(logits, aux)``.
+      ``{'rgb': (B, H, W, 3) float32}``, the RGB-branch image in [0, 1] (the dynamic image or the
+      configured modality, before the backbone's normalisation), plus, for ``prompt_type='motion'``,
+      ``'motion': (B, T, H, W, 3) float32``, the magnified motion sequence the tokenizer reads.
     """
-    if self.prompt_type not in PROMPT_TYPES:
-      raise ValueError(f'prompt_type must be one of {PROMPT_TYPES}, got {self.prompt_type!r}')
     b, t_count = clips.shape[:2]
     if apex_index is None:
       apex_index = jnp.full((b,), dynamic_image.middle_apex(t_count), jnp.int32)
+    out = {'rgb': dynamic_image.rgb_input(clips, self.input_modality, apex_index)}
+    if self.prompt_type == 'motion':
+      magnifier = self.magnifier or magnification.Magnifier(
+          image_size=(self.image_size, self.image_size))
+      out['motion'] = magnifier(clips)
+    return out
+
+  @nn.compact
+  def __call__(self, clips: Optional[jnp.ndarray], apex_index: Optional[jnp.ndarray] = None,
+               return_aux: bool = False,
+               precomputed: Optional[Dict[str, jnp.ndarray]] = None) -> Any:
+    """Classifies clips.
+
+    Args:
+      clips: (B, T, H, W, 3) float frames in [0, 1]; None when ``precomputed`` is given.
+      apex_index: optional (B,) apex positions on the T-frame timeline (default: the middle); not
+        read when ``precomputed`` is given.
+      return_aux: also return a dict of intermediate results (for plots and tests).
+      precomputed: the output of :meth:`precompute` for these clips, used instead of ``clips``.
+
+    Returns:
+      logits (B, num_classes) in float32, or ``(logits, aux)``.
+    """
+    if self.prompt_type not in PROMPT_TYPES:
+      raise ValueError(f'prompt_type must be one of {PROMPT_TYPES}, got {self.prompt_type!r}')
+    if precomputed is None:
+      if clips is None:
+        raise ValueError('MPT needs clips or precomputed inputs')
+      precomputed = self.precompute(clips, apex_index)
+    elif self.prompt_type == 'motion' and 'motion' not in precomputed:
+      raise ValueError("precomputed inputs lack 'motion' (made for a model without motion "
+                       'prompts?)')
+    dtype = vit.compute_dtype(self.dtype)
     aux: Dict[str, Any] = {}
-    rgb = dynamic_image.rgb_input(clips, self.input_modality, apex_index)
+    rgb = precomputed['rgb']
+    b = rgb.shape[0]
     aux['rgb_input'] = rgb
     family = clip_lib if self.backbone_family == 'clip' else vit
     x = family.embed_patches(self, normalise_input(rgb, self.input_norm), self.patch_size,
@@ -119,12 +177,10 @@ class MPT(nn.Module):
     k = self.effective_prompts
     prompts = deep = None
     if self.prompt_type == 'motion':
-      magnifier = self.magnifier or magnification.Magnifier(
-          image_size=(self.image_size, self.image_size))
-      motion = magnifier(clips)
+      motion = precomputed['motion']
       prompts, tok_aux = tokenizer_lib.GaussianTokenizer(
           k, self.hidden_size, self.tokenizer_dim, self.tokenizer_patch,
-          centre_init=self.tokenizer_init, name='tokenizer')(motion)
+          centre_init=self.tokenizer_init, dtype=dtype, name='tokenizer')(motion)
       aux['motion'] = motion
       aux.update(tok_aux)
     elif self.prompt_type in ('vpt_shallow', 'vpt_deep'):
@@ -136,9 +192,12 @@ class MPT(nn.Module):
       if self.prompt_type == 'vpt_deep' and self.num_layers > 1:
         deep = self.param('deep_prompt', init, (self.num_layers - 1, k, self.hidden_size))
     enc = family.Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.adapter_type,
-                      self.adapter_reduction, k, name='Transformer')(x, prompts, deep)
-    features = enc[:, 0]
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='head')(features)
+                         self.adapter_reduction, k, dtype=dtype,
+                         cls_only_last=self.cls_only_last, remat=self.remat,
+                         name='Transformer')(x, prompts, deep)
+    features = enc[:, 0].astype(jnp.float32)
+    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
+                      name='head')(features)
     if return_aux:
       aux['features'] = features
       return logits, aux
@@ -179,6 +238,9 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
     override = model_config.get(f'vit_{key}', None)
     if override:
       backbone[key] = override
+  dtype = model_config.get('dtype', 'float32')
+  if dtype not in vit.DTYPES:
+    raise errors.UserError(f'config.model.dtype must be one of {vit.DTYPES}, got {dtype!r}')
   tokenizer_init = model_config.get('tokenizer_init', 'spread')
   if tokenizer_init not in ('spread', 'middle'):
     raise errors.UserError(f"config.model.tokenizer_init must be 'spread' or 'middle', got "
@@ -196,7 +258,9 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
       tokenizer_dim=int(model_config.tokenizer_dim),
       tokenizer_patch=int(model_config.tokenizer_patch),
       tokenizer_init=tokenizer_init, magnifier=build_magnifier(model_config),
-      backbone_family='clip' if is_clip else 'vit')
+      backbone_family='clip' if is_clip else 'vit', dtype=dtype,
+      remat=bool(model_config.get('remat', False)),
+      cls_only_last=bool(model_config.get('cls_only_last_block', True)))
 
 
 def input_shape(model_config: ml_collections.ConfigDict) -> Tuple[int, ...]:

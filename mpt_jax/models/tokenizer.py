@@ -18,7 +18,7 @@ default initialisation. ``centre_init='middle'`` (zero biases, every centre at t
 symmetric start for comparisons only.
 """
 
-from typing import Tuple
+from typing import Any, Tuple
 
 import flax.linen as nn
 import jax
@@ -75,6 +75,8 @@ class GaussianTokenizer(nn.Module):
     min_sigma: lower bound of the Gaussian widths (in frames).
     centre_init: ``spread`` (SPEC §4: centres evenly spread, width T/(2K)) or ``middle`` (zero biases:
       every centre at the clip's middle; the symmetric start, kept for comparison only).
+    dtype: compute dtype of the per-frame conv and the output projection (float32 results); the
+      centre and width heads and the Gaussian pooling stay float32.
   """
   num_tokens: int = 5
   hidden_size: int = 768
@@ -82,6 +84,7 @@ class GaussianTokenizer(nn.Module):
   patch_size: int = 16
   min_sigma: float = 0.5
   centre_init: str = 'spread'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, motion: jnp.ndarray) -> Tuple[jnp.ndarray, dict]:
@@ -94,7 +97,8 @@ class GaussianTokenizer(nn.Module):
     b, t_count, h, w, c = motion.shape
     x = motion.reshape(b * t_count, h, w, c)
     x = nn.Conv(self.feature_dim, (self.patch_size, self.patch_size),
-                strides=(self.patch_size, self.patch_size), padding='VALID', name='frame_conv')(x)
+                strides=(self.patch_size, self.patch_size), padding='VALID', dtype=self.dtype,
+                name='frame_conv')(x).astype(jnp.float32)
     feats = jnp.mean(nn.gelu(x, approximate=True), axis=(1, 2)).reshape(b, t_count, -1)  # f_t
     flat = feats.reshape(b, t_count * self.feature_dim)  # F
     k = self.num_tokens
@@ -111,5 +115,5 @@ class GaussianTokenizer(nn.Module):
     sigma = nn.softplus(sigma_head(flat)) + self.min_sigma
     weights = gaussian_weights(mu, sigma, t_count)
     pooled = jnp.einsum('bkt,btc->bkc', weights, feats)
-    tokens = nn.Dense(self.hidden_size, name='out')(pooled)
+    tokens = nn.Dense(self.hidden_size, dtype=self.dtype, name='out')(pooled).astype(jnp.float32)
     return tokens, {'mu': mu, 'sigma': sigma, 'weights': weights}

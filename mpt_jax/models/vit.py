@@ -16,9 +16,11 @@ prompt tokens inserted after the class token (VPT insertion, no position embeddi
 ``adapter`` submodule in every block (see :mod:`mpt_jax.models.adapter`).
 """
 
-from typing import Optional
+import functools
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -52,22 +54,76 @@ class AddPositionEmbs(nn.Module):
     return x + pe
 
 
+ACTIVATIONS = ('gelu_tanh', 'quick_gelu')
+DTYPES = ('float32', 'bfloat16')
+
+
+def compute_dtype(name: str) -> Any:
+  """The jnp dtype of a ``config.model.dtype`` name."""
+  if name not in DTYPES:
+    raise ValueError(f'dtype must be one of {DTYPES}, got {name!r}')
+  return jnp.bfloat16 if name == 'bfloat16' else jnp.float32
+
+
+dot_general_for = adapter_lib.dot_general_for
+
+
+def _bf16_attention(query, key, value, dtype=None, **unused_kwargs):
+  """Softmax attention with bfloat16 products accumulated in float32 (softmax in float32)."""
+  del unused_kwargs
+  depth = query.shape[-1]
+  q = (query / jnp.sqrt(depth).astype(query.dtype)).astype(dtype)
+  w = jnp.einsum('...qhd,...khd->...hqk', q, key.astype(dtype),
+                 preferred_element_type=jnp.float32)
+  w = jax.nn.softmax(w, axis=-1)
+  return jnp.einsum('...hqk,...khd->...qhd', w.astype(dtype), value.astype(dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def activation_fn(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  """``gelu_tanh`` (the in21k ViT's tanh-approximated GELU) or ``quick_gelu`` (CLIP's)."""
+  if name == 'gelu_tanh':
+    return lambda x: nn.gelu(x, approximate=True)
+  if name == 'quick_gelu':
+    return lambda x: x * jax.nn.sigmoid(1.702 * x)
+  raise ValueError(f'activation must be one of {ACTIVATIONS}, got {name!r}')
+
+
 class MlpBlock(nn.Module):
-  """Transformer MLP: Dense -> GELU (tanh approximation) -> Dense."""
+  """Transformer MLP: Dense -> activation -> Dense.
+
+  Attributes:
+    mlp_dim: hidden width.
+    activation: ``gelu_tanh`` (ViT) or ``quick_gelu`` (CLIP).
+    vit_init: the in21k ViT's initialisers (Xavier kernels, N(0, 1e-6) biases); False: Flax's
+      defaults (CLIP; only random initialisation differs, a checkpoint replaces both).
+    dtype: compute dtype of the products (parameters stay float32).
+  """
   mlp_dim: int
+  activation: str = 'gelu_tanh'
+  vit_init: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     d = x.shape[-1]
-    y = nn.Dense(self.mlp_dim, kernel_init=nn.initializers.xavier_uniform(),
-                 bias_init=nn.initializers.normal(stddev=1e-6), name='Dense_0')(x)
-    y = nn.gelu(y, approximate=True)
-    return nn.Dense(d, kernel_init=nn.initializers.xavier_uniform(),
-                    bias_init=nn.initializers.normal(stddev=1e-6), name='Dense_1')(y)
+    init = (dict(kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=nn.initializers.normal(stddev=1e-6)) if self.vit_init else {})
+    dense = functools.partial(nn.Dense, dtype=self.dtype, dot_general=dot_general_for(self.dtype),
+                              **init)
+    y = dense(self.mlp_dim, name='Dense_0')(x)
+    y = activation_fn(self.activation)(y)
+    return dense(d, name='Dense_1')(y)
 
 
 class Encoder1DBlock(nn.Module):
   """Pre-LN transformer block with an adapter on the MLP output (before its residual add).
+
+  With ``cls_only`` the block computes the class token's output alone: its query attends to the
+  keys and values of every token, and LayerNorm_2, the MLP and the adapter's class branch run on
+  the class token only. That output is exactly the class token of the full block (the other
+  tokens' outputs are not computed); the last block uses it because the head reads only the class
+  token. At initialisation the full block runs, so every parameter exists either way.
 
   Attributes:
     mlp_dim: MLP width.
@@ -75,30 +131,56 @@ class Encoder1DBlock(nn.Module):
     adapter_type: ``group`` | ``shared`` | ``none``.
     adapter_reduction: bottleneck reduction ``r``.
     num_prompts: prompt tokens after the class token (they form the adapter's motion group).
+    ln_eps: LayerNorm epsilon (1e-6 ViT, 1e-5 CLIP).
+    activation: MLP activation (see :func:`activation_fn`).
+    vit_init: the in21k ViT's initialisers (else Flax's defaults, as CLIP).
+    dtype: compute dtype of the products (:func:`dot_general_for`); LayerNorm, softmax and the
+      residual stream stay float32.
+    cls_only: return only the class token's output, shape (B, 1, D).
   """
   mlp_dim: int
   num_heads: int
   adapter_type: str = 'none'
   adapter_reduction: int = 8
   num_prompts: int = 0
+  ln_eps: float = 1e-6
+  activation: str = 'gelu_tanh'
+  vit_init: bool = True
+  dtype: Any = jnp.float32
+  cls_only: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    y = nn.LayerNorm(epsilon=1e-6, name='LayerNorm_0')(x)
-    y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
-        broadcast_dropout=False, deterministic=True, dropout_rate=0.0,
-        name='MultiHeadDotProductAttention_1')(y, y)
-    x = x + y
-    y = nn.LayerNorm(epsilon=1e-6, name='LayerNorm_2')(x)
-    y = MlpBlock(self.mlp_dim, name='MlpBlock_3')(y)
+    cls_only = self.cls_only and not self.is_initializing()
+    y = nn.LayerNorm(epsilon=self.ln_eps, name='LayerNorm_0')(x)
+    bf16 = jnp.dtype(self.dtype) != jnp.float32
+    extra = {}
+    if self.vit_init:
+      extra.update(kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False)
+    if bf16:
+      extra.update(qkv_dot_general=dot_general_for(self.dtype),
+                   out_dot_general=dot_general_for(self.dtype), attention_fn=_bf16_attention)
+    attention = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, deterministic=True, dropout_rate=0.0,
+        dtype=self.dtype if bf16 else None, name='MultiHeadDotProductAttention_1', **extra)
+    if cls_only:
+      x = x[:, :1]
+      y = attention(y[:, :1], y)
+    else:
+      y = attention(y, y)
+    x = x + y.astype(x.dtype)
+    y = nn.LayerNorm(epsilon=self.ln_eps, name='LayerNorm_2')(x)
+    y = MlpBlock(self.mlp_dim, self.activation, self.vit_init, self.dtype, name='MlpBlock_3')(y)
     y = adapter_lib.GroupAdapter(self.adapter_type, self.adapter_reduction, self.num_prompts,
-                                 name='adapter')(y)
-    return x + y
+                                 dtype=self.dtype, name='adapter')(y, cls_only=cls_only)
+    return x + y.astype(x.dtype)
 
 
 class Encoder(nn.Module):
   """The ``Transformer`` subtree: position embedding, prompt insertion, blocks, final norm.
+
+  The same module serves CLIP towers (:class:`mpt_jax.models.clip.Encoder` only changes the
+  defaults: a ``pre_norm`` LayerNorm, eps 1e-5, QuickGELU, Flax's initialisers).
 
   Attributes:
     num_layers: number of encoder blocks.
@@ -107,6 +189,15 @@ class Encoder(nn.Module):
     adapter_type: adapter variant used in every block.
     adapter_reduction: bottleneck reduction ``r``.
     num_prompts: number of prompt tokens the caller passes (0 for none).
+    dtype: compute dtype of the blocks' products.
+    cls_only_last: the last block computes the class token alone (see :class:`Encoder1DBlock`);
+      the output then has one token.
+    remat: recompute every block's activations in the backward pass (``nn.remat``): less memory
+      for the strategies that train the whole backbone, about one more forward of time.
+    ln_eps: LayerNorm epsilon.
+    activation: MLP activation.
+    vit_init: the in21k ViT's initialisers.
+    pre_norm: a LayerNorm (``pre_norm``) after the position embedding, before the prompts (CLIP).
   """
   num_layers: int
   mlp_dim: int
@@ -114,6 +205,13 @@ class Encoder(nn.Module):
   adapter_type: str = 'none'
   adapter_reduction: int = 8
   num_prompts: int = 0
+  dtype: Any = jnp.float32
+  cls_only_last: bool = False
+  remat: bool = False
+  ln_eps: float = 1e-6
+  activation: str = 'gelu_tanh'
+  vit_init: bool = True
+  pre_norm: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, prompts: Optional[jnp.ndarray] = None,
@@ -123,26 +221,33 @@ class Encoder(nn.Module):
     Args:
       x: (B, 1 + N, D) class token and patch embeddings, without position embedding.
       prompts: optional (B, K, D) tokens inserted after the class token, after the position
-        embedding is added (so they carry none).
+        embedding (and ``pre_norm``) is applied (so they carry none).
       deep_prompts: optional (num_layers - 1, K, D) tokens that replace the prompt slots before
         every block after the first (VPT-deep).
 
     Returns:
-      (B, 1 + K + N, D) encoded tokens after ``encoder_norm``.
+      (B, 1 + K + N, D) encoded tokens after ``encoder_norm``; (B, 1, D), the class token alone,
+      with ``cls_only_last``.
     """
     x = AddPositionEmbs(name='posembed_input')(x)
+    if self.pre_norm:
+      x = nn.LayerNorm(epsilon=self.ln_eps, name='pre_norm')(x)
     k = 0 if prompts is None else prompts.shape[1]
     if k != self.num_prompts:
       raise ValueError(f'Encoder built for {self.num_prompts} prompts, got {k}')
     if prompts is not None:
       x = jnp.concatenate([x[:, :1], prompts.astype(x.dtype), x[:, 1:]], axis=1)
+    block_cls = nn.remat(Encoder1DBlock) if self.remat else Encoder1DBlock
     for lyr in range(self.num_layers):
       if deep_prompts is not None and lyr > 0:
         p = jnp.broadcast_to(deep_prompts[lyr - 1][None], (x.shape[0], k, x.shape[-1]))
         x = jnp.concatenate([x[:, :1], p.astype(x.dtype), x[:, 1 + k:]], axis=1)
-      x = Encoder1DBlock(self.mlp_dim, self.num_heads, self.adapter_type, self.adapter_reduction,
-                         k, name=f'encoderblock_{lyr}')(x)
-    return nn.LayerNorm(epsilon=1e-6, name='encoder_norm')(x)
+      x = block_cls(self.mlp_dim, self.num_heads, self.adapter_type, self.adapter_reduction, k,
+                    ln_eps=self.ln_eps, activation=self.activation, vit_init=self.vit_init,
+                    dtype=self.dtype,
+                    cls_only=self.cls_only_last and lyr == self.num_layers - 1,
+                    name=f'encoderblock_{lyr}')(x)
+    return nn.LayerNorm(epsilon=self.ln_eps, name='encoder_norm')(x)
 
 
 def embed_patches(module: nn.Module, images: jnp.ndarray, patch_size: int,
@@ -188,5 +293,6 @@ class VisionTransformer(nn.Module):
   @nn.compact
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
     x = embed_patches(self, images, self.patch_size, self.hidden_size)
-    x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, name='Transformer')(x)
+    x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, cls_only_last=True,
+                name='Transformer')(x)
     return x[:, 0]
