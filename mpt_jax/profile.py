@@ -41,6 +41,7 @@ def _model_flops(model_config: ml_collections.ConfigDict, num_classes: int, **ov
   prompt_type, adapter_type = partition.resolve_architecture(model_config)
   cfg.prompt_type, cfg.adapter_type = prompt_type, adapter_type
   cfg.training_strategy = 'full_finetune'
+  cfg.cls_only_last_block = False  # the paper counts every token of every block
   for k, v in overrides.items():
     cfg[k] = v
   model = mpt_lib.build_model(cfg, num_classes)
