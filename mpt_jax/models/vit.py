@@ -14,6 +14,13 @@ their pre-Linen numbering ``LayerNorm_0``, ``MultiHeadDotProductAttention_1``, `
 Two additions serve MPT and carry their own names, so they never collide with checkpoint keys:
 prompt tokens inserted after the class token (VPT insertion, no position embedding) and an
 ``adapter`` submodule in every block (see :mod:`mpt_jax.models.adapter`).
+
+The blocks compute what Flax's modules compute, but their attention (:func:`lean_attention`),
+activation and LayerNorm (:class:`LayerNorm`) have hand-written gradients that keep less for the
+backward pass than autodiff does. With the frozen backbone the backward pass still runs through
+every block (to reach the prompts and adapters), and what autodiff kept of each block was most of a
+training step's memory: XLA's temporary buffers for the ViT-B/16 MPT step at batch 16 went from
+3.18 to 1.93 GiB (``benchmarks/bench_vs_peer.py`` measures the process's peak RSS).
 """
 
 import functools
@@ -68,25 +75,166 @@ def compute_dtype(name: str) -> Any:
 dot_general_for = adapter_lib.dot_general_for
 
 
-def _bf16_attention(query, key, value, dtype=None, **unused_kwargs):
-  """Softmax attention with bfloat16 products accumulated in float32 (softmax in float32)."""
-  del unused_kwargs
-  depth = query.shape[-1]
-  q = (query / jnp.sqrt(depth).astype(query.dtype)).astype(dtype)
-  w = jnp.einsum('...qhd,...khd->...hqk', q, key.astype(dtype),
-                 preferred_element_type=jnp.float32)
-  w = jax.nn.softmax(w, axis=-1)
-  return jnp.einsum('...hqk,...khd->...qhd', w.astype(dtype), value.astype(dtype),
-                    preferred_element_type=jnp.float32)
+def _products(dtype):
+  """``einsum`` with operands cast to ``dtype`` and a float32 result (accumulated in float32)."""
+  def einsum(spec, a, b):
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+  return einsum
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def lean_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, dtype: Any) -> jnp.ndarray:
+  """Softmax attention whose backward pass keeps one (B, heads, Q, K) matrix per block, not two.
+
+  The forward is the usual ``softmax(q k^T / sqrt(d)) v`` (softmax in float32; the products take
+  ``dtype`` operands and accumulate in float32). Plain autodiff keeps both the exponentials and the
+  normalised probabilities of every block until the backward pass (about 60 MB per block at batch
+  16, 202 tokens, 12 heads: most of a training step's memory); this keeps the probabilities alone
+  (with ``q``, ``k`` and ``v``, which the backward needs anyway) and writes the softmax gradient
+  out by hand. Recomputing the probabilities in the backward pass (flash attention's way) would
+  keep even less in principle, but XLA's CPU scheduler hoists such recomputation into the forward
+  pass (its optimization barriers are removed before scheduling), so it only added work.
+
+  Args:
+    q: (..., Q, heads, d) queries (not yet scaled).
+    k: (..., K, heads, d) keys.
+    v: (..., K, heads, d) values.
+    dtype: operand dtype of the products (float32 or bfloat16).
+
+  Returns:
+    (..., Q, heads, d) float32 attention output.
+  """
+  return _lean_attention_fwd(q, k, v, dtype)[0]
+
+
+def _lean_attention_fwd(q, k, v, dtype):
+  depth = jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
+  einsum = _products(dtype)
+  p = jax.nn.softmax(einsum('...qhd,...khd->...hqk', q / depth.astype(q.dtype), k), axis=-1)
+  return einsum('...hqk,...khd->...qhd', p, v), (q, k, v, p)
+
+
+def _lean_attention_bwd(dtype, res, g):
+  q, k, v, p = res
+  einsum = _products(dtype)
+  scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
+  dv = einsum('...hqk,...qhd->...khd', p, g)
+  dp = einsum('...qhd,...khd->...hqk', g, v)
+  ds = p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))
+  dq = einsum('...hqk,...khd->...qhd', ds, k) * scale
+  dk = einsum('...hqk,...qhd->...khd', ds, q) * scale
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+lean_attention.defvjp(_lean_attention_fwd, _lean_attention_bwd)
+
+
+def _attention_fn(dtype):
+  """A ``MultiHeadDotProductAttention.attention_fn`` running :func:`lean_attention` in ``dtype``."""
+  def attention(query, key, value, **unused_kwargs):
+    del unused_kwargs  # No mask, bias or dropout in these models.
+    return lean_attention(query, key, value, dtype)
+  return attention
+
+
+def _gelu_tanh(x):
+  return nn.gelu(x, approximate=True)
+
+
+def _quick_gelu(x):
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def _input_only_vjp(fn: Callable[..., jnp.ndarray]) -> Callable[..., jnp.ndarray]:
+  """``fn`` whose backward pass keeps only its inputs and recomputes the rest.
+
+  For elementwise and normalisation steps the intermediates that autodiff would keep (the tanh
+  of the tanh GELU, LayerNorm's centred and normalised copies) are each another
+  (B, tokens, width) array per block until the backward pass; recomputing them costs a few
+  elementwise passes.
+  """
+  @jax.custom_vjp
+  def f(*args):
+    return fn(*args)
+
+  def fwd(*args):
+    return fn(*args), args
+
+  def bwd(args, g):
+    # The barrier keeps XLA from merging the recomputation with the forward's values (CSE).
+    args, g = jax.lax.optimization_barrier((args, g))
+    return jax.vjp(fn, *args)[1](g)
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+_ACTIVATIONS = {'gelu_tanh': _input_only_vjp(_gelu_tanh),
+                'quick_gelu': _input_only_vjp(_quick_gelu)}
 
 
 def activation_fn(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
-  """``gelu_tanh`` (the in21k ViT's tanh-approximated GELU) or ``quick_gelu`` (CLIP's)."""
-  if name == 'gelu_tanh':
-    return lambda x: nn.gelu(x, approximate=True)
-  if name == 'quick_gelu':
-    return lambda x: x * jax.nn.sigmoid(1.702 * x)
-  raise ValueError(f'activation must be one of {ACTIVATIONS}, got {name!r}')
+  """``gelu_tanh`` (the in21k ViT's tanh-approximated GELU) or ``quick_gelu`` (CLIP's).
+
+  Both keep only their input for the backward pass (see :func:`_input_only_vjp`).
+  """
+  if name not in _ACTIVATIONS:
+    raise ValueError(f'activation must be one of {ACTIVATIONS}, got {name!r}')
+  return _ACTIVATIONS[name]
+
+
+def _normalise(x, epsilon):
+  """Flax's LayerNorm statistics (``use_fast_variance``: E[x^2] - E[x]^2, clipped at 0)."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.maximum(0.0, jnp.mean(jnp.square(x), axis=-1, keepdims=True) - jnp.square(mean))
+  return (x - mean) * jax.lax.rsqrt(var + epsilon), jax.lax.rsqrt(var + epsilon)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
+               epsilon: float) -> jnp.ndarray:
+  """LayerNorm over the last axis whose backward pass keeps only ``x`` (see :class:`LayerNorm`)."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  _, rstd = _normalise(x, epsilon)
+  return (x - mean) * (rstd * scale) + bias  # Flax's order of operations: the same bits.
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+  return layer_norm(x, scale, bias, epsilon), (x, scale)
+
+
+def _layer_norm_bwd(epsilon, res, g):
+  # The barrier keeps XLA from merging the recomputed statistics with the forward's (CSE), which
+  # would keep the forward's normalised copy alive instead of ``x``.
+  (x, scale), g = jax.lax.optimization_barrier((res, g))
+  x_hat, rstd = _normalise(x, epsilon)
+  gs = g * scale
+  dx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
+               - x_hat * jnp.mean(gs * x_hat, axis=-1, keepdims=True))
+  batch_axes = tuple(range(g.ndim - 1))
+  return dx, jnp.sum(g * x_hat, axis=batch_axes), jnp.sum(g, axis=batch_axes)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nn.Module):
+  """Flax's ``nn.LayerNorm`` (same parameters, names, initialisers and arithmetic) whose backward
+  pass keeps only its input: autodiff would keep the centred and the normalised copies, each
+  another (B, tokens, width) array per block, and XLA would materialise the scale broadcast to
+  that shape for every block; the hand-written gradient recomputes the statistics instead.
+
+  Attributes:
+    epsilon: added to the variance.
+  """
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    d = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (d,))
+    bias = self.param('bias', nn.initializers.zeros, (d,))
+    return layer_norm(x, scale, bias, self.epsilon)
 
 
 class MlpBlock(nn.Module):
@@ -152,24 +300,25 @@ class Encoder1DBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     cls_only = self.cls_only and not self.is_initializing()
-    y = nn.LayerNorm(epsilon=self.ln_eps, name='LayerNorm_0')(x)
+    y = LayerNorm(epsilon=self.ln_eps, name='LayerNorm_0')(x)
     bf16 = jnp.dtype(self.dtype) != jnp.float32
     extra = {}
     if self.vit_init:
       extra.update(kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False)
     if bf16:
       extra.update(qkv_dot_general=dot_general_for(self.dtype),
-                   out_dot_general=dot_general_for(self.dtype), attention_fn=_bf16_attention)
+                   out_dot_general=dot_general_for(self.dtype))
     attention = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, deterministic=True, dropout_rate=0.0,
-        dtype=self.dtype if bf16 else None, name='MultiHeadDotProductAttention_1', **extra)
+        dtype=self.dtype if bf16 else None, attention_fn=_attention_fn(self.dtype),
+        name='MultiHeadDotProductAttention_1', **extra)
     if cls_only:
       x = x[:, :1]
       y = attention(y[:, :1], y)
     else:
       y = attention(y, y)
     x = x + y.astype(x.dtype)
-    y = nn.LayerNorm(epsilon=self.ln_eps, name='LayerNorm_2')(x)
+    y = LayerNorm(epsilon=self.ln_eps, name='LayerNorm_2')(x)
     y = MlpBlock(self.mlp_dim, self.activation, self.vit_init, self.dtype, name='MlpBlock_3')(y)
     y = adapter_lib.GroupAdapter(self.adapter_type, self.adapter_reduction, self.num_prompts,
                                  dtype=self.dtype, name='adapter')(y, cls_only=cls_only)
