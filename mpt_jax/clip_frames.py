@@ -195,7 +195,11 @@ def process_clip(task: ClipTask) -> Dict:
       bad.append([path, errors[k]])
       continue
     try:
-      frame, got, hw = decode(path, reduce)
+      if reduce == 1 and full.get(k) is not None:  # decoded in full for the face search already
+        frame = full.pop(k)
+        got, hw = 1, tuple(frame.shape[:2])
+      else:
+        frame, got, hw = decode(path, reduce)
     except Exception as e:  # pylint: disable=broad-except
       bad.append([path, _one_line(e)])
       continue

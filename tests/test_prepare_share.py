@@ -1,0 +1,142 @@
+"""Preparation pool workers share work their parent does once, without changing what is stored.
+
+* The face detector: built once by the parent (``dlib.get_frontal_face_detector`` unpacks it,
+  about 0.3 s of CPU per process) and loaded from its saved file by every worker
+  (``face_align.share_detector`` / ``use_shared_detector``): the same boxes and scores.
+* The face search asks only for the frames it runs a detector on, and ``process_clip`` decodes each
+  frame once when the face search's full decode is also the frame it stores.
+"""
+
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mpt_jax import clip_frames
+from mpt_jax import face_align
+from tests import face_fixtures
+
+dlib = pytest.importorskip('dlib')
+
+
+def _face(gray=True, angle=5.0, scale=2.0):
+  return face_fixtures.face_frame(face_fixtures.SAMM_SIZE, angle, scale, (470, 300), gray=gray)[0]
+
+
+def _boxes(detector, frame):
+  rects, scores, _ = detector.run(frame, 0, 0.0)
+  return [(r.left(), r.top(), r.right(), r.bottom()) for r in rects], list(scores)
+
+
+@pytest.fixture
+def restore_models():
+  yield
+  face_align.use_shared_detector(None, None)
+  face_align._shared_detector = None  # pylint: disable=protected-access
+  face_align._dlib_models.cache_clear()  # pylint: disable=protected-access
+
+
+def test_worker_loads_the_shared_detector_and_finds_the_same_faces(tmp_path, monkeypatch,
+                                                                   restore_models):
+  frame = _face()
+  ref_detector = dlib.get_frontal_face_detector()
+  ref_eyes = face_align.landmark_eyes(frame)
+  path = str(tmp_path / 'detector.svm')
+  assert face_align.share_detector(path)
+  ready = multiprocessing.get_context('spawn').Event()
+  ready.set()
+  face_align.use_shared_detector(path, ready)
+
+  def no_rebuild():
+    raise AssertionError('the worker built the detector instead of loading the shared one')
+
+  monkeypatch.setattr(dlib, 'get_frontal_face_detector', no_rebuild)
+  detector = face_align._dlib_models()[0]  # pylint: disable=protected-access
+  for f in (frame, _face(angle=-7.0, scale=3.5), _face(gray=False, scale=1.4)):
+    assert _boxes(detector, face_align.to_gray(f)) == _boxes(ref_detector, face_align.to_gray(f))
+  assert face_align.landmark_eyes(frame) == ref_eyes
+
+
+def test_worker_builds_its_own_detector_when_none_was_shared(tmp_path, restore_models):
+  ready = multiprocessing.get_context('spawn').Event()
+  ready.set()  # the parent gave up without writing the file
+  face_align.use_shared_detector(str(tmp_path / 'missing.svm'), ready)
+  frame = _face()
+  eyes = face_align.landmark_eyes(frame)
+  assert eyes is not None
+
+
+def test_pool_removes_the_shared_detector_file(tmp_path, monkeypatch):
+  from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr('tempfile.tempdir', str(tmp_path / 'tmp'))
+  os.makedirs(tmp_path / 'tmp')
+  frames = tmp_path / 'clip'
+  os.makedirs(frames)
+  tasks = []
+  for c in range(2):
+    paths = []
+    for k in range(3):
+      paths.append(str(frames / f'{c}_{k}.jpg'))
+      Image.fromarray(_face(scale=2.0 + c)).save(paths[-1], quality=92)
+    tasks.append(clip_frames.ClipTask(c, tuple(paths), 64, True, 0.2, 1,
+                                      str(tmp_path / 'out' / str(c))))
+  pooled = pipeline.process_clips(tasks, 2)
+  assert os.listdir(tmp_path / 'tmp') == []
+  assert [r['method'] for r in pooled] == ['landmarks', 'landmarks']
+  for c, r in enumerate(pooled):
+    one = clip_frames.process_clip(
+        clip_frames.ClipTask(c, tasks[c].paths, 64, True, 0.2, 1, str(tmp_path / 'one' / str(c))))
+    assert r['transform'] == one['transform']
+    for a, b in zip(r['pngs'], one['pngs']):
+      assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_face_search_reads_only_the_frames_it_searches():
+  frames = [_face()] * 6
+  asked = []
+
+  def get(i):
+    asked.append(i)
+    return frames[i]
+
+  info = face_align.estimate_transform(get, 6, 224, apex_index=5)
+  assert info.method == 'landmarks' and info.frame == 0
+  assert asked == [0]  # the face is on the onset: no other frame is decoded
+
+
+def test_face_search_still_tries_every_candidate_before_the_centre_crop():
+  blank = np.full(face_fixtures.SAMM_SIZE, 90, np.uint8)
+  asked = []
+
+  def get(i):
+    asked.append(i)
+    return None if i == 0 else blank
+
+  info = face_align.estimate_transform(get, 8, 224, apex_index=7)
+  assert info.method == 'centre' and sorted(set(asked)) == [0, 1, 2, 3, 4, 7]
+  assert np.allclose(info.transform, face_align.centre_transform(*blank.shape, 224))
+
+
+def test_each_frame_is_decoded_once_when_stored_at_full_resolution(tmp_path, monkeypatch):
+  paths = []
+  for k in range(4):
+    paths.append(str(tmp_path / f'{k}.jpg'))
+    Image.fromarray(_face(scale=2.0)).save(paths[-1], quality=92)  # no draft mode at this scale
+  calls = []
+  decode = clip_frames.decode
+
+  def counting(path, reduce=1):
+    calls.append(path)
+    return decode(path, reduce)
+
+  monkeypatch.setattr(clip_frames, 'decode', counting)
+  res = clip_frames.process_clip(
+      clip_frames.ClipTask(0, tuple(paths), 224, True, 0.2, 2, str(tmp_path / 'out')))
+  assert res['method'] == 'landmarks'
+  assert face_align.draft_factor(np.asarray(res['transform'])) == 1
+  assert sorted(calls) == sorted(paths)
+  # and the stored onset is the same as from a separate decode
+  ref = face_align.warp(decode(paths[0])[0], np.asarray(res['transform']), 224)
+  assert np.array_equal(np.asarray(Image.open(res['pngs'][0]))[..., 0], ref)
