@@ -140,3 +140,48 @@ def test_each_frame_is_decoded_once_when_stored_at_full_resolution(tmp_path, mon
   # and the stored onset is the same as from a separate decode
   ref = face_align.warp(decode(paths[0])[0], np.asarray(res['transform']), 224)
   assert np.array_equal(np.asarray(Image.open(res['pngs'][0]))[..., 0], ref)
+
+
+class _CountingDetector:
+  """dlib's detector, recording the size of every frame it searches."""
+
+  def __init__(self, detector):
+    self.detector, self.sizes = detector, []
+
+  def run(self, img, upsample, threshold):
+    self.sizes.append(img.shape[:2])
+    return self.detector.run(img, upsample, threshold)
+
+
+def _full_size_eyes(gray, detector, predictor):
+  rects, scores, _ = detector.run(gray, 0, 0.0)
+  b = rects[int(np.argmax(scores))]
+  shape = predictor(gray, dlib.rectangle(b.left(), b.top(), b.right(), b.bottom()))
+  pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], np.float64)
+  return np.array(sorted([pts[0:2].mean(0), pts[2:4].mean(0)], key=lambda p: p[0]))
+
+
+@pytest.mark.parametrize('angle,scale', [(5.0, 2.0), (-7.0, 3.5), (0.0, 1.4)])
+def test_large_frames_are_searched_at_half_size(monkeypatch, angle, scale):
+  """SAMM-sized frames: the face box comes from one half-size search; the eyes (landmarks at full
+  size) are within 1 px of a full-size search and near the known pupils."""
+  detector, predictor = face_align._dlib_models()  # pylint: disable=protected-access
+  counting = _CountingDetector(detector)
+  monkeypatch.setattr(face_align, '_dlib_models', lambda: (counting, predictor))
+  frame, m = face_fixtures.face_frame(face_fixtures.SAMM_SIZE, angle, scale, (470, 300), gray=True)
+  eyes = np.array(face_align.landmark_eyes(frame))
+  assert counting.sizes == [(325, 480)]
+  assert np.abs(eyes - _full_size_eyes(frame, detector, predictor)).max() <= 1.0
+  known = face_fixtures.ASTRONAUT_EYES @ m[:, :2].T + m[:, 2]
+  assert np.abs(eyes - known).max() < 4 * scale
+
+
+def test_face_too_small_for_the_half_size_search_is_found_at_full_size(monkeypatch):
+  detector, predictor = face_align._dlib_models()  # pylint: disable=protected-access
+  counting = _CountingDetector(detector)
+  monkeypatch.setattr(face_align, '_dlib_models', lambda: (counting, predictor))
+  frame, _ = face_fixtures.face_frame(face_fixtures.SAMM_SIZE, 0.0, 0.9, (470, 300), gray=True)
+  eyes = face_align.landmark_eyes(frame)
+  assert eyes is not None
+  assert counting.sizes == [(325, 480), (650, 960)]
+  np.testing.assert_allclose(eyes, _full_size_eyes(frame, detector, predictor))
