@@ -185,3 +185,60 @@ def test_face_too_small_for_the_half_size_search_is_found_at_full_size(monkeypat
   assert eyes is not None
   assert counting.sizes == [(325, 480), (650, 960)]
   np.testing.assert_allclose(eyes, _full_size_eyes(frame, detector, predictor))
+
+
+def _gray_jpeg(path, hw=(651, 963), exif=None, progressive=False, seed=0):
+  rng = np.random.default_rng(seed)
+  face = face_fixtures.face_frame(hw, 4.0, 2.2, (hw[1] // 2, hw[0] // 2), gray=True)[0]
+  frame = np.clip(face + rng.normal(0, 3, face.shape), 0, 255).astype(np.uint8)
+  kwargs = {'quality': 92, 'progressive': progressive}
+  if exif is not None:
+    kwargs['exif'] = exif
+  Image.fromarray(frame).save(path, **kwargs)
+  return path
+
+
+@pytest.mark.parametrize('hw,progressive', [((651, 963), False), ((650, 960), True),
+                                            ((97, 131), False)])
+def test_grayscale_jpegs_decode_to_the_same_pixels_as_pil(tmp_path, hw, progressive):
+  path = _gray_jpeg(str(tmp_path / 'f.jpg'), hw, progressive=progressive)
+  with open(path, 'rb') as f:
+    assert clip_frames.gray_jpeg_size(f.read()) == hw  # the OpenCV path is taken
+  for r in (1, 2, 4, 8):
+    assert clip_frames._decode_gray_jpeg(path, r) is not None  # pylint: disable=protected-access
+    fast, got, size = clip_frames.decode(path, r)
+    ref, ref_got, ref_size = clip_frames.decode_pil(path, r)
+    assert (got, size) == (ref_got, ref_size) == (r, hw)
+    assert fast.dtype == np.uint8 and np.array_equal(fast, ref), r
+
+
+def test_truncated_grayscale_jpeg_is_still_an_error(tmp_path):
+  path = _gray_jpeg(str(tmp_path / 'f.jpg'))
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) * 2 // 3])  # some OpenCV versions fill the missing part with grey
+  assert clip_frames.gray_jpeg_size(data) == (651, 963)
+  assert clip_frames.gray_jpeg_size(data[:len(data) * 2 // 3]) is None  # left to PIL
+  for r in (1, 2):
+    with pytest.raises(OSError, match='truncated'):
+      clip_frames.decode(path, r)
+
+
+def test_grayscale_jpeg_orientation_tag_is_ignored_as_pil_does(tmp_path):
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+  path = _gray_jpeg(str(tmp_path / 'f.jpg'), hw=(640, 640), exif=exif.tobytes())  # square: a
+  for r in (1, 2):  # rotation would keep the size
+    fast = clip_frames._decode_gray_jpeg(path, r)  # pylint: disable=protected-access
+    assert fast is not None and fast[2] == (640, 640)
+    assert np.array_equal(fast[0], clip_frames.decode_pil(path, r)[0])
+
+
+def test_colour_jpegs_are_left_to_pil(tmp_path):
+  path = str(tmp_path / 'c.jpg')
+  Image.fromarray(_face(gray=False)).save(path, quality=92)
+  with open(path, 'rb') as f:
+    assert clip_frames.gray_jpeg_size(f.read()) is None
+  a, b = clip_frames.decode(path, 2), clip_frames.decode_pil(path, 2)
+  assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
