@@ -68,10 +68,18 @@ def test_worker_builds_its_own_detector_when_none_was_shared(tmp_path, restore_m
   assert eyes is not None
 
 
-def test_pool_removes_the_shared_detector_file(tmp_path, monkeypatch):
+def _raise_oserror(*args, **kwargs):
+  raise OSError('no space left on device')
+
+
+@pytest.mark.parametrize('temp_folder', ['writable', 'unusable'])
+def test_pool_removes_the_shared_detector_file(tmp_path, monkeypatch, temp_folder):
+  """Also without a usable temp folder: the workers then build their own detector, same output."""
   from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr('tempfile.tempdir', str(tmp_path / 'tmp'))
   os.makedirs(tmp_path / 'tmp')
+  if temp_folder == 'unusable':
+    monkeypatch.setattr('tempfile.mkdtemp', _raise_oserror)
   frames = tmp_path / 'clip'
   os.makedirs(frames)
   tasks = []

@@ -8,7 +8,9 @@ spool folder inside TFDS's incomplete-dataset folder and sends back their names;
 they are), so serialising and writing overlap the pool's work. Results come back in clip order,
 and each clip's frames depend only on the clip, so the prepared dataset is byte-identical for any
 number of workers. An unreadable frame stops the preparation before TFDS finishes: TFDS then
-deletes its incomplete folder, spool included, so nothing is left.
+deletes its incomplete folder, spool included, so nothing is left. When clips are aligned, the
+parent builds dlib's face detector once (while the workers start) and the workers load it from a
+temporary file (``face_align.share_detector``), instead of each unpacking it from dlib.
 
 Which clips are aligned (``config.data.align``):
 
@@ -108,7 +110,11 @@ def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
   ctx = multiprocessing.get_context('spawn')
   shared_dir, ready, pool_kwargs = None, None, {}
   if any(t.align for t in tasks):  # the workers load the face detector the parent builds once
-    shared_dir = tempfile.mkdtemp(prefix='mpt_jax_face_detector_')
+    try:
+      shared_dir = tempfile.mkdtemp(prefix='mpt_jax_face_detector_')
+    except OSError as e:  # no writable temp folder: every worker builds its own (slower, same)
+      logging.warning('cannot share the face detector with the workers (%s)', e)
+  if shared_dir is not None:
     ready = ctx.Event()
     pool_kwargs = dict(initializer=face_align.use_shared_detector,
                        initargs=(os.path.join(shared_dir, 'frontal_face_detector.svm'), ready))
