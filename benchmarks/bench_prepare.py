@@ -15,8 +15,8 @@ Each fixture is prepared twice with ``tfds_builders.prepare.prepare`` (what ``ma
 times reading every JPEG once (a full PIL decode, one process) as the floor. Prints one JSON line per
 fixture. Timings are wall clock and depend on what else the machine is doing; ``*_cpu_seconds``
 (this process and its pool workers, user + system) is less sensitive to other load.
-``--stages`` instead times each step per frame in one process (decode, resize or warp, PNG
-encoding, each against what it replaced).
+``--stages`` instead times each step per frame in one process (decode, face search, resize or
+warp, PNG encoding, each against what it replaced).
 """
 
 import argparse
@@ -179,6 +179,14 @@ def stages(which, paths, sample=60):
       return cv2.warpAffine(small, a, (224, 224), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_REPLICATE)
 
+    grays = [face_align.to_gray(f) for f in full[::max(1, len(full) // 12)]]
+    ms['face_search_half_size_first'] = _ms(face_align.landmark_eyes, grays)
+    half = face_align.HALF_SIZE_SEARCH_MIN_SIDE
+    face_align.HALF_SIZE_SEARCH_MIN_SIDE = 10**9  # the search before 2.2.0: full size only
+    try:
+      ms['face_search_full_size'] = _ms(face_align.landmark_eyes, grays)
+    finally:
+      face_align.HALF_SIZE_SEARCH_MIN_SIDE = half
     ms['warp_face_crop'] = _ms(lambda f: face_align.warp(f, tr, 224), full)
     ms['warp_whole_frame'] = _ms(whole_frame, full)
     diff = [np.abs(face_align.warp(f, tr, 224).astype(int) - whole_frame(f)).mean()

@@ -5,4 +5,4 @@ Datasets (the resampled cache's lookup in ``input_pipeline.load``) can check it.
 a release note to ``MEBuilder.RELEASE_NOTES``) whenever the stored examples change.
 """
 
-DATASET_VERSION = '2.1.0'
+DATASET_VERSION = '2.2.0'

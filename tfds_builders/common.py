@@ -632,6 +632,9 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
                'aligned face comes from (a different resampling grid phase: stored pixels differ '
                'from 2.0.0 by 0.6 grey levels on average); PNGs encoded with faster settings '
                '(lossless, same pixels).',
+      '2.2.0': 'Aligned frames of 600 px and more (SAMM, CAS(ME)^3): the dlib face box is searched '
+               'on the frame reduced to half size (landmarks still at full size), so the eyes, '
+               'and with them the transform, move by up to about 1 source pixel.',
   }
   FRAME_SIZE = FRAME_SIZE
   DATASET = ''

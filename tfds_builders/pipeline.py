@@ -8,7 +8,9 @@ spool folder inside TFDS's incomplete-dataset folder and sends back their names;
 they are), so serialising and writing overlap the pool's work. Results come back in clip order,
 and each clip's frames depend only on the clip, so the prepared dataset is byte-identical for any
 number of workers. An unreadable frame stops the preparation before TFDS finishes: TFDS then
-deletes its incomplete folder, spool included, so nothing is left.
+deletes its incomplete folder, spool included, so nothing is left. When clips are aligned, the
+parent builds dlib's face detector once (while the workers start) and the workers load it from a
+temporary file (``face_align.share_detector``), instead of each unpacking it from dlib.
 
 Which clips are aligned (``config.data.align``):
 
@@ -24,7 +26,9 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import types
 from typing import Any, Dict, Iterator, List, Sequence
 
@@ -103,12 +107,31 @@ def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
       if i % step == 0 or i == total:
         logging.info('Prepared %d/%d clips (1 worker)', i, total)
     return
-  pool = concurrent.futures.ProcessPoolExecutor(
-      max_workers=workers, mp_context=multiprocessing.get_context('spawn'))
+  ctx = multiprocessing.get_context('spawn')
+  shared_dir, ready, pool_kwargs = None, None, {}
+  if any(t.align for t in tasks):  # the workers load the face detector the parent builds once
+    try:
+      shared_dir = tempfile.mkdtemp(prefix='mpt_jax_face_detector_')
+    except OSError as e:  # no writable temp folder: every worker builds its own (slower, same)
+      logging.warning('cannot share the face detector with the workers (%s)', e)
+  if shared_dir is not None:
+    ready = ctx.Event()
+    pool_kwargs = dict(initializer=face_align.use_shared_detector,
+                       initargs=(os.path.join(shared_dir, 'frontal_face_detector.svm'), ready))
+  pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                                **pool_kwargs)
   finished = False
   try:
     with _workers_skip_main_module():  # the workers start on the first submits
       futures = [pool.submit(clip_frames.process_clip, t) for t in tasks[:workers]]
+    if ready is not None:  # built while the workers start (they wait for it, at most a while)
+      try:
+        face_align.share_detector(pool_kwargs['initargs'][0])
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('could not share the face detector with the workers (%s); each builds '
+                        'its own', e)
+      finally:
+        ready.set()
     futures += [pool.submit(clip_frames.process_clip, t) for t in tasks[workers:]]
     for i, future in enumerate(futures, start=1):
       yield future.result()
@@ -118,6 +141,8 @@ def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
   finally:
     # Done: the workers exit in the background. Stopped early: nothing more is started.
     pool.shutdown(wait=not finished, cancel_futures=not finished)
+    if shared_dir is not None:  # every worker that needed the detector has loaded it by now
+      shutil.rmtree(shared_dir, ignore_errors=True)
 
 
 def process_clips(tasks: Sequence[clip_frames.ClipTask], workers: int) -> List[Dict[str, Any]]:
