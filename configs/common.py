@@ -106,10 +106,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Folds trained together by one compiled program (their trainable parameters and optimizer
   # states stacked, the frozen backbone shared): 1 = one fold after another, each data-parallel
   # over the devices; N > 1 = N folds at once, spread over the devices (rounded up to a multiple of
-  # them); 0 = auto: every fold of a seed (of this process) at once, as far as a generous estimate of
-  # one fold's step memory fits 60 % of an accelerator's memory or 40 % of the host's RAM, which
-  # is every fold for the demo and the :smoke configs. Larger F means larger, more efficient
-  # kernels and fewer program calls per fold; the results are those of 1 (within float rounding).
+  # them); 0 = auto: 1 on CPUs (all folds at once was measured no faster there, README "Speed"); on
+  # GPUs/TPUs every fold of a seed (of this process) at once, as far as a generous estimate of one
+  # fold's step memory fits 60 % of the accelerator's memory. Larger F means larger, more
+  # efficient kernels and fewer program calls per fold; the results are those of 1 (within float
+  # rounding).
   config.train.folds_per_step = 0
   config.train.num_epochs = 20  # Epochs per fold.
   # Deterministic XLA ops on GPUs (--xla_gpu_deterministic_ops, set by main.py before JAX starts),

@@ -162,13 +162,19 @@ def resolve_folds_per_step(config: ml_collections.ConfigDict, num_folds: int,
                            devices: Sequence[jax.Device]) -> int:
   """The fold slots of one program call (``config.train.folds_per_step``; 0 = auto).
 
-  Auto: every fold this process trains for a seed, as far as :func:`fold_bytes_estimate` fits
-  :func:`memory_budget` on each device; 1 when not even two folds per device fit. A value above 1
-  is rounded up to a multiple of the devices (the extra slots are dummy folds) and capped at the
-  folds rounded up the same way.
+  Auto: 1 (one fold after another) on CPU devices, where training every fold at once was measured
+  no faster than sequential on a 2-core machine (README, "LOSO, sequential vs fold-parallel"): the
+  cores are busy either way and the stacked program only adds masked and dummy steps. On
+  accelerators (GPU, TPU), where one fold's batch leaves the device mostly idle: every fold this
+  process trains for a seed, as far as :func:`fold_bytes_estimate` fits :func:`memory_budget` on
+  each device; 1 when not even two folds per device fit. A value above 1 is rounded up to a
+  multiple of the devices (the extra slots are dummy folds) and capped at the folds rounded up the
+  same way.
   """
   n_dev = len(devices)
   want = int(config.train.get('folds_per_step', 0))
+  if want == 0 and devices[0].platform == 'cpu':
+    return 1
   if want == 0:
     per_device = max(1, memory_budget(devices) // max(1, fold_bytes_estimate(config)))
     want = min(num_folds, per_device * n_dev)

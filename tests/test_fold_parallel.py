@@ -257,11 +257,37 @@ def test_interrupted_group_resumes_fold_by_fold(setup, monkeypatch):
   assert history['epoch'] == [1, 2]
 
 
+class FakeAccelerator:
+  """A stand-in for a GPU device: what :func:`loso.resolve_folds_per_step` reads of one."""
+  platform = 'gpu'
+
+  def __init__(self, gib):
+    self.gib = gib
+
+  def memory_stats(self):
+    return {'bytes_limit': int(self.gib * 2**30)}
+
+
 def test_auto_folds_per_step(setup):
   config = make_config(setup, 0, 1)
   devices = jax.local_devices()
-  assert loso.resolve_folds_per_step(config, 5, devices[:1]) == 5  # tiny model: every fold
-  assert loso.resolve_folds_per_step(config, 5, devices[:2]) == 6  # rounded to the devices
+  assert devices[0].platform == 'cpu'
+  # CPU: sequential (all folds at once was measured no faster on this 2-core machine).
+  assert loso.resolve_folds_per_step(config, 5, devices[:1]) == 1
+  assert loso.resolve_folds_per_step(config, 5, devices[:2]) == 1
+  # Accelerators: as many folds as the memory estimate allows.
+  gpus = [FakeAccelerator(80), FakeAccelerator(80)]
+  assert loso.resolve_folds_per_step(config, 5, gpus[:1]) == 5  # tiny model: every fold
+  assert loso.resolve_folds_per_step(config, 5, gpus) == 6  # rounded to the devices
+  big = make_config(setup, 0, 1)
+  big.model.vit = 'B_16'
+  big.model.image_size = 224
+  big.model.num_frames = 16
+  big.train.batch_size = 16
+  per_fold = loso.fold_bytes_estimate(big)
+  # 60 % of an 80 GiB card holds 9 folds of ~5.2 GiB; of a 16 GiB card, one (sequential).
+  assert loso.resolve_folds_per_step(big, 26, gpus[:1]) == int(0.6 * 80 * 2**30) // per_fold == 9
+  assert loso.resolve_folds_per_step(big, 26, [FakeAccelerator(16)]) == 1
   config.train.folds_per_step = 1
   assert loso.resolve_folds_per_step(config, 5, devices[:2]) == 1
   config.train.folds_per_step = 3

@@ -51,6 +51,7 @@ def _child(process_id: int, num_processes: int, port: int, data_dir: str, workdi
   config = synthetic.get_config('smoke')
   config.data.data_dir = data_dir
   config.train.num_epochs = 2
+  config.train.folds_per_step = 3  # each process trains its folds together (auto: 1 on CPU)
   loso.train_and_evaluate(config, workdir)
   with open(log, 'w') as f:
     json.dump({'written': written, 'process_count': jax.process_count(),
