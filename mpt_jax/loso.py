@@ -62,6 +62,14 @@ _CHOICES = {'train.optimizer': ('adam', 'adamw', 'sgd'),
             'model.training_strategy': tuple(partition.STRATEGIES)}
 
 
+MOTION_CACHE_CHOICES = ('auto', 'on', 'off')
+
+
+def geometric_augmentation(config: ml_collections.ConfigDict) -> bool:
+  """Whether the config draws rotations or crops (which the motion cache cannot serve)."""
+  return (float(config.data.max_rotation_deg) > 0 or float(config.data.min_crop_scale) < 1.0)
+
+
 def _get(config, key):
   node = config
   for part in key.split('.'):
@@ -101,6 +109,15 @@ def validate_config(config: ml_collections.ConfigDict, num_classes: Optional[int
     raise ConfigError(f'training_strategy scratch trains from a random init and would ignore '
                       f'config.model.pretrained_path ({config.model.pretrained_path}); unset it '
                       "(--config.model.pretrained_path='') or choose another strategy")
+  cache = config.train.get('motion_cache', 'auto')
+  if cache not in MOTION_CACHE_CHOICES:
+    raise ConfigError(f'config.train.motion_cache is {cache!r}; it must be one of '
+                      f'{", ".join(MOTION_CACHE_CHOICES)}')
+  if cache == 'on' and geometric_augmentation(config):
+    raise ConfigError("config.train.motion_cache is 'on' but geometric augmentation is on "
+                      f'(config.data.max_rotation_deg {config.data.max_rotation_deg}, '
+                      f'config.data.min_crop_scale {config.data.min_crop_scale}), which changes '
+                      "the motion per draw; set config.train.motion_cache to 'auto' or 'off'")
   if num_classes is None:
     num_classes = int(config.data.get('num_classes', 2) or 2)
   try:
@@ -186,6 +203,29 @@ def resolve_folds_per_step(config: ml_collections.ConfigDict, num_folds: int,
   return -(-want // n_dev) * n_dev
 
 
+def resolve_motion_cache(config: ml_collections.ConfigDict, model, num_clips: int,
+                         folds_per_step: int, devices: Sequence[jax.Device]) -> bool:
+  """Whether the train step reads the motion cache (``config.train.motion_cache``).
+
+  ``on``: always (:func:`validate_config` refuses it with geometric augmentation); ``off``: never;
+  ``auto``: on accelerators only, without geometric augmentation, and only if the cache
+  (:func:`mpt_jax.train.motion_cache_bytes`, the flipped copies included) fits
+  :func:`memory_budget` beside ``folds_per_step`` folds' step memory
+  (:func:`fold_bytes_estimate`). Off on CPUs, where a (loaded) measurement of the training step
+  showed no gain: the motion branch is ~10 % of the forward there.
+  """
+  value = config.train.get('motion_cache', 'auto')
+  if value != 'auto':
+    return value == 'on'
+  if geometric_augmentation(config) or devices[0].platform == 'cpu':
+    return False
+  flips = 2 if bool(config.data.hflip) else 1
+  need = train_lib.motion_cache_bytes(model, num_clips, int(config.model.num_frames),
+                                      int(config.model.image_size), flips)
+  per_device_folds = max(1, folds_per_step // len(devices))
+  return need + per_device_folds * fold_bytes_estimate(config) <= memory_budget(devices)
+
+
 class Experiment:
   """Everything shared by the folds of a run: data on device, model, programs, frozen backbone.
 
@@ -235,8 +275,10 @@ class Experiment:
     self.eval_batches_max = input_pipeline.steps_per_epoch(most_test,
                                                            int(config.train.eval_batch_size))
     self.data_on_device = input_pipeline.device_arrays(data, self.devices)
-    self.geometric = (float(config.data.max_rotation_deg) > 0
-                      or float(config.data.min_crop_scale) < 1.0)
+    self.geometric = geometric_augmentation(config)
+    self.motion_cache = resolve_motion_cache(config, self.model, len(data), self.layout.folds,
+                                             self.devices)
+    self._motion_cache_arrays = None  # built by the first train_inputs()
     self.seed = None  # the seed of the last init()
     self.p_train = self.p_eval = None  # built by the first init(), kept for every seed
     self._single_eval = None  # a one-fold evaluate program for predict(), built when needed
@@ -267,11 +309,33 @@ class Experiment:
     if self.p_train is None:  # the same programs for every seed: they compile once per run
       self.p_train, self.p_eval = train_lib.make_steps(
           self.model, self.tx_trainable, self.layout, self.devices,
-          geometric_augmentation=self.geometric)
+          geometric_augmentation=self.geometric, motion_cache=self.motion_cache)
     self.frozen_on_device = train_lib.replicate(self.frozen, self.devices)  # pylint: disable=attribute-defined-outside-init
     # The whole initial tree: a changed pretrained file or init is refused on resume, whatever
     # the strategy trains.
     self.init_fingerprint = partition.tree_fingerprint(params)  # pylint: disable=attribute-defined-outside-init
+
+  def train_inputs(self) -> Dict[str, jax.Array]:
+    """The ``data`` argument of ``p_train``: the on-device protocol, plus, with the motion cache,
+    every clip's parameter-free model inputs (computed by the first call, then kept for the run:
+    they depend on no parameter, seed or fold)."""
+    if not self.motion_cache:
+      return self.data_on_device
+    if self._motion_cache_arrays is None:
+      t = time.time()
+      flips = 2 if bool(self.config.data.hflip) else 1
+      self._motion_cache_arrays = train_lib.build_motion_cache(
+          self.model, self.data_on_device, len(self.data), int(self.config.train.eval_batch_size),
+          flips, self.devices)
+      jax.block_until_ready(self._motion_cache_arrays)
+      size = sum(v.nbytes for v in self._motion_cache_arrays.values())
+      logging.info('Motion cache: %d clips x %d flip(s), %.2f GiB per device, built in %.1fs',
+                   len(self.data), flips, size / 2**30, time.time() - t)
+    return dict(self.data_on_device, motion_cache=self._motion_cache_arrays)
+
+  def release_motion_cache(self) -> None:
+    """Frees the motion cache (after training; a later :meth:`train_inputs` builds it again)."""
+    self._motion_cache_arrays = None
 
   def fresh_state(self) -> train_lib.TrainState:
     """A fresh state of the full parameter tree (the template evaluation restores into)."""
@@ -464,7 +528,7 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
             max_rotation_deg=float(config.data.max_rotation_deg),
             min_crop_scale=float(config.data.min_crop_scale))):
           idx[j, k], aug[j, k], mask[j, k] = batch.idx, batch.aug, batch.mask
-      state, m = exp.p_train(state, exp.frozen_on_device, exp.data_on_device,
+      state, m = exp.p_train(state, exp.frozen_on_device, exp.train_inputs(),
                              layout.to_device(idx), layout.to_device(aug), layout.to_device(mask))
       m = {k: layout.metrics_from_device(np.asarray(v)) for k, v in jax.device_get(m).items()}
       for f in slots:
@@ -667,9 +731,9 @@ def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
   main_process = jax.process_index() == 0
   if main_process:
     wd.save_config(config, workdir)
-  logging.info('LOSO over %d subjects, %d clips, %d device(s) (%s), %d fold(s) per step',
-               len(exp.subjects), len(data), exp.num_devices, jax.devices()[0].platform,
-               exp.layout.folds)
+  logging.info('LOSO over %d subjects, %d clips, %d device(s) (%s), %d fold(s) per step, motion '
+               'cache %s', len(exp.subjects), len(data), exp.num_devices,
+               jax.devices()[0].platform, exp.layout.folds, 'on' if exp.motion_cache else 'off')
   results_by_seed = {}
   t_run = time.time()
   num_subjects = len(exp.subjects)
@@ -689,6 +753,7 @@ def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
       info.pop('backbone_fingerprint', None)  # older runs: frozen leaves only
       info.update({'devices': [str(d) for d in exp.devices], 'jax': jax.__version__,
                    'processes': jax.process_count(), 'folds_per_step': exp.layout.folds,
+                   'motion_cache': exp.motion_cache,
                    'python': platform.python_version(), 'subjects': exp.subjects,
                    'num_clips': len(data), 'classes': list(data.classes), 'protocol': protocol,
                    'trainable_params': partition.count_trainable(
@@ -725,6 +790,7 @@ def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
 
       train_group(exp, seed, group, workdir, make_writer, on_epoch, on_fold_done)
     results_by_seed[seed] = None
+  exp.release_motion_cache()
   progress.close()
   # Every process has written the result.json of its folds; then the shared records.
   _barrier('mpt_jax: every fold trained')
