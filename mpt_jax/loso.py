@@ -367,7 +367,12 @@ class Experiment:
     return [logits[f][eval_mask[f] > 0] for f in range(layout.folds)]
 
   def predict(self, params: Any, indices: np.ndarray) -> np.ndarray:
-    """Logits of the clips at ``indices`` under the full parameter tree ``params`` (one fold)."""
+    """Logits of the clips at ``indices`` under the full parameter tree ``params`` (one fold).
+
+    Only the trainable leaves of ``params`` are put on the devices; the frozen backbone already
+    there (:meth:`init`) is used when ``params`` holds those very leaves (a state restored into
+    :meth:`fresh_state` of the current seed), else ``params``' own frozen leaves are.
+    """
     layout = train_lib.FoldLayout(self.num_devices, 1)
     if self.layout == layout and self.p_eval is not None:
       p_eval = self.p_eval
@@ -378,12 +383,15 @@ class Experiment:
             geometric_augmentation=self.geometric)
       p_eval = self._single_eval
     trainable, frozen = partition.split_params(params, self.strategy)
-    state = train_lib.trainable_state(trainable, self.tx_trainable)
-    stacked = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[None], state.params)
+    stacked = traverse_util.unflatten_dict(
+        {k: np.asarray(jax.device_get(v))[None] for k, v in trainable.items()}, sep='/')
+    if set(frozen) == set(self.frozen) and all(v is self.frozen[k] for k, v in frozen.items()):
+      frozen_on_device = self.frozen_on_device
+    else:
+      frozen_on_device = train_lib.replicate(frozen, self.devices)
     idx, mask = self.eval_arrays([indices], layout)
     return self.evaluate_folds(p_eval, layout, layout.state_to_device(stacked, self.devices),
-                               train_lib.replicate(frozen, self.devices), idx,
-                               mask)[0]
+                               frozen_on_device, idx, mask)[0]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

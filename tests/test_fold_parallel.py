@@ -377,3 +377,45 @@ def test_motion_cache_choice(setup):
   assert 4.7 * 2**30 < need < 4.8 * 2**30
   assert not loso.resolve_motion_cache(big, big_model, 249, 9, gpus)
   assert loso.resolve_motion_cache(big, big_model, 249, 4, gpus)
+
+
+def test_predict_puts_only_the_trainable_leaves_on_the_devices(setup, monkeypatch):
+  """``Experiment.predict`` builds no optimizer state and reuses the frozen backbone already on the
+  devices; its logits are those of the model applied to the full tree directly."""
+  results = run(setup, 'f4d1', 4, 1, num_seeds=2, schedule='cosine')[0]
+  config = make_config(setup, 4, 1, schedule='cosine')
+  data = setup['data']
+  exp = loso.Experiment(config, data)
+  exp.init(0)
+  ckpt = train_lib.FoldCheckpointer(str(setup['root'] / 'f4d1' / 'seed_0' / 'fold_p02' /
+                                        'checkpoints'), read_only=True)
+  _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
+  ckpt.close()
+  _, test_idx = input_pipeline.split_for_subject(data, 'p02')
+  reference = exp.model.apply({'params': state.params}, jnp.asarray(data.clips[test_idx],
+                                                                    jnp.float32),
+                              jnp.asarray(data.apex[test_idx]))
+
+  def no_optimizer_state(*args, **kwargs):
+    raise AssertionError('predict built an optimizer state')
+
+  replicated = []
+  original_replicate = train_lib.replicate
+
+  def recording_replicate(tree, devices):  # the leaf paths of every tree put on the devices
+    replicated.append(' '.join(jax.tree_util.keystr(p)
+                               for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]))
+    return original_replicate(tree, devices)
+
+  monkeypatch.setattr(train_lib, 'trainable_state', no_optimizer_state)
+  monkeypatch.setattr(train_lib, 'replicate', recording_replicate)
+  logits = exp.predict(state.params, test_idx)
+  assert any('MlpBlock_3' in k for k in exp.frozen)  # a frozen backbone leaf
+  assert not any('MlpBlock_3' in keys for keys in replicated), \
+      'the frozen backbone was put on the devices again'
+  np.testing.assert_allclose(logits, np.asarray(reference), atol=1e-5)
+  assert logits.argmax(-1).tolist() == results['p02']['predictions']
+  # Frozen leaves that are not the experiment's own (other objects): used as given.
+  copied = jax.tree.map(lambda x: np.array(x), state.params)
+  np.testing.assert_allclose(exp.predict(copied, test_idx), logits, atol=1e-6)
+  assert any('MlpBlock_3' in keys for keys in replicated)
