@@ -16,18 +16,14 @@ from mpt_jax import evaluate
 from mpt_jax import input_pipeline
 from mpt_jax import loso
 from mpt_jax import predict
-from tfds_builders import prepare
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp('tfds')
-  config = synthetic.get_config('smoke')
-  config.data.data_dir = str(d)
-  prepare.prepare(config.data)
-  return str(d)
+  return helpers.prepared_smoke_config(tmp_path_factory).data.data_dir
 
 
 def smoke_config(data_dir, **train):
