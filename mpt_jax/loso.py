@@ -230,10 +230,12 @@ class Experiment:
   """Everything shared by the folds of a run: data on device, model, programs, frozen backbone.
 
   Attributes other code reads: ``config``, ``data``, ``model``, ``strategy``, ``subjects``,
-  ``devices`` (local), ``num_devices``, ``layout`` (:class:`mpt_jax.train.FoldLayout`), ``seed``,
-  ``init_fingerprint``, ``trainable0`` and ``frozen`` (flat dicts of the seed's initial leaves),
+  ``devices`` (local), ``num_devices``, ``layout`` (:class:`mpt_jax.train.FoldLayout`),
+  ``motion_cache`` (whether the train step reads the motion cache, see :meth:`train_inputs`),
+  ``seed``, ``init_fingerprint``, ``trainable0`` and ``frozen`` (flat dicts of the seed's initial leaves),
   ``tx`` (optimizer of the full tree), ``schedule``; the methods :meth:`init`,
-  :meth:`fresh_state`, :meth:`fresh_fold_state`, :meth:`predict`, :meth:`my_folds`.
+  :meth:`fresh_state`, :meth:`fresh_fold_state`, :meth:`train_inputs`, :meth:`predict`,
+  :meth:`my_folds`.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, data: input_pipeline.ClipSet):

@@ -200,9 +200,9 @@ def _merge(trainable: Any, frozen: Dict[str, Any]) -> Any:
 
 
 def motion_cache_bytes(model, num_clips: int, frames: int, image_size: int, flips: int) -> int:
-  """Bytes of the motion cache of ``num_clips`` clips (rounded up to whole chunks, see
-  :func:`build_motion_cache`, not counted here): float32 ``(flips, N, H, W, 3)`` RGB-branch images
-  plus, with motion prompts, ``(flips, N, T, H, W, 3)`` magnified motion."""
+  """Bytes of the motion cache of ``num_clips`` clips: float32 ``(flips, N, H, W, 3)`` RGB-branch
+  images plus, with motion prompts, ``(flips, N, T, H, W, 3)`` magnified motion (what
+  :func:`build_motion_cache` holds, less its at most ``chunk - 1`` padding rows)."""
   per_clip = image_size * image_size * 3 * (1 + (frames if model.prompt_type == 'motion' else 0))
   return 4 * flips * num_clips * per_clip
 
@@ -276,15 +276,19 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
   dp = layout.data_parallel
 
   def fold_step(state, frozen, data, idx, aug, mask):
-    if motion_cache:
+    if motion_cache:  # the cached inputs of each clip as augmented (flipped or not)
       labels = data['labels'][idx]
       flip = (aug[:, 0] > 0.5).astype(jnp.int32)
       inputs = {k: v[flip, idx] for k, v in data['motion_cache'].items()}
-      forward = lambda variables: model.apply(variables, None, precomputed=inputs)  # pylint: disable=unnecessary-lambda-assignment
+
+      def forward(variables):
+        return model.apply(variables, None, precomputed=inputs)
     else:
       clips, labels, apex = gather_fn(data, idx)
       clips = augment.apply(clips, aug, geometric_augmentation)
-      forward = lambda variables: model.apply(variables, clips, apex)  # pylint: disable=unnecessary-lambda-assignment
+
+      def forward(variables):
+        return model.apply(variables, clips, apex)
     count = mask.sum()
     if dp:
       count = jax.lax.psum(count, AXIS)

@@ -28,7 +28,7 @@ def prepared_smoke_config(tmp_path_factory, name: str = 'tfds', **sections):
       ``train={'num_epochs': 1}, data={'subjects': ('p01', 'p02')}``.
   """
   from configs import synthetic  # pylint: disable=g-import-not-at-top
-  from tfds_builders import prepare  # pylint: disable=g-import-not-at-top  (TensorFlow: slow)
+  from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
   config = synthetic.get_config('smoke')
   config.data.data_dir = str(tmp_path_factory.mktemp(name))
   for section, values in sections.items():
