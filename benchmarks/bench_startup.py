@@ -78,12 +78,12 @@ def child(args):
   args = [layout.to_device(a) for a in (idx, aug, mask)]
   t_init = time.time() - t
   t = time.time()
-  state, m = exp.p_train(state, exp.frozen_on_device, exp.data_on_device, *args)
+  state, m = exp.p_train(state, exp.frozen_on_device, exp.train_inputs(), *args)
   jax.block_until_ready(m)
   t_step = time.time() - t
   t_first = time.time() - T_START
   t = time.time()
-  state, m = exp.p_train(state, exp.frozen_on_device, exp.data_on_device, *args)
+  state, m = exp.p_train(state, exp.frozen_on_device, exp.train_inputs(), *args)
   jax.block_until_ready(m)
   t_step2 = time.time() - t
   print(json.dumps({'imports_s': round(t_imports, 2), 'load_data_s': round(t_load, 2),

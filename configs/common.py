@@ -106,11 +106,20 @@ def get_config() -> ml_collections.ConfigDict:
   # Folds trained together by one compiled program (their trainable parameters and optimizer
   # states stacked, the frozen backbone shared): 1 = one fold after another, each data-parallel
   # over the devices; N > 1 = N folds at once, spread over the devices (rounded up to a multiple of
-  # them); 0 = auto: every fold of a seed (of this process) at once, as far as a generous estimate of
-  # one fold's step memory fits 60 % of an accelerator's memory or 40 % of the host's RAM, which
-  # is every fold for the demo and the :smoke configs. Larger F means larger, more efficient
-  # kernels and fewer program calls per fold; the results are those of 1 (within float rounding).
+  # them); 0 = auto: 1 on CPUs (all folds at once was measured no faster there, README "Speed"); on
+  # GPUs/TPUs every fold of a seed (of this process) at once, as far as a generous estimate of one
+  # fold's step memory fits 60 % of the accelerator's memory. Larger F means larger, more
+  # efficient kernels and fewer program calls per fold; the results are those of 1 (within float
+  # rounding).
   config.train.folds_per_step = 0
+  # Motion cache: the dynamic image and the magnified motion depend on no trainable parameter, so
+  # they can be computed once per clip and flip (on the devices, when training starts) and the
+  # training step fed from that cache instead of recomputing them every step. 'on' | 'off' |
+  # 'auto' (on only on GPUs/TPUs, without rotation/crop augmentation, and when the cache fits the
+  # memory budget beside the fold-parallel state; off on CPUs, where it was measured no faster).
+  # It costs float32 (clips x flips x (T + 1) x H x W x 3) on every device: 4.7 GiB for CASME II
+  # (249 clips, flips on, T = 16, 224 px). 'on' with rotation or crop is refused. Same results.
+  config.train.motion_cache = 'auto'
   config.train.num_epochs = 20  # Epochs per fold.
   # Deterministic XLA ops on GPUs (--xla_gpu_deterministic_ops, set by main.py before JAX starts),
   # so that a resumed run repeats an uninterrupted one there too; a little slower. CPUs are

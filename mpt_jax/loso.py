@@ -62,6 +62,14 @@ _CHOICES = {'train.optimizer': ('adam', 'adamw', 'sgd'),
             'model.training_strategy': tuple(partition.STRATEGIES)}
 
 
+MOTION_CACHE_CHOICES = ('auto', 'on', 'off')
+
+
+def geometric_augmentation(config: ml_collections.ConfigDict) -> bool:
+  """Whether the config draws rotations or crops (which the motion cache cannot serve)."""
+  return (float(config.data.max_rotation_deg) > 0 or float(config.data.min_crop_scale) < 1.0)
+
+
 def _get(config, key):
   node = config
   for part in key.split('.'):
@@ -101,6 +109,15 @@ def validate_config(config: ml_collections.ConfigDict, num_classes: Optional[int
     raise ConfigError(f'training_strategy scratch trains from a random init and would ignore '
                       f'config.model.pretrained_path ({config.model.pretrained_path}); unset it '
                       "(--config.model.pretrained_path='') or choose another strategy")
+  cache = config.train.get('motion_cache', 'auto')
+  if cache not in MOTION_CACHE_CHOICES:
+    raise ConfigError(f'config.train.motion_cache is {cache!r}; it must be one of '
+                      f'{", ".join(MOTION_CACHE_CHOICES)}')
+  if cache == 'on' and geometric_augmentation(config):
+    raise ConfigError("config.train.motion_cache is 'on' but geometric augmentation is on "
+                      f'(config.data.max_rotation_deg {config.data.max_rotation_deg}, '
+                      f'config.data.min_crop_scale {config.data.min_crop_scale}), which changes '
+                      "the motion per draw; set config.train.motion_cache to 'auto' or 'off'")
   if num_classes is None:
     num_classes = int(config.data.get('num_classes', 2) or 2)
   try:
@@ -162,13 +179,19 @@ def resolve_folds_per_step(config: ml_collections.ConfigDict, num_folds: int,
                            devices: Sequence[jax.Device]) -> int:
   """The fold slots of one program call (``config.train.folds_per_step``; 0 = auto).
 
-  Auto: every fold this process trains for a seed, as far as :func:`fold_bytes_estimate` fits
-  :func:`memory_budget` on each device; 1 when not even two folds per device fit. A value above 1
-  is rounded up to a multiple of the devices (the extra slots are dummy folds) and capped at the
-  folds rounded up the same way.
+  Auto: 1 (one fold after another) on CPU devices, where training every fold at once was measured
+  no faster than sequential on a 2-core machine (README, "LOSO, sequential vs fold-parallel"): the
+  cores are busy either way and the stacked program only adds masked and dummy steps. On
+  accelerators (GPU, TPU), where one fold's batch leaves the device mostly idle: every fold this
+  process trains for a seed, as far as :func:`fold_bytes_estimate` fits :func:`memory_budget` on
+  each device; 1 when not even two folds per device fit. A value above 1 is rounded up to a
+  multiple of the devices (the extra slots are dummy folds) and capped at the folds rounded up the
+  same way.
   """
   n_dev = len(devices)
   want = int(config.train.get('folds_per_step', 0))
+  if want == 0 and devices[0].platform == 'cpu':
+    return 1
   if want == 0:
     per_device = max(1, memory_budget(devices) // max(1, fold_bytes_estimate(config)))
     want = min(num_folds, per_device * n_dev)
@@ -180,14 +203,39 @@ def resolve_folds_per_step(config: ml_collections.ConfigDict, num_folds: int,
   return -(-want // n_dev) * n_dev
 
 
+def resolve_motion_cache(config: ml_collections.ConfigDict, model, num_clips: int,
+                         folds_per_step: int, devices: Sequence[jax.Device]) -> bool:
+  """Whether the train step reads the motion cache (``config.train.motion_cache``).
+
+  ``on``: always (:func:`validate_config` refuses it with geometric augmentation); ``off``: never;
+  ``auto``: on accelerators only, without geometric augmentation, and only if the cache
+  (:func:`mpt_jax.train.motion_cache_bytes`, the flipped copies included) fits
+  :func:`memory_budget` beside ``folds_per_step`` folds' step memory
+  (:func:`fold_bytes_estimate`). Off on CPUs, where a (loaded) measurement of the training step
+  showed no gain: the motion branch is ~10 % of the forward there.
+  """
+  value = config.train.get('motion_cache', 'auto')
+  if value != 'auto':
+    return value == 'on'
+  if geometric_augmentation(config) or devices[0].platform == 'cpu':
+    return False
+  flips = 2 if bool(config.data.hflip) else 1
+  need = train_lib.motion_cache_bytes(model, num_clips, int(config.model.num_frames),
+                                      int(config.model.image_size), flips)
+  per_device_folds = max(1, folds_per_step // len(devices))
+  return need + per_device_folds * fold_bytes_estimate(config) <= memory_budget(devices)
+
+
 class Experiment:
   """Everything shared by the folds of a run: data on device, model, programs, frozen backbone.
 
   Attributes other code reads: ``config``, ``data``, ``model``, ``strategy``, ``subjects``,
-  ``devices`` (local), ``num_devices``, ``layout`` (:class:`mpt_jax.train.FoldLayout`), ``seed``,
-  ``init_fingerprint``, ``trainable0`` and ``frozen`` (flat dicts of the seed's initial leaves),
+  ``devices`` (local), ``num_devices``, ``layout`` (:class:`mpt_jax.train.FoldLayout`),
+  ``motion_cache`` (whether the train step reads the motion cache, see :meth:`train_inputs`),
+  ``seed``, ``init_fingerprint``, ``trainable0`` and ``frozen`` (flat dicts of the seed's initial leaves),
   ``tx`` (optimizer of the full tree), ``schedule``; the methods :meth:`init`,
-  :meth:`fresh_state`, :meth:`fresh_fold_state`, :meth:`predict`, :meth:`my_folds`.
+  :meth:`fresh_state`, :meth:`fresh_fold_state`, :meth:`train_inputs`, :meth:`predict`,
+  :meth:`my_folds`.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, data: input_pipeline.ClipSet):
@@ -229,8 +277,10 @@ class Experiment:
     self.eval_batches_max = input_pipeline.steps_per_epoch(most_test,
                                                            int(config.train.eval_batch_size))
     self.data_on_device = input_pipeline.device_arrays(data, self.devices)
-    self.geometric = (float(config.data.max_rotation_deg) > 0
-                      or float(config.data.min_crop_scale) < 1.0)
+    self.geometric = geometric_augmentation(config)
+    self.motion_cache = resolve_motion_cache(config, self.model, len(data), self.layout.folds,
+                                             self.devices)
+    self._motion_cache_arrays = None  # built by the first train_inputs()
     self.seed = None  # the seed of the last init()
     self.p_train = self.p_eval = None  # built by the first init(), kept for every seed
     self._single_eval = None  # a one-fold evaluate program for predict(), built when needed
@@ -261,11 +311,33 @@ class Experiment:
     if self.p_train is None:  # the same programs for every seed: they compile once per run
       self.p_train, self.p_eval = train_lib.make_steps(
           self.model, self.tx_trainable, self.layout, self.devices,
-          geometric_augmentation=self.geometric)
+          geometric_augmentation=self.geometric, motion_cache=self.motion_cache)
     self.frozen_on_device = train_lib.replicate(self.frozen, self.devices)  # pylint: disable=attribute-defined-outside-init
     # The whole initial tree: a changed pretrained file or init is refused on resume, whatever
     # the strategy trains.
     self.init_fingerprint = partition.tree_fingerprint(params)  # pylint: disable=attribute-defined-outside-init
+
+  def train_inputs(self) -> Dict[str, jax.Array]:
+    """The ``data`` argument of ``p_train``: the on-device protocol, plus, with the motion cache,
+    every clip's parameter-free model inputs (computed by the first call, then kept for the run:
+    they depend on no parameter, seed or fold)."""
+    if not self.motion_cache:
+      return self.data_on_device
+    if self._motion_cache_arrays is None:
+      t = time.time()
+      flips = 2 if bool(self.config.data.hflip) else 1
+      self._motion_cache_arrays = train_lib.build_motion_cache(
+          self.model, self.data_on_device, len(self.data), int(self.config.train.eval_batch_size),
+          flips, self.devices)
+      jax.block_until_ready(self._motion_cache_arrays)
+      size = sum(v.nbytes for v in self._motion_cache_arrays.values())
+      logging.info('Motion cache: %d clips x %d flip(s), %.2f GiB per device, built in %.1fs',
+                   len(self.data), flips, size / 2**30, time.time() - t)
+    return dict(self.data_on_device, motion_cache=self._motion_cache_arrays)
+
+  def release_motion_cache(self) -> None:
+    """Frees the motion cache (after training; a later :meth:`train_inputs` builds it again)."""
+    self._motion_cache_arrays = None
 
   def fresh_state(self) -> train_lib.TrainState:
     """A fresh state of the full parameter tree (the template evaluation restores into)."""
@@ -297,7 +369,12 @@ class Experiment:
     return [logits[f][eval_mask[f] > 0] for f in range(layout.folds)]
 
   def predict(self, params: Any, indices: np.ndarray) -> np.ndarray:
-    """Logits of the clips at ``indices`` under the full parameter tree ``params`` (one fold)."""
+    """Logits of the clips at ``indices`` under the full parameter tree ``params`` (one fold).
+
+    Only the trainable leaves of ``params`` are put on the devices; the frozen backbone already
+    there (:meth:`init`) is used when ``params`` holds those very leaves (a state restored into
+    :meth:`fresh_state` of the current seed), else ``params``' own frozen leaves are.
+    """
     layout = train_lib.FoldLayout(self.num_devices, 1)
     if self.layout == layout and self.p_eval is not None:
       p_eval = self.p_eval
@@ -308,12 +385,15 @@ class Experiment:
             geometric_augmentation=self.geometric)
       p_eval = self._single_eval
     trainable, frozen = partition.split_params(params, self.strategy)
-    state = train_lib.trainable_state(trainable, self.tx_trainable)
-    stacked = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[None], state.params)
+    stacked = traverse_util.unflatten_dict(
+        {k: np.asarray(jax.device_get(v))[None] for k, v in trainable.items()}, sep='/')
+    if set(frozen) == set(self.frozen) and all(v is self.frozen[k] for k, v in frozen.items()):
+      frozen_on_device = self.frozen_on_device
+    else:
+      frozen_on_device = train_lib.replicate(frozen, self.devices)
     idx, mask = self.eval_arrays([indices], layout)
     return self.evaluate_folds(p_eval, layout, layout.state_to_device(stacked, self.devices),
-                               train_lib.replicate(frozen, self.devices), idx,
-                               mask)[0]
+                               frozen_on_device, idx, mask)[0]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -458,7 +538,7 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
             max_rotation_deg=float(config.data.max_rotation_deg),
             min_crop_scale=float(config.data.min_crop_scale))):
           idx[j, k], aug[j, k], mask[j, k] = batch.idx, batch.aug, batch.mask
-      state, m = exp.p_train(state, exp.frozen_on_device, exp.data_on_device,
+      state, m = exp.p_train(state, exp.frozen_on_device, exp.train_inputs(),
                              layout.to_device(idx), layout.to_device(aug), layout.to_device(mask))
       m = {k: layout.metrics_from_device(np.asarray(v)) for k, v in jax.device_get(m).items()}
       for f in slots:
@@ -661,9 +741,9 @@ def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
   main_process = jax.process_index() == 0
   if main_process:
     wd.save_config(config, workdir)
-  logging.info('LOSO over %d subjects, %d clips, %d device(s) (%s), %d fold(s) per step',
-               len(exp.subjects), len(data), exp.num_devices, jax.devices()[0].platform,
-               exp.layout.folds)
+  logging.info('LOSO over %d subjects, %d clips, %d device(s) (%s), %d fold(s) per step, motion '
+               'cache %s', len(exp.subjects), len(data), exp.num_devices,
+               jax.devices()[0].platform, exp.layout.folds, 'on' if exp.motion_cache else 'off')
   results_by_seed = {}
   t_run = time.time()
   num_subjects = len(exp.subjects)
@@ -683,6 +763,7 @@ def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
       info.pop('backbone_fingerprint', None)  # older runs: frozen leaves only
       info.update({'devices': [str(d) for d in exp.devices], 'jax': jax.__version__,
                    'processes': jax.process_count(), 'folds_per_step': exp.layout.folds,
+                   'motion_cache': exp.motion_cache,
                    'python': platform.python_version(), 'subjects': exp.subjects,
                    'num_clips': len(data), 'classes': list(data.classes), 'protocol': protocol,
                    'trainable_params': partition.count_trainable(
@@ -719,6 +800,7 @@ def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
 
       train_group(exp, seed, group, workdir, make_writer, on_epoch, on_fold_done)
     results_by_seed[seed] = None
+  exp.release_motion_cache()
   progress.close()
   # Every process has written the result.json of its folds; then the shared records.
   _barrier('mpt_jax: every fold trained')

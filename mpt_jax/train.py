@@ -199,9 +199,54 @@ def _merge(trainable: Any, frozen: Dict[str, Any]) -> Any:
   return partition.merge_params(traverse_util.flatten_dict(trainable, sep='/'), frozen)
 
 
+def motion_cache_bytes(model, num_clips: int, frames: int, image_size: int, flips: int) -> int:
+  """Bytes of the motion cache of ``num_clips`` clips: float32 ``(flips, N, H, W, 3)`` RGB-branch
+  images plus, with motion prompts, ``(flips, N, T, H, W, 3)`` magnified motion (what
+  :func:`build_motion_cache` holds, less its at most ``chunk - 1`` padding rows)."""
+  per_clip = image_size * image_size * 3 * (1 + (frames if model.prompt_type == 'motion' else 0))
+  return 4 * flips * num_clips * per_clip
+
+
+def build_motion_cache(model, data: Dict[str, jax.Array], num_clips: int, chunk: int, flips: int,
+                       devices: Sequence[jax.Device]) -> Dict[str, jax.Array]:
+  """The parameter-free model inputs of every clip (:meth:`mpt_jax.models.mpt.MPT.precompute`),
+  computed on the devices in one program, for the unflipped clips and, with ``flips == 2``, for
+  the horizontally flipped ones (flipped exactly as :func:`mpt_jax.augment.apply` flips them).
+
+  Returns:
+    ``{'rgb': (flips, M, H, W, 3), 'motion': (flips, M, T, H, W, 3)}`` float32 (``motion`` only
+    with motion prompts), replicated on ``devices`` like ``data``; ``M`` is ``num_clips`` rounded
+    up to a multiple of ``chunk`` (the clips are processed ``chunk`` at a time; the extra rows
+    repeat clip 0 and are never read). Entry ``[f, i]`` is clip ``i``, flipped when ``f == 1``.
+  """
+  chunks = -(-num_clips // chunk)
+  idx = np.arange(chunks * chunk)
+  idx[idx >= num_clips] = 0
+  idx = np.tile(idx.reshape(chunks, chunk), (flips, 1)).astype(np.int32)  # (flips * chunks, chunk)
+  flip = np.repeat(np.arange(flips, dtype=np.int32), chunks)  # (flips * chunks,)
+  mesh = jax.sharding.Mesh(np.asarray(list(devices)), (AXIS,))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def compute(data, idx, flip):
+    _traced('motion_cache')
+
+    def one_chunk(xs):
+      i, f = xs
+      clips, _, apex = gather(data, i)
+      clips = jnp.where(f > 0, clips[:, :, :, ::-1, :], clips)
+      return model.apply({}, clips, apex, method=type(model).precompute)
+
+    out = jax.lax.map(one_chunk, (idx, flip))  # (flips * chunks, chunk, ...)
+    return {k: v.reshape((flips, chunks * chunk) + v.shape[2:]) for k, v in out.items()}
+
+  return jax.jit(compute, out_shardings=replicated)(data, jax.device_put(idx, replicated),
+                                                    jax.device_put(flip, replicated))
+
+
 def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
                devices: Sequence[jax.Device], geometric_augmentation: bool = False,
-               gather_fn: Callable = gather) -> Tuple[Callable, Callable]:
+               gather_fn: Callable = gather, motion_cache: bool = False
+               ) -> Tuple[Callable, Callable]:
   """Returns the pmapped ``(train_epoch, evaluate)`` programs of ``layout``.
 
   ``train_epoch(state, frozen, data, idx, aug, mask) -> (state, metrics)``: ``state`` is a
@@ -221,19 +266,36 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
     devices: the local devices of the programs.
     geometric_augmentation: compile the rotation/crop warp into the step.
     gather_fn: ``(data, idx) -> (clips, labels, apex)``, the step's input hook.
+    motion_cache: the train program reads the model's parameter-free inputs from
+      ``data['motion_cache']`` (:func:`build_motion_cache`, entry ``[flip, clip]``) instead of
+      computing them from the clips; only without geometric augmentation (a rotation or crop
+      changes them per draw). The evaluate program always computes them.
   """
+  if motion_cache and geometric_augmentation:
+    raise ValueError('the motion cache cannot serve a step with geometric augmentation')
   dp = layout.data_parallel
 
   def fold_step(state, frozen, data, idx, aug, mask):
-    clips, labels, apex = gather_fn(data, idx)
-    clips = augment.apply(clips, aug, geometric_augmentation)
+    if motion_cache:  # the cached inputs of each clip as augmented (flipped or not)
+      labels = data['labels'][idx]
+      flip = (aug[:, 0] > 0.5).astype(jnp.int32)
+      inputs = {k: v[flip, idx] for k, v in data['motion_cache'].items()}
+
+      def forward(variables):
+        return model.apply(variables, None, precomputed=inputs)
+    else:
+      clips, labels, apex = gather_fn(data, idx)
+      clips = augment.apply(clips, aug, geometric_augmentation)
+
+      def forward(variables):
+        return model.apply(variables, clips, apex)
     count = mask.sum()
     if dp:
       count = jax.lax.psum(count, AXIS)
     denom = jnp.maximum(count, 1.0)
 
     def loss_fn(trainable):
-      logits = model.apply({'params': _merge(trainable, frozen)}, clips, apex)
+      logits = forward({'params': _merge(trainable, frozen)})
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       return (ce * mask).sum() / denom, logits
 

@@ -28,7 +28,8 @@ from mpt_jax import errors
 # Keys that may change between runs in one workdir without changing the results (moved files,
 # logging). Everything else must equal the config the workdir was created with.
 RESUMABLE_KEYS = ('data.data_dir', 'data.manual_dir', 'data.rebuild', 'model.pretrained_path',
-                  'train.log_every_steps', 'train.folds_per_step', 'train.deterministic')
+                  'train.log_every_steps', 'train.folds_per_step', 'train.deterministic',
+                  'train.motion_cache')
 LOCK_NAME = 'lock'
 
 

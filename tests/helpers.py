@@ -17,6 +17,27 @@ def tiny_config(**model_overrides):
   return config
 
 
+def prepared_smoke_config(tmp_path_factory, name: str = 'tfds', **sections):
+  """The synthetic ``:smoke`` config on a new data folder ``tmp_path_factory.mktemp(name)``, with
+  its dataset prepared there (``tfds_builders.prepare``).
+
+  Args:
+    tmp_path_factory: pytest's fixture.
+    name: the data folder's base name.
+    **sections: values set before preparing, per config section, e.g.
+      ``train={'num_epochs': 1}, data={'subjects': ('p01', 'p02')}``.
+  """
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
+  from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = str(tmp_path_factory.mktemp(name))
+  for section, values in sections.items():
+    for key, value in values.items():
+      config[section][key] = value
+  prepare.prepare(config.data)
+  return config
+
+
 def random_clips(batch=2, frames=8, size=32, seed=0):
   return jnp.asarray(np.random.default_rng(seed).random((batch, frames, size, size, 3)), jnp.float32)
 

@@ -23,7 +23,6 @@ from mpt_jax import loso
 from mpt_jax import predict
 from mpt_jax import workdir as wd
 from tests import helpers
-from tfds_builders import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = '--config=configs/synthetic.py:smoke'
@@ -66,10 +65,7 @@ def ctx(tmp_path_factory):
   """Prepared data, a finished run and damaged copies of it, pretrained files, input clips."""
   root = tmp_path_factory.mktemp('bad inputs')
   c = {'root': str(root)}
-  c['data'] = str(root / 'tfds')
-  config = synthetic.get_config('smoke')
-  config.data.data_dir = c['data']
-  prepare.prepare(config.data)
+  c['data'] = helpers.prepared_smoke_config(tmp_path_factory, 'bad inputs tfds').data.data_dir
   # The finished run trains on a copy of the data that is then moved: eval/predict must take
   # --config.data.data_dir from the command line.
   moving = str(root / 'tfds moving')

@@ -26,17 +26,15 @@ from mpt_jax import partition
 from mpt_jax import pretrained
 from mpt_jax import train as train_lib
 from mpt_jax.models import mpt
-from tfds_builders import prepare
+from tests import helpers
 
 SIZES = {'p01': 8, 'p02': 7, 'p03': 6, 'p04': 5, 'p05': 4}  # 30 clips; 22..26 to train per fold
 
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('tfds'))
-  config = synthetic.get_config('smoke')
-  config.data.data_dir = d
-  prepare.prepare(config.data)
+  config = helpers.prepared_smoke_config(tmp_path_factory)
+  d = config.data.data_dir
   data = input_pipeline.load(config)
   # Relabel the 30 clips into 5 subjects of unequal size (classes stay mixed).
   subjects = np.concatenate([[s] * n for s, n in SIZES.items()])
@@ -257,11 +255,37 @@ def test_interrupted_group_resumes_fold_by_fold(setup, monkeypatch):
   assert history['epoch'] == [1, 2]
 
 
+class FakeAccelerator:
+  """A stand-in for a GPU device: what :func:`loso.resolve_folds_per_step` reads of one."""
+  platform = 'gpu'
+
+  def __init__(self, gib):
+    self.gib = gib
+
+  def memory_stats(self):
+    return {'bytes_limit': int(self.gib * 2**30)}
+
+
 def test_auto_folds_per_step(setup):
   config = make_config(setup, 0, 1)
   devices = jax.local_devices()
-  assert loso.resolve_folds_per_step(config, 5, devices[:1]) == 5  # tiny model: every fold
-  assert loso.resolve_folds_per_step(config, 5, devices[:2]) == 6  # rounded to the devices
+  assert devices[0].platform == 'cpu'
+  # CPU: sequential (all folds at once was measured no faster on this 2-core machine).
+  assert loso.resolve_folds_per_step(config, 5, devices[:1]) == 1
+  assert loso.resolve_folds_per_step(config, 5, devices[:2]) == 1
+  # Accelerators: as many folds as the memory estimate allows.
+  gpus = [FakeAccelerator(80), FakeAccelerator(80)]
+  assert loso.resolve_folds_per_step(config, 5, gpus[:1]) == 5  # tiny model: every fold
+  assert loso.resolve_folds_per_step(config, 5, gpus) == 6  # rounded to the devices
+  big = make_config(setup, 0, 1)
+  big.model.vit = 'B_16'
+  big.model.image_size = 224
+  big.model.num_frames = 16
+  big.train.batch_size = 16
+  per_fold = loso.fold_bytes_estimate(big)
+  # 60 % of an 80 GiB card holds 9 folds of ~5.2 GiB; of a 16 GiB card, one (sequential).
+  assert loso.resolve_folds_per_step(big, 26, gpus[:1]) == int(0.6 * 80 * 2**30) // per_fold == 9
+  assert loso.resolve_folds_per_step(big, 26, [FakeAccelerator(16)]) == 1
   config.train.folds_per_step = 1
   assert loso.resolve_folds_per_step(config, 5, devices[:2]) == 1
   config.train.folds_per_step = 3
@@ -273,3 +297,123 @@ def test_auto_folds_per_step(setup):
   config.train.batch_size = 16
   per_fold = loso.fold_bytes_estimate(config)
   assert 4 * 2**30 < per_fold < 7 * 2**30  # a measured step peaks at 5.7 GiB (issue 9)
+
+
+def test_motion_cache_gives_the_results_of_computing_in_the_step(setup):
+  """``train.motion_cache='on'`` (flips on, 2 seeds, 2 fold groups) equals computing the dynamic
+  image and the magnified motion in the step, and its programs compile once per run."""
+  config = make_config(setup, 4, 1)
+  assert config.data.hflip and not loso.geometric_augmentation(config)
+  reference = run(setup, 'f4d1', 4, 1, num_seeds=2, schedule='cosine')
+  train_lib.TRACE_COUNTS.clear()
+  cached = run(setup, 'f4d1_cache', 4, 1, num_seeds=2, schedule='cosine', motion_cache='on')
+  assert train_lib.TRACE_COUNTS == {'train_epoch': 1, 'evaluate': 1, 'motion_cache': 1}, \
+      train_lib.TRACE_COUNTS
+  run_info = json.load(open(setup['root'] / 'f4d1_cache' / 'run_info.json'))
+  assert run_info['motion_cache'] is True
+  for seed in (0, 1):
+    assert_same(reference[seed], cached[seed])
+  # Two devices, two folds each: the cache is replicated like the clips.
+  assert_same(run(setup, 'f4d2', 4, 2, schedule='cosine')[0],
+              run(setup, 'f4d2_cache', 4, 2, schedule='cosine', motion_cache='on')[0])
+  # Same results, so a workdir may change it between runs (like folds_per_step).
+  off = make_config(setup, 4, 1, schedule='cosine', motion_cache='off')
+  off.num_seeds = 2
+  assert loso.wd.compare_config(off, str(setup['root'] / 'f4d1_cache'))
+
+
+def test_motion_cache_cache_matches_precompute_of_flipped_clips(setup):
+  """Entry ``[flip, i]`` of the cache is ``MPT.precompute`` of clip ``i`` flipped as the
+  augmentation flips it (checked against a flip made in numpy)."""
+  config = make_config(setup, 1, 1)
+  data = setup['data']
+  model = mpt.build_model(config.model, len(data.classes))
+  devices = jax.local_devices()[:1]
+  cache = train_lib.build_motion_cache(model, input_pipeline.device_arrays(data, devices),
+                                       len(data), 4, 2, devices)
+  assert cache['rgb'].shape == (2, 32) + cache['rgb'].shape[2:]  # 30 clips in chunks of 4
+  assert cache['motion'].shape == (2, 32, 8, 32, 32, 3)
+  assert train_lib.motion_cache_bytes(model, 32, 8, 32, 2) == sum(v.nbytes for v in cache.values())
+  for i in (0, 29):
+    clip = np.asarray(data.clips[i:i + 1], np.float32)
+    for f, c in ((0, clip), (1, clip[:, :, :, ::-1].copy())):
+      ref = model.apply({}, jnp.asarray(c), jnp.asarray(data.apex[i:i + 1]),
+                        method=mpt.MPT.precompute)
+      for k in ('rgb', 'motion'):
+        np.testing.assert_allclose(np.asarray(cache[k][f, i]), np.asarray(ref[k][0]), atol=1e-5,
+                                   err_msg=f'{k} clip {i} flip {f}')
+
+
+def test_motion_cache_choice(setup):
+  config = make_config(setup, 0, 1)
+  model = loso.validate_config(config)
+  cpus = jax.local_devices()[:1]
+  gpus = [FakeAccelerator(80)]
+  assert config.train.motion_cache == 'auto'
+  assert not loso.resolve_motion_cache(config, model, 30, 1, cpus)  # auto: off on CPU
+  assert loso.resolve_motion_cache(config, model, 30, 5, gpus)  # tiny: fits
+  config.train.motion_cache = 'on'
+  assert loso.resolve_motion_cache(config, model, 30, 1, cpus)
+  config.train.motion_cache = 'off'
+  assert not loso.resolve_motion_cache(config, model, 30, 5, gpus)
+  config.train.motion_cache = 'auto'
+  config.data.min_crop_scale = 0.8  # geometric augmentation: never from auto
+  assert not loso.resolve_motion_cache(config, model, 30, 5, gpus)
+  config.train.motion_cache = 'on'
+  with pytest.raises(loso.ConfigError, match=r"^config.train.motion_cache is 'on' but geometric"):
+    loso.validate_config(config)
+  config.train.motion_cache = 'yes'
+  with pytest.raises(loso.ConfigError, match=r"^config.train.motion_cache is 'yes'; it must be"):
+    loso.validate_config(config)
+  # ViT-B/16 at 224 px, T = 16: 249 clips with flips need 4.7 GiB; 9 folds of ~5.2 GiB leave too
+  # little of 60 % of an 80 GiB card, 4 folds leave enough.
+  big = make_config(setup, 0, 1)
+  big.model.vit, big.model.image_size, big.model.num_frames = 'B_16', 224, 16
+  big.train.batch_size = 16
+  big_model = loso.validate_config(big)
+  need = train_lib.motion_cache_bytes(big_model, 249, 16, 224, 2)
+  assert 4.7 * 2**30 < need < 4.8 * 2**30
+  assert not loso.resolve_motion_cache(big, big_model, 249, 9, gpus)
+  assert loso.resolve_motion_cache(big, big_model, 249, 4, gpus)
+
+
+def test_predict_puts_only_the_trainable_leaves_on_the_devices(setup, monkeypatch):
+  """``Experiment.predict`` builds no optimizer state and reuses the frozen backbone already on the
+  devices; its logits are those of the model applied to the full tree directly."""
+  results = run(setup, 'f4d1', 4, 1, num_seeds=2, schedule='cosine')[0]
+  config = make_config(setup, 4, 1, schedule='cosine')
+  data = setup['data']
+  exp = loso.Experiment(config, data)
+  exp.init(0)
+  ckpt = train_lib.FoldCheckpointer(str(setup['root'] / 'f4d1' / 'seed_0' / 'fold_p02' /
+                                        'checkpoints'), read_only=True)
+  _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
+  ckpt.close()
+  _, test_idx = input_pipeline.split_for_subject(data, 'p02')
+  reference = exp.model.apply({'params': state.params}, jnp.asarray(data.clips[test_idx],
+                                                                    jnp.float32),
+                              jnp.asarray(data.apex[test_idx]))
+
+  def no_optimizer_state(*args, **kwargs):
+    raise AssertionError('predict built an optimizer state')
+
+  replicated = []
+  original_replicate = train_lib.replicate
+
+  def recording_replicate(tree, devices):  # the leaf paths of every tree put on the devices
+    replicated.append(' '.join(jax.tree_util.keystr(p)
+                               for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]))
+    return original_replicate(tree, devices)
+
+  monkeypatch.setattr(train_lib, 'trainable_state', no_optimizer_state)
+  monkeypatch.setattr(train_lib, 'replicate', recording_replicate)
+  logits = exp.predict(state.params, test_idx)
+  assert any('MlpBlock_3' in k for k in exp.frozen)  # a frozen backbone leaf
+  assert not any('MlpBlock_3' in keys for keys in replicated), \
+      'the frozen backbone was put on the devices again'
+  np.testing.assert_allclose(logits, np.asarray(reference), atol=1e-5)
+  assert logits.argmax(-1).tolist() == results['p02']['predictions']
+  # Frozen leaves that are not the experiment's own (other objects): used as given.
+  copied = jax.tree.map(lambda x: np.array(x), state.params)
+  np.testing.assert_allclose(exp.predict(copied, test_idx), logits, atol=1e-6)
+  assert any('MlpBlock_3' in keys for keys in replicated)

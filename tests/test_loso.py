@@ -16,18 +16,14 @@ from mpt_jax import evaluate
 from mpt_jax import input_pipeline
 from mpt_jax import loso
 from mpt_jax import predict
-from tfds_builders import prepare
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp('tfds')
-  config = synthetic.get_config('smoke')
-  config.data.data_dir = str(d)
-  prepare.prepare(config.data)
-  return str(d)
+  return helpers.prepared_smoke_config(tmp_path_factory).data.data_dir
 
 
 def smoke_config(data_dir, **train):
@@ -35,6 +31,8 @@ def smoke_config(data_dir, **train):
   config.data.data_dir = data_dir
   config.train.num_epochs = 3
   config.train.oracle_best_epoch = True
+  # Every fold at once (auto is sequential on CPU): these tests guard the fold-parallel path.
+  config.train.folds_per_step = 3
   for k, v in train.items():
     config.train[k] = v
   return config
@@ -106,7 +104,7 @@ def test_kill_9_during_training_then_resume_gives_same_metrics(finished_run, dat
   workdir = str(tmp_path / 'killed')
   args = ['--config=configs/synthetic.py:smoke', f'--workdir={workdir}',
           f'--config.data.data_dir={data_dir}', '--config.train.num_epochs=3',
-          '--config.train.oracle_best_epoch=True']
+          '--config.train.oracle_best_epoch=True', '--config.train.folds_per_step=3']
   proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'main.py'), *args], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   # Kill as soon as the second fold has a checkpoint (mid-fold, mid-run).

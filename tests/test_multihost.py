@@ -51,6 +51,7 @@ def _child(process_id: int, num_processes: int, port: int, data_dir: str, workdi
   config = synthetic.get_config('smoke')
   config.data.data_dir = data_dir
   config.train.num_epochs = 2
+  config.train.folds_per_step = 3  # each process trains its folds together (auto: 1 on CPU)
   loso.train_and_evaluate(config, workdir)
   with open(log, 'w') as f:
     json.dump({'written': written, 'process_count': jax.process_count(),
@@ -95,14 +96,11 @@ def _gloo_available() -> bool:
 
 @pytest.mark.skipif(not _gloo_available(),
                     reason='this jax has no gloo CPU collectives for jax.distributed on CPU')
-def test_two_processes_give_the_results_of_one(tmp_path):
-  from configs import synthetic  # pylint: disable=g-import-not-at-top
+def test_two_processes_give_the_results_of_one(tmp_path, tmp_path_factory):
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
-  data_dir = str(tmp_path / 'tfds')
-  config = synthetic.get_config('smoke')
-  config.data.data_dir = data_dir
-  prepare.prepare(config.data)
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  config = helpers.prepared_smoke_config(tmp_path_factory)
+  data_dir = config.data.data_dir
   input_pipeline.load(config)  # writes the resampled cache before the processes read it
   one = str(tmp_path / 'one')
   two = str(tmp_path / 'two')

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from configs import synthetic
 from mpt_jax import input_pipeline
+from tests import helpers
 from tfds_builders import prepare
 
 tfds.disable_progress_bar()
@@ -17,12 +18,9 @@ tfds.disable_progress_bar()
 @pytest.fixture(scope='module')
 def prepared(tmp_path_factory):
   """The small synthetic dataset, prepared once for this module."""
-  data_dir = str(tmp_path_factory.mktemp('resample') / 'tfds')
-  config = synthetic.get_config('smoke')
-  config.data.builder_config = 'small'
-  config.data.data_dir = data_dir
-  prepare.prepare(config.data)
-  return data_dir
+  config = helpers.prepared_smoke_config(tmp_path_factory, 'resample')
+  assert config.data.builder_config == 'small'
+  return config.data.data_dir
 
 
 def _config(tmp_path, prepared, **data):  # pylint: disable=redefined-outer-name
