@@ -148,10 +148,9 @@ def _quick_gelu(x):
 def _input_only_vjp(fn: Callable[..., jnp.ndarray]) -> Callable[..., jnp.ndarray]:
   """``fn`` whose backward pass keeps only its inputs and recomputes the rest.
 
-  For elementwise and normalisation steps the intermediates that autodiff would keep (the tanh
-  of the tanh GELU, LayerNorm's centred and normalised copies) are each another
-  (B, tokens, width) array per block until the backward pass; recomputing them costs a few
-  elementwise passes.
+  For an elementwise step the intermediates that autodiff would keep (the tanh of the tanh GELU)
+  are each another (B, tokens, width) array per block until the backward pass; recomputing them
+  costs a few elementwise passes.
   """
   @jax.custom_vjp
   def f(*args):
@@ -183,19 +182,19 @@ def activation_fn(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
   return _ACTIVATIONS[name]
 
 
-def _normalise(x, epsilon):
-  """Flax's LayerNorm statistics (``use_fast_variance``: E[x^2] - E[x]^2, clipped at 0)."""
+def _statistics(x, epsilon):
+  """Flax's LayerNorm statistics: the mean and 1 / sqrt(var + eps), with ``use_fast_variance``'s
+  variance E[x^2] - E[x]^2 clipped at 0."""
   mean = jnp.mean(x, axis=-1, keepdims=True)
   var = jnp.maximum(0.0, jnp.mean(jnp.square(x), axis=-1, keepdims=True) - jnp.square(mean))
-  return (x - mean) * jax.lax.rsqrt(var + epsilon), jax.lax.rsqrt(var + epsilon)
+  return mean, jax.lax.rsqrt(var + epsilon)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
                epsilon: float) -> jnp.ndarray:
   """LayerNorm over the last axis whose backward pass keeps only ``x`` (see :class:`LayerNorm`)."""
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  _, rstd = _normalise(x, epsilon)
+  mean, rstd = _statistics(x, epsilon)
   return (x - mean) * (rstd * scale) + bias  # Flax's order of operations: the same bits.
 
 
@@ -207,7 +206,8 @@ def _layer_norm_bwd(epsilon, res, g):
   # The barrier keeps XLA from merging the recomputed statistics with the forward's (CSE), which
   # would keep the forward's normalised copy alive instead of ``x``.
   (x, scale), g = jax.lax.optimization_barrier((res, g))
-  x_hat, rstd = _normalise(x, epsilon)
+  mean, rstd = _statistics(x, epsilon)
+  x_hat = (x - mean) * rstd
   gs = g * scale
   dx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
                - x_hat * jnp.mean(gs * x_hat, axis=-1, keepdims=True))
