@@ -56,6 +56,11 @@ def _warp_clip(clip: jnp.ndarray, p: jnp.ndarray) -> jnp.ndarray:
   return top * (1 - wy) + bottom * wy
 
 
+def flipped(params: jnp.ndarray) -> jnp.ndarray:
+  """(B,) bool: the clips :func:`apply` flips horizontally (``params``: :func:`draw_params`)."""
+  return params[:, 0] > 0.5
+
+
 def apply(clips: jnp.ndarray, params: jnp.ndarray, geometric: bool) -> jnp.ndarray:
   """Applies per-clip augmentation to (B, T, H, W, C) clips; ``params`` from :func:`draw_params`.
 
@@ -67,5 +72,4 @@ def apply(clips: jnp.ndarray, params: jnp.ndarray, geometric: bool) -> jnp.ndarr
   """
   if geometric:
     clips = jax.vmap(_warp_clip)(clips, params)
-  flip = params[:, 0] > 0.5
-  return jnp.where(flip[:, None, None, None, None], clips[:, :, :, ::-1, :], clips)
+  return jnp.where(flipped(params)[:, None, None, None, None], clips[:, :, :, ::-1, :], clips)

@@ -211,7 +211,7 @@ def build_motion_cache(model, data: Dict[str, jax.Array], num_clips: int, chunk:
                        devices: Sequence[jax.Device]) -> Dict[str, jax.Array]:
   """The parameter-free model inputs of every clip (:meth:`mpt_jax.models.mpt.MPT.precompute`),
   computed on the devices in one program, for the unflipped clips and, with ``flips == 2``, for
-  the horizontally flipped ones (flipped exactly as :func:`mpt_jax.augment.apply` flips them).
+  the horizontally flipped ones (flipped by :func:`mpt_jax.augment.apply`).
 
   Returns:
     ``{'rgb': (flips, M, H, W, 3), 'motion': (flips, M, T, H, W, 3)}`` float32 (``motion`` only
@@ -233,7 +233,8 @@ def build_motion_cache(model, data: Dict[str, jax.Array], num_clips: int, chunk:
     def one_chunk(xs):
       i, f = xs
       clips, _, apex = gather(data, i)
-      clips = jnp.where(f > 0, clips[:, :, :, ::-1, :], clips)
+      params = jnp.zeros((clips.shape[0], 5), jnp.float32).at[:, 0].set(f)  # flip only
+      clips = augment.apply(clips, params, geometric=False)
       return model.apply({}, clips, apex, method=type(model).precompute)
 
     out = jax.lax.map(one_chunk, (idx, flip))  # (flips * chunks, chunk, ...)
@@ -278,7 +279,7 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
   def fold_step(state, frozen, data, idx, aug, mask):
     if motion_cache:  # the cached inputs of each clip as augmented (flipped or not)
       labels = data['labels'][idx]
-      flip = (aug[:, 0] > 0.5).astype(jnp.int32)
+      flip = augment.flipped(aug).astype(jnp.int32)
       inputs = {k: v[flip, idx] for k, v in data['motion_cache'].items()}
 
       def forward(variables):
