@@ -70,6 +70,11 @@ def geometric_augmentation(config: ml_collections.ConfigDict) -> bool:
   return (float(config.data.max_rotation_deg) > 0 or float(config.data.min_crop_scale) < 1.0)
 
 
+def cache_flips(config: ml_collections.ConfigDict) -> int:
+  """Copies of each clip in the motion cache: unflipped and, with ``config.data.hflip``, flipped."""
+  return 2 if bool(config.data.hflip) else 1
+
+
 def _get(config, key):
   node = config
   for part in key.split('.'):
@@ -219,9 +224,8 @@ def resolve_motion_cache(config: ml_collections.ConfigDict, model, num_clips: in
     return value == 'on'
   if geometric_augmentation(config) or devices[0].platform == 'cpu':
     return False
-  flips = 2 if bool(config.data.hflip) else 1
   need = train_lib.motion_cache_bytes(model, num_clips, int(config.model.num_frames),
-                                      int(config.model.image_size), flips)
+                                      int(config.model.image_size), cache_flips(config))
   per_device_folds = max(1, folds_per_step // len(devices))
   return need + per_device_folds * fold_bytes_estimate(config) <= memory_budget(devices)
 
@@ -325,7 +329,7 @@ class Experiment:
       return self.data_on_device
     if self._motion_cache_arrays is None:
       t = time.time()
-      flips = 2 if bool(self.config.data.hflip) else 1
+      flips = cache_flips(self.config)
       self._motion_cache_arrays = train_lib.build_motion_cache(
           self.model, self.data_on_device, len(self.data), int(self.config.train.eval_batch_size),
           flips, self.devices)
