@@ -218,15 +218,12 @@ def landmark_eyes(gray: np.ndarray):
   if min(gray.shape) >= HALF_SIZE_SEARCH_MIN_SIDE:
     box = _half_size_face_box(detector, gray)
   if box is None:
-    rects, scores = [], []
     for upsample in ((0,) if min(gray.shape) >= 400 else (0, 1)):
-      rects, scores, _ = detector.run(gray, upsample, 0.0)
-      if len(rects):
+      box = _best_face_box(detector, gray, upsample)
+      if box is not None:
         break
-    if not len(rects):
+    else:
       return None
-    best = rects[int(np.argmax(scores))]
-    box = (best.left(), best.top(), best.right(), best.bottom())
   shape = predictor(gray, dlib.rectangle(*box))
   pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], np.float64)
   eyes = sorted([pts[0:2].mean(0), pts[2:4].mean(0)], key=lambda p: p[0])
@@ -243,11 +240,20 @@ def _half_size_face_box(detector, gray: np.ndarray):
   benchmark frames, 0.5 px on average)."""
   h, w = (gray.shape[0] // 2) * 2, (gray.shape[1] // 2) * 2
   small = cv2.resize(gray[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)  # 2x2 means
-  rects, scores, _ = detector.run(small, 0, 0.0)
+  box = _best_face_box(detector, small, 0)
+  if box is None:
+    return None
+  left, top, right, bottom = box
+  return 2 * left, 2 * top, 2 * right + 1, 2 * bottom + 1
+
+
+def _best_face_box(detector, gray: np.ndarray, upsample: int):
+  """The highest-scoring dlib face box (left, top, right, bottom) in ``gray``, or None."""
+  rects, scores, _ = detector.run(gray, upsample, 0.0)
   if not len(rects):
     return None
-  b = rects[int(np.argmax(scores))]
-  return 2 * b.left(), 2 * b.top(), 2 * b.right() + 1, 2 * b.bottom() + 1
+  best = rects[int(np.argmax(scores))]
+  return best.left(), best.top(), best.right(), best.bottom()
 
 
 def haar_eyes(gray: np.ndarray):

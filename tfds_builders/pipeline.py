@@ -115,9 +115,9 @@ def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
     except OSError as e:  # no writable temp folder: every worker builds its own (slower, same)
       logging.warning('cannot share the face detector with the workers (%s)', e)
   if shared_dir is not None:
+    shared_path = os.path.join(shared_dir, 'frontal_face_detector.svm')
     ready = ctx.Event()
-    pool_kwargs = dict(initializer=face_align.use_shared_detector,
-                       initargs=(os.path.join(shared_dir, 'frontal_face_detector.svm'), ready))
+    pool_kwargs = dict(initializer=face_align.use_shared_detector, initargs=(shared_path, ready))
   pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                                 **pool_kwargs)
   finished = False
@@ -126,7 +126,7 @@ def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
       futures = [pool.submit(clip_frames.process_clip, t) for t in tasks[:workers]]
     if ready is not None:  # built while the workers start (they wait for it, at most a while)
       try:
-        face_align.share_detector(pool_kwargs['initargs'][0])
+        face_align.share_detector(shared_path)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('could not share the face detector with the workers (%s); each builds '
                         'its own', e)
