@@ -56,13 +56,14 @@ _POSITIVE = ('num_seeds', 'train.num_epochs', 'train.batch_size', 'train.eval_ba
              'model.num_frames', 'model.image_size', 'model.num_prompts',
              'model.adapter_reduction', 'model.tokenizer_dim', 'model.tokenizer_patch')
 _NON_NEGATIVE = ('train.num_devices', 'train.folds_per_step', 'train.warmup_epochs',
-                 'train.weight_decay')
+                 'train.weight_decay', 'train.checkpoint_min_interval_s')
 _CHOICES = {'train.optimizer': ('adam', 'adamw', 'sgd'),
             'train.schedule': ('constant', 'cosine'),
             'model.training_strategy': tuple(partition.STRATEGIES)}
 
 
 MOTION_CACHE_CHOICES = ('auto', 'on', 'off')
+_clock = time.monotonic  # the checkpoint cadence's clock (tests replace it)
 
 
 def geometric_augmentation(config: ml_collections.ConfigDict) -> bool:
@@ -499,6 +500,7 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
   bs, split = int(config.train.batch_size), layout.split
   every = max(1, int(config.train.eval_every_epochs))
   ck_every = max(1, int(config.train.checkpoint_every_epochs))
+  ck_interval = float(config.train.get('checkpoint_min_interval_s', 0.0))
   folds = []
   try:
     for i in fold_indices:
@@ -528,6 +530,7 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
           on_fold_done(f.index, results[f.index])
   steps = exp.steps_per_epoch_max
   identity = np.array([0, 0, 1, 0, 0], np.float32)
+  last_save = _clock()  # the group's last checkpoint save (or its start)
   try:
     while any(f is not None and f.epoch < num_epochs for f in slots):
       idx = np.zeros((layout.folds, steps, split, bs // split), np.int32)
@@ -552,7 +555,8 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
                   or slots[j].epoch == num_epochs]
       logits = (exp.evaluate_folds(exp.p_eval, layout, state.params, exp.frozen_on_device,
                                    eval_idx, eval_mask) if evaluate else None)
-      save = [j for j in active if slots[j].epoch % ck_every == 0
+      due = _clock() - last_save >= ck_interval
+      save = [j for j in active if (due and slots[j].epoch % ck_every == 0)
               or slots[j].epoch == num_epochs]
       host = layout.state_from_device(state) if save else None
       # Every fold's epoch is checked before anything of the epoch is written.
@@ -603,6 +607,8 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
           results[f.index] = f.finish(exp, workdir)
           if on_fold_done:
             on_fold_done(f.index, results[f.index])
+      if due and save:
+        last_save = _clock()
   finally:
     for f in folds:
       if f.result is None:

@@ -52,6 +52,7 @@ def make_config(setup, folds, devices, **train):
   config.train.num_epochs = 2
   config.train.folds_per_step = folds
   config.train.num_devices = devices
+  config.train.checkpoint_min_interval_s = 0.0  # a checkpoint every epoch, whatever the speed
   for k, v in train.items():
     config.train[k] = v
   return config
@@ -253,6 +254,38 @@ def test_interrupted_group_resumes_fold_by_fold(setup, monkeypatch):
   assert_same(uninterrupted, read_results(workdir)[0])
   history = json.load(open(os.path.join(workdir, 'seed_0', 'fold_p02', 'history.json')))
   assert history['epoch'] == [1, 2]
+
+
+def test_checkpoint_cadence_follows_the_clock_and_changes_no_result(setup, monkeypatch):
+  """With checkpoint_min_interval_s a fold group saves only once its last save is that old, and
+  every fold at its last epoch; the results are those of saving every epoch."""
+  original = train_lib.FoldCheckpointer.save
+  results, saves = {}, {}
+  for interval in (0.0, 60.0):
+    saves[interval] = []
+    record = saves[interval]
+
+    def recording_save(self, epoch, state, strategy, record=record):
+      record.append((os.path.basename(os.path.dirname(self.directory)), epoch))
+      return original(self, epoch, state, strategy)
+
+    ticks = iter(range(0, 10**6, 35))  # every look at the clock is 35 s later
+    monkeypatch.setattr(loso, '_clock', lambda ticks=ticks: next(ticks))
+    monkeypatch.setattr(train_lib.FoldCheckpointer, 'save', recording_save)
+    workdir = str(setup['root'] / f'cadence_{interval:g}')
+    loso.train_and_evaluate(make_config(setup, 4, 1, num_epochs=3,
+                                        checkpoint_min_interval_s=interval),
+                            workdir, data=setup['data'])
+    results[interval] = read_results(workdir)
+  folds = [f'fold_{s}' for s in SIZES]
+  assert sorted(saves[0.0]) == sorted((f, e) for f in folds for e in (1, 2, 3))
+  # Per group: the start at 0 s, epoch 1 at 35 s (not due), epoch 2 at 70 s (due: saved, clock
+  # read at 105 s), epoch 3 at 140 s (35 s after, not due, but the last epoch always saves).
+  assert sorted(saves[60.0]) == sorted((f, e) for f in folds for e in (2, 3))
+  assert results[60.0] == results[0.0]
+  history = json.load(open(os.path.join(str(setup['root'] / 'cadence_60'), 'seed_0',
+                                        'fold_p01', 'history.json')))
+  assert history['epoch'] == [1, 2, 3]
 
 
 class FakeAccelerator:

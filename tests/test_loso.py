@@ -104,7 +104,8 @@ def test_kill_9_during_training_then_resume_gives_same_metrics(finished_run, dat
   workdir = str(tmp_path / 'killed')
   args = ['--config=configs/synthetic.py:smoke', f'--workdir={workdir}',
           f'--config.data.data_dir={data_dir}', '--config.train.num_epochs=3',
-          '--config.train.oracle_best_epoch=True', '--config.train.folds_per_step=3']
+          '--config.train.oracle_best_epoch=True', '--config.train.folds_per_step=3',
+          '--config.train.checkpoint_min_interval_s=0']
   proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'main.py'), *args], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   # Kill as soon as the second fold has a checkpoint (mid-fold, mid-run).
