@@ -63,6 +63,7 @@ _CHOICES = {'train.optimizer': ('adam', 'adamw', 'sgd'),
 
 
 MOTION_CACHE_CHOICES = ('auto', 'on', 'off')
+EPOCH_LOOP_CHOICES = ('auto',) + train_lib.EPOCH_LOOPS
 _clock = time.monotonic  # the checkpoint cadence's clock (tests replace it)
 
 
@@ -124,6 +125,10 @@ def validate_config(config: ml_collections.ConfigDict, num_classes: Optional[int
                       f'(config.data.max_rotation_deg {config.data.max_rotation_deg}, '
                       f'config.data.min_crop_scale {config.data.min_crop_scale}), which changes '
                       "the motion per draw; set config.train.motion_cache to 'auto' or 'off'")
+  loop = config.train.get('epoch_loop', 'auto')
+  if loop not in EPOCH_LOOP_CHOICES:
+    raise ConfigError(f'config.train.epoch_loop is {loop!r}; it must be one of '
+                      f'{", ".join(EPOCH_LOOP_CHOICES)}')
   if num_classes is None:
     num_classes = int(config.data.get('num_classes', 2) or 2)
   try:
@@ -209,6 +214,17 @@ def resolve_folds_per_step(config: ml_collections.ConfigDict, num_folds: int,
   return -(-want // n_dev) * n_dev
 
 
+def resolve_epoch_loop(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> str:
+  """Where the loop over an epoch's steps runs (``config.train.epoch_loop``, see
+  :func:`mpt_jax.train.make_steps`). Auto: ``host`` on CPUs, where XLA runs the step 5.7 times
+  slower inside ``lax.scan`` than as a program of its own (README, "Speed"); ``device`` on
+  accelerators (one dispatch per epoch)."""
+  value = config.train.get('epoch_loop', 'auto')
+  if value != 'auto':
+    return value
+  return 'host' if devices[0].platform == 'cpu' else 'device'
+
+
 def resolve_motion_cache(config: ml_collections.ConfigDict, model, num_clips: int,
                          folds_per_step: int, devices: Sequence[jax.Device]) -> bool:
   """Whether the train step reads the motion cache (``config.train.motion_cache``).
@@ -285,6 +301,7 @@ class Experiment:
     self.geometric = geometric_augmentation(config)
     self.motion_cache = resolve_motion_cache(config, self.model, len(data), self.layout.folds,
                                              self.devices)
+    self.epoch_loop = resolve_epoch_loop(config, self.devices)
     self._motion_cache_arrays = None  # built by the first train_inputs()
     self.seed = None  # the seed of the last init()
     self.p_train = self.p_eval = None  # built by the first init(), kept for every seed
@@ -316,7 +333,8 @@ class Experiment:
     if self.p_train is None:  # the same programs for every seed: they compile once per run
       self.p_train, self.p_eval = train_lib.make_steps(
           self.model, self.tx_trainable, self.layout, self.devices,
-          geometric_augmentation=self.geometric, motion_cache=self.motion_cache)
+          geometric_augmentation=self.geometric, motion_cache=self.motion_cache,
+          epoch_loop=self.epoch_loop)
     self.frozen_on_device = train_lib.replicate(self.frozen, self.devices)  # pylint: disable=attribute-defined-outside-init
     # The whole initial tree: a changed pretrained file or init is refused on resume, whatever
     # the strategy trains.
@@ -387,7 +405,7 @@ class Experiment:
       if self._single_eval is None:
         _, self._single_eval = train_lib.make_steps(
             self.model, self.tx_trainable, layout, self.devices,
-            geometric_augmentation=self.geometric)
+            geometric_augmentation=self.geometric, epoch_loop=self.epoch_loop)
       p_eval = self._single_eval
     trainable, frozen = partition.split_params(params, self.strategy)
     stacked = traverse_util.unflatten_dict(

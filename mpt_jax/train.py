@@ -30,6 +30,7 @@ a fingerprint on restore.
 """
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
@@ -244,10 +245,13 @@ def build_motion_cache(model, data: Dict[str, jax.Array], num_clips: int, chunk:
                                                     jax.device_put(flip, replicated))
 
 
+EPOCH_LOOPS = ('device', 'host')
+
+
 def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
                devices: Sequence[jax.Device], geometric_augmentation: bool = False,
-               gather_fn: Callable = gather, motion_cache: bool = False
-               ) -> Tuple[Callable, Callable]:
+               gather_fn: Callable = gather, motion_cache: bool = False,
+               epoch_loop: str = 'device') -> Tuple[Callable, Callable]:
   """Returns the pmapped ``(train_epoch, evaluate)`` programs of ``layout``.
 
   ``train_epoch(state, frozen, data, idx, aug, mask) -> (state, metrics)``: ``state`` is a
@@ -271,9 +275,17 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
       ``data['motion_cache']`` (:func:`build_motion_cache`, entry ``[flip, clip]``) instead of
       computing them from the clips; only without geometric augmentation (a rotation or crop
       changes them per draw). The evaluate program always computes them.
+    epoch_loop: where the loop over an epoch's steps (and over the evaluation batches) runs:
+      ``device``, inside the program (``lax.scan`` / ``lax.map``: one dispatch per epoch);
+      ``host``, in Python, one pmapped step (or batch) per call, dispatched without waiting for
+      the previous one (no host synchronisation inside the epoch either). Same arguments and
+      results; ``host`` exists because XLA:CPU runs the step several times slower inside a loop
+      (README, "Speed").
   """
   if motion_cache and geometric_augmentation:
     raise ValueError('the motion cache cannot serve a step with geometric augmentation')
+  if epoch_loop not in EPOCH_LOOPS:
+    raise ValueError(f'epoch_loop must be one of {EPOCH_LOOPS}, got {epoch_loop!r}')
   dp = layout.data_parallel
 
   def fold_step(state, frozen, data, idx, aug, mask):
@@ -314,30 +326,56 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
 
   folds_step = jax.vmap(fold_step, in_axes=(0, None, None, 0, 0, 0))
 
-  def train_epoch(state, frozen, data, idx, aug, mask):
-    _traced('train_epoch')
-
-    def body(st, xs):
-      return folds_step(st, frozen, data, *xs)
-
-    return jax.lax.scan(body, state, (idx, aug, mask))
-
   def fold_logits(params, frozen, data, idx):
     clips, _, apex = gather_fn(data, idx)
     return model.apply({'params': _merge(params, frozen)}, clips, apex)
 
-  def evaluate(params, frozen, data, idx):
-    _traced('evaluate')
-    folds_logits = jax.vmap(fold_logits, in_axes=(0, None, None, 0))
-    return jax.lax.map(lambda i: folds_logits(params, frozen, data, i), idx)
-
+  folds_logits = jax.vmap(fold_logits, in_axes=(0, None, None, 0))
   state_axis = None if dp else 0
-  p_train = jax.pmap(train_epoch, AXIS, in_axes=(state_axis, None, None, 0, 0, 0),
-                     out_axes=(state_axis, 0), devices=devices,
-                     donate_argnums=() if dp else (0,))
-  p_eval = jax.pmap(evaluate, AXIS, in_axes=(state_axis, None, None, 0), out_axes=0,
-                    devices=devices)
-  return p_train, p_eval
+  pmap_train = functools.partial(jax.pmap, axis_name=AXIS,
+                                 in_axes=(state_axis, None, None, 0, 0, 0),
+                                 out_axes=(state_axis, 0), devices=devices,
+                                 donate_argnums=() if dp else (0,))
+  pmap_eval = functools.partial(jax.pmap, axis_name=AXIS, in_axes=(state_axis, None, None, 0),
+                                out_axes=0, devices=devices)
+
+  if epoch_loop == 'device':
+    def train_epoch(state, frozen, data, idx, aug, mask):
+      _traced('train_epoch')
+
+      def body(st, xs):
+        return folds_step(st, frozen, data, *xs)
+
+      return jax.lax.scan(body, state, (idx, aug, mask))
+
+    def evaluate(params, frozen, data, idx):
+      _traced('evaluate')
+      return jax.lax.map(lambda i: folds_logits(params, frozen, data, i), idx)
+
+    return pmap_train(train_epoch), pmap_eval(evaluate)
+
+  def one_step(state, frozen, data, idx, aug, mask):
+    _traced('train_epoch')
+    return folds_step(state, frozen, data, idx, aug, mask)
+
+  def one_batch(params, frozen, data, idx):
+    _traced('evaluate')
+    return folds_logits(params, frozen, data, idx)
+
+  p_step, p_batch = pmap_train(one_step), pmap_eval(one_batch)
+
+  def host_train_epoch(state, frozen, data, idx, aug, mask):
+    metrics = []
+    for k in range(idx.shape[1]):  # (devices, steps, ...): one call per step
+      state, m = p_step(state, frozen, data, idx[:, k], aug[:, k], mask[:, k])
+      metrics.append(m)
+    return state, jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs], 1), *metrics)
+
+  def host_evaluate(params, frozen, data, idx):
+    logits = [p_batch(params, frozen, data, idx[:, b]) for b in range(idx.shape[1])]
+    return np.stack([np.asarray(x) for x in logits], 1)
+
+  return host_train_epoch, host_evaluate
 
 
 # --------------------------------------------------------------------------------- checkpoints

@@ -29,7 +29,8 @@ from mpt_jax import errors
 # logging). Everything else must equal the config the workdir was created with.
 RESUMABLE_KEYS = ('data.data_dir', 'data.manual_dir', 'data.rebuild', 'model.pretrained_path',
                   'train.log_every_steps', 'train.folds_per_step', 'train.deterministic',
-                  'train.motion_cache', 'train.checkpoint_min_interval_s')
+                  'train.motion_cache', 'train.checkpoint_min_interval_s',
+                  'train.epoch_loop')
 LOCK_NAME = 'lock'
 
 

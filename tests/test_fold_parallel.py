@@ -114,6 +114,18 @@ def test_four_folds_at_once_equal_one_at_a_time_on_two_devices(setup):
   assert_same(sequential, folds_parallel)
 
 
+def test_device_epoch_loop_equals_the_host_loop(setup):
+  """The loop over an epoch's steps inside the program (lax.scan and lax.map, the default on
+  accelerators) and on the host (one pmapped step per call, the default on CPUs) train the same
+  folds: 2 folds on each of 2 devices, and one fold split over 2 devices."""
+  for name, folds in (('f4d2', 4), ('f1d2', 1)):
+    host = run(setup, name, folds, 2, schedule='cosine')[0]
+    train_lib.TRACE_COUNTS.clear()
+    device = run(setup, f'{name}_scan', folds, 2, schedule='cosine', epoch_loop='device')[0]
+    assert train_lib.TRACE_COUNTS == {'train_epoch': 1, 'evaluate': 1}, train_lib.TRACE_COUNTS
+    assert_same(host, device)
+
+
 def reference_fold(config, data, subject, seed=0):
   """One fold trained the plain way, outside the fold-parallel program: a jitted step on the full
   parameter tree for each real batch of ``epoch_batches`` (no padding steps, no masking, no vmap,
@@ -297,6 +309,20 @@ class FakeAccelerator:
 
   def memory_stats(self):
     return {'bytes_limit': int(self.gib * 2**30)}
+
+
+def test_epoch_loop_choice(setup):
+  config = make_config(setup, 1, 1)
+  cpu = jax.local_devices()[:1]
+  assert loso.resolve_epoch_loop(config, cpu) == 'host'
+  assert loso.resolve_epoch_loop(config, [FakeAccelerator(80)]) == 'device'
+  for value in ('host', 'device'):
+    config.train.epoch_loop = value
+    assert loso.resolve_epoch_loop(config, cpu) == value
+    assert loso.resolve_epoch_loop(config, [FakeAccelerator(80)]) == value
+  config.train.epoch_loop = 'scan'
+  with pytest.raises(loso.ConfigError, match='config.train.epoch_loop'):
+    loso.validate_config(config)
 
 
 def test_auto_folds_per_step(setup):
