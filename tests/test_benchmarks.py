@@ -127,6 +127,19 @@ def test_bench_loso_runs_sequential_and_handles_fold_parallel(tmp_path):
   assert not os.listdir(tmp_path)  # the variants' workdirs are removed
 
 
+def test_bench_epoch_loop_times_both_loops():
+  proc = _run([sys.executable, 'benchmarks/bench_epoch_loop.py',
+               '--config=configs/synthetic.py:smoke', '--subjects=3', '--clips=9', '--rounds=2'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  line = _json_line(proc.stdout)
+  assert line['bench'] == 'epoch_loop' and line['steps_per_epoch'] == 2  # 6 training clips, b4
+  for loop in ('device', 'host'):
+    assert len(line['epoch_s'][loop]) == 2 and all(t > 0 for t in line['epoch_s'][loop])
+    assert line['first_call_s'][loop] > 0
+  ratio = line['epoch_s_median']['device'] / line['epoch_s_median']['host']
+  assert abs(line['device_over_host'] - ratio) < 0.01 + 0.01 * ratio
+
+
 def test_bench_loso_check_same_compares_predictions_and_probabilities():
   sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
   import bench_loso  # pylint: disable=g-import-not-at-top
