@@ -4,9 +4,11 @@ A LOSO run trains one small model per held-out subject on one shared frozen back
 program updates ``F`` folds at once (``config.train.folds_per_step``): their trainable parameters
 and optimizer states are stacked on a leading fold axis and ``jax.vmap``-ed, while the frozen
 backbone is one argument passed once (``in_axes=None``), never stacked, copied per fold, donated
-or returned. One call trains one epoch of every fold of the group: a ``lax.scan`` over the epoch's
-steps, with the steps' clip indices, augmentation parameters and validity masks stacked as arrays,
-so there is one dispatch and no host synchronisation inside an epoch, and the state is donated.
+or returned. One call trains one epoch of every fold of the group, with the steps' clip indices,
+augmentation parameters and validity masks stacked as arrays, no host synchronisation inside the
+epoch, and the state donated. The loop over the epoch's steps is a ``lax.scan`` inside the program
+(``epoch_loop='device'``: one dispatch per epoch) or a Python loop over a one-step program
+(``'host'``: XLA:CPU runs the step several times slower inside a loop); see :func:`make_steps`.
 
 A step of a fold whose mask is all zero (a fold with fewer steps this epoch, a fold that already
 finished its epochs, a dummy fold that pads the last group) changes nothing: its new state is
