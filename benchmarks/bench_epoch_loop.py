@@ -40,7 +40,6 @@ def main(argv=None):
   config = bench_loso.build_config(args)
   data = bench_loso.build_data(args, config)
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from mpt_jax import loso  # pylint: disable=g-import-not-at-top
   from mpt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -51,15 +50,10 @@ def main(argv=None):
     config.train.folds_per_step = 1
     exp = loso.Experiment(config, data)
     exp.init(0)
-    layout, bs = exp.layout, int(config.train.batch_size)
-    steps, split = exp.steps_per_epoch_max, layout.split
+    layout, steps = exp.layout, exp.steps_per_epoch_max
     train_idx, _ = input_pipeline.split_for_subject(exp.data, exp.subjects[0])
-    idx = np.zeros((1, steps, split, bs // split), np.int32)
-    aug = np.zeros((1, steps, split, bs // split, 5), np.float32)
-    mask = np.zeros((1, steps, split, bs // split), np.float32)
-    for k, b in enumerate(input_pipeline.epoch_batches(train_idx, bs, split, 1,
-                                                       bool(config.data.hflip))):
-      idx[0, k], aug[0, k], mask[0, k] = b.idx, b.aug, b.mask
+    idx, aug, mask = loso.epoch_arrays(config, layout, steps,
+                                       [(train_idx, input_pipeline.fold_seed(0, 0, 1))])
     state = layout.state_to_device(train_lib.stack_states([exp.fresh_fold_state()]), exp.devices)
     inputs = (exp.frozen_on_device, exp.train_inputs(), layout.to_device(idx),
               layout.to_device(aug), layout.to_device(mask))

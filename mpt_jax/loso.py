@@ -216,9 +216,9 @@ def resolve_folds_per_step(config: ml_collections.ConfigDict, num_folds: int,
 
 def resolve_epoch_loop(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> str:
   """Where the loop over an epoch's steps runs (``config.train.epoch_loop``, see
-  :func:`mpt_jax.train.make_steps`). Auto: ``host`` on CPUs, where XLA runs the step 5.7 times
-  slower inside ``lax.scan`` than as a program of its own (README, "Speed"); ``device`` on
-  accelerators (one dispatch per epoch)."""
+  :func:`mpt_jax.train.make_steps`). Auto: ``host`` on CPUs, where XLA ran an epoch 1.6x (ViT-B/16)
+  to 4.3x (the demo) slower inside ``lax.scan`` than as one program per step
+  (``benchmarks/bench_epoch_loop.py``); ``device`` on accelerators (one dispatch per epoch)."""
   value = config.train.get('epoch_loop', 'auto')
   if value != 'auto':
     return value
@@ -490,6 +490,39 @@ class _Fold:
     return self.result
 
 
+def epoch_arrays(config: ml_collections.ConfigDict, layout: train_lib.FoldLayout, steps: int,
+                 plans: Sequence[Optional[Tuple[np.ndarray, int]]]
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One epoch's inputs of the train program for the fold slots, on the host.
+
+  Args:
+    config: the run config (batch size, flip, rotation and crop).
+    layout: the fold slots.
+    steps: steps of the epoch program (the largest fold's).
+    plans: per slot, ``(training clip indices, epoch seed)``, or None for a slot that trains no
+      step this epoch (a finished or dummy fold: every step masked).
+
+  Returns:
+    ``(idx, aug, mask)``, ``(folds, steps, split, per_device)`` (``aug`` with a trailing 5), as
+    :func:`mpt_jax.input_pipeline.epoch_batches` gives them; masked places have index 0 and no
+    augmentation.
+  """
+  bs, split = int(config.train.batch_size), layout.split
+  shape = (layout.folds, steps, split, bs // split)
+  idx, mask = np.zeros(shape, np.int32), np.zeros(shape, np.float32)
+  aug = np.tile(np.array([0, 0, 1, 0, 0], np.float32), shape + (1,))  # identity
+  for j, plan in enumerate(plans):
+    if plan is None:
+      continue
+    train_idx, epoch_seed = plan
+    for k, batch in enumerate(input_pipeline.epoch_batches(
+        train_idx, bs, split, epoch_seed, bool(config.data.hflip),
+        max_rotation_deg=float(config.data.max_rotation_deg),
+        min_crop_scale=float(config.data.min_crop_scale))):
+      idx[j, k], aug[j, k], mask[j, k] = batch.idx, batch.aug, batch.mask
+  return idx, aug, mask
+
+
 def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir: str,
                 make_writer: Callable[[int], Any],
                 on_epoch: Optional[Callable[[int, Dict[str, float]], None]] = None,
@@ -515,7 +548,6 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
   if not 0 < len(fold_indices) <= layout.folds:
     raise ValueError(f'{len(fold_indices)} folds for {layout.folds} fold slots')
   num_epochs = int(config.train.num_epochs)
-  bs, split = int(config.train.batch_size), layout.split
   every = max(1, int(config.train.eval_every_epochs))
   ck_every = max(1, int(config.train.checkpoint_every_epochs))
   ck_interval = float(config.train.get('checkpoint_min_interval_s', 0.0))
@@ -546,23 +578,14 @@ def train_group(exp: Experiment, seed: int, fold_indices: Sequence[int], workdir
         results[f.index] = f.finish(exp, workdir)
         if on_fold_done:
           on_fold_done(f.index, results[f.index])
-  steps = exp.steps_per_epoch_max
-  identity = np.array([0, 0, 1, 0, 0], np.float32)
   last_save = _clock()  # the group's last checkpoint save (or its start)
   try:
     while any(f is not None and f.epoch < num_epochs for f in slots):
-      idx = np.zeros((layout.folds, steps, split, bs // split), np.int32)
-      aug = np.tile(identity, (layout.folds, steps, split, bs // split, 1))
-      mask = np.zeros((layout.folds, steps, split, bs // split), np.float32)
       active = [j for j, f in enumerate(slots) if f is not None and f.epoch < num_epochs]
-      for j in active:
-        f = slots[j]
-        seed_e = input_pipeline.fold_seed(seed, f.index, f.epoch + 1)
-        for k, batch in enumerate(input_pipeline.epoch_batches(
-            f.train_idx, bs, split, seed_e, bool(config.data.hflip),
-            max_rotation_deg=float(config.data.max_rotation_deg),
-            min_crop_scale=float(config.data.min_crop_scale))):
-          idx[j, k], aug[j, k], mask[j, k] = batch.idx, batch.aug, batch.mask
+      idx, aug, mask = epoch_arrays(
+          config, layout, exp.steps_per_epoch_max,
+          [(slots[j].train_idx, input_pipeline.fold_seed(seed, slots[j].index, slots[j].epoch + 1))
+           if j in active else None for j in range(layout.folds)])
       state, m = exp.p_train(state, exp.frozen_on_device, exp.train_inputs(),
                              layout.to_device(idx), layout.to_device(aug), layout.to_device(mask))
       m = {k: layout.metrics_from_device(np.asarray(v)) for k, v in jax.device_get(m).items()}
