@@ -136,8 +136,11 @@ def test_bench_epoch_loop_times_both_loops():
   for loop in ('device', 'host'):
     assert len(line['epoch_s'][loop]) == 2 and all(t > 0 for t in line['epoch_s'][loop])
     assert line['first_call_s'][loop] > 0
-  ratio = line['epoch_s_median']['device'] / line['epoch_s_median']['host']
-  assert abs(line['device_over_host'] - ratio) < 0.01 + 0.01 * ratio
+  # The medians are printed to 1 ms, the ratio to 0.01: the ratio of the unrounded medians lies
+  # within these bounds.
+  d, h = line['epoch_s_median']['device'], line['epoch_s_median']['host']
+  low, high = (d - 5e-4) / (h + 5e-4), (d + 5e-4) / max(h - 5e-4, 1e-9)
+  assert low - 0.005 <= line['device_over_host'] <= high + 0.005, line
 
 
 def test_bench_loso_check_same_compares_predictions_and_probabilities():
