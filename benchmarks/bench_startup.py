@@ -13,7 +13,10 @@ only: the data part is what the cache changes. ``--reuse --runs='cache hit'`` ti
 cached start, on a fixture an earlier run prepared and cached. ``warm start`` is a cache hit with
 main.py's persistent compilation cache (in ``<workdir>/jax_cache``) already holding the programs of
 an identical earlier start (which it runs first): what a resumed or repeated run pays before its
-first step when nothing needs compiling.
+first step when nothing needs compiling. ``compile_s`` is the wall time JAX spent tracing, lowering
+and compiling (or reading compiled programs from the persistent cache) before the first step, from
+JAX's own duration events (overlapping ones counted once); ``to_first_step_without_compile_s`` is
+the rest of the start.
 """
 
 import argparse
@@ -44,9 +47,32 @@ def config_for(data_dir, cache, num_frames, image_size):
   return config
 
 
+COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
+                  '/jax/core/compile/jaxpr_to_mlir_module_duration',
+                  '/jax/core/compile/backend_compile_duration')  # the last includes cache reads
+
+
+def union_seconds(intervals):
+  """Length of the union of ``(start, end)`` intervals (nested traces are counted once)."""
+  total, end = 0.0, float('-inf')
+  for a, b in sorted(intervals):
+    if b > end:
+      total += b - max(a, end)
+      end = b
+  return total
+
+
 def child(args):
   """One run start: load, build, two steps. Prints a JSON line."""
   import jax  # pylint: disable=g-import-not-at-top
+  compiling = []  # (start, end) of every trace, lowering and compile (or compilation-cache read)
+
+  def on_duration(event, duration, **_):
+    if event in COMPILE_EVENTS:
+      now = time.time()
+      compiling.append((now - duration, now))
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mpt_jax import loso  # pylint: disable=g-import-not-at-top
@@ -82,6 +108,7 @@ def child(args):
   jax.block_until_ready(m)
   t_step = time.time() - t
   t_first = time.time() - T_START
+  t_compile = union_seconds(compiling)
   t = time.time()
   state, m = exp.p_train(state, exp.frozen_on_device, exp.train_inputs(), *args)
   jax.block_until_ready(m)
@@ -93,6 +120,8 @@ def child(args):
                     'first_step_incl_compile_s': round(t_step, 2),
                     'second_step_s': round(t_step2, 2),
                     'to_first_step_s': round(t_first, 2),
+                    'compile_s': round(t_compile, 2),
+                    'to_first_step_without_compile_s': round(t_first - t_compile, 2),
                     'tfds_imported': 'tensorflow_datasets' in sys.modules,
                     'clips': len(data), 'clip_array': list(data.clips.shape)}), flush=True)
 

@@ -18,30 +18,30 @@ The result is deterministic: it depends only on the task, never on the worker th
 """
 
 import dataclasses
-import os
+import struct
+import zlib
 from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
+from isal import isal_zlib
 from PIL import Image
 
 from mpt_jax import face_align
 
 # How the stored PNGs are encoded. PNG is lossless whatever these are (the stored pixels never
-# depend on them); they only trade encoding time for file size. Measured here on 224 px frames
-# (``benchmarks/bench_prepare.py`` fixtures and scikit-image's astronaut with sensor noise), zlib
-# level 1 with libpng's adaptive filter choice took 4.5-5.3 ms per colour frame:
-# * colour frames: the Sub filter with Huffman-only coding, 1.5 ms, files within 2-5 % of level 1
-#   (LZ77 string matching finds almost nothing in filtered photographs);
-# * grayscale frames (stored as 3 equal channels): the Up filter at zlib level 1, 2.0 ms instead of
-#   3.4-8 ms and the same size (here LZ77 is what finds the repeated channels: Huffman-only would
-#   double the files).
-PNG_COMPRESSION = 1  # zlib level (1: the fastest that still compresses)
-PNG_COLOUR = (cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION,
-              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
-              cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB)
-PNG_GRAY = (cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION,
-            cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)
+# depend on them); they only trade encoding time for file size. The PNG is assembled here (filter
+# rows with numpy, deflate with ISA-L's igzip through the ``isal`` package, three chunks): libpng
+# through OpenCV spent most of its time in zlib. Measured on 224 px frames (scikit-image's
+# astronaut with sensor noise, ``benchmarks/bench_prepare.py --stages``):
+# * colour frames: the Sub filter and igzip level 1, about 0.6 ms instead of 1.4 ms (libpng, Sub
+#   filter, zlib Huffman-only coding), files about 3 % larger;
+# * grayscale frames (stored as 3 equal channels): the Up filter and igzip level 2, about 0.5 ms
+#   instead of 2.3 ms (libpng, Up filter, zlib level 1), files 9-11 % larger (igzip's string
+#   matching finds fewer of the repeated channels than zlib's).
+PNG_LEVEL_COLOUR = 1  # igzip level (0-3)
+PNG_LEVEL_GRAY = 2
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,6 @@ class ClipTask:
   align: bool  # align the face (True) or resize the frame as released (False)
   margin: float  # face_align margin
   apex_index: int  # apex position within ``paths``, the last frame searched for a face
-  out_dir: str  # where the PNGs go (created by the worker)
 
 
 def _one_line(e: Exception) -> str:
@@ -169,52 +168,58 @@ def decode_pil(path: str, reduce: int = 1) -> Tuple[np.ndarray, int, Tuple[int, 
     return np.asarray(im.convert(mode), np.uint8), got, (h, w)
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+  return (struct.pack('>I', len(data)) + kind + data
+          + struct.pack('>I', zlib.crc32(data, zlib.crc32(kind))))
+
+
 def encode_png(frame: np.ndarray) -> bytes:
   """The stored PNG of a frame: (H, W) grayscale (stored as 3 equal channels) or (H, W, 3) RGB.
 
-  Lossless: decoding gives back ``to_rgb(frame)`` exactly. Grayscale and colour frames use the
-  encoder settings that are fastest for each (:data:`PNG_GRAY`, :data:`PNG_COLOUR`).
+  Lossless: decoding gives back ``to_rgb(frame)`` exactly (an 8-bit RGB PNG; every row with PNG's
+  Sub filter (colour) or Up filter (grayscale), deflated by igzip at :data:`PNG_LEVEL_COLOUR` or
+  :data:`PNG_LEVEL_GRAY`).
   """
   frame = np.asarray(frame, np.uint8)
   if frame.ndim == 3 and frame.shape[2] == 1:
     frame = frame[..., 0]
   gray = frame.ndim == 2
-  if gray:
-    bgr = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_GRAY2BGR)
-  else:
-    bgr = cv2.cvtColor(np.ascontiguousarray(frame[..., :3]), cv2.COLOR_RGB2BGR)
-  ok, buf = cv2.imencode('.png', bgr, list(PNG_GRAY if gray else PNG_COLOUR))
-  if not ok:
-    raise RuntimeError('PNG encoding failed')
-  return buf.tobytes()
-
-
-def _png(path: str, frame: np.ndarray) -> None:
-  data = encode_png(frame)
-  with open(path, 'wb') as f:
-    f.write(data)
+  if not gray and (frame.ndim != 3 or frame.shape[2] < 3):
+    raise ValueError(f'encode_png: expected (H, W) or (H, W, 3), got {frame.shape}')
+  h, w = frame.shape[:2]
+  rgb = to_rgb(frame) if gray else frame[..., :3]
+  rows = np.ascontiguousarray(rgb).reshape(h, w * 3)
+  raw = np.empty((h, w * 3 + 1), np.uint8)
+  if gray:  # filter type Up: each byte minus the byte above it (mod 256)
+    raw[:, 0] = 2
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
+  else:  # filter type Sub: each byte minus the byte one pixel to its left (mod 256)
+    raw[:, 0] = 1
+    raw[:, 1:4] = rows[:, :3]
+    np.subtract(rows[:, 3:], rows[:, :-3], out=raw[:, 4:])
+  idat = isal_zlib.compress(raw.tobytes(), PNG_LEVEL_GRAY if gray else PNG_LEVEL_COLOUR)
+  header = struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, no interlace
+  return (_PNG_SIGNATURE + _png_chunk(b'IHDR', header) + _png_chunk(b'IDAT', idat)
+          + _png_chunk(b'IEND', b''))
 
 
 def process_clip(task: ClipTask) -> Dict:
   """Decodes, checks, aligns (or resizes) and encodes every frame of one clip.
 
   Returns:
-    A dict: ``index``; ``pngs`` (one stored PNG path per frame, None for an unreadable frame);
-    ``bad`` (``[path, error]`` per unreadable frame); ``method`` ('landmarks' | 'haar' | 'centre' |
+    A dict: ``index``; ``pngs`` (one stored PNG, as bytes, per frame; None for an unreadable
+    frame); ``bad`` (``[path, error]`` per unreadable frame); ``method`` ('landmarks' | 'haar' | 'centre' |
     'none' for as-released); ``transform`` ((2, 3) list, source pixels -> stored pixels, of the
     first readable frame for 'none'); ``frame`` (frame index the transform was estimated on, -1 if
     none); ``source_size`` ((height, width) of the first readable frame).
   """
   cv2.setNumThreads(1)  # one clip per process: the pool provides the parallelism
-  os.makedirs(task.out_dir, exist_ok=True)
   n = len(task.paths)
-  pngs: List[Optional[str]] = [None] * n
+  pngs: List[Optional[bytes]] = [None] * n
   bad: List[List[str]] = []
   out = {'index': task.index, 'pngs': pngs, 'bad': bad, 'method': 'none', 'transform': None,
          'frame': -1, 'source_size': None}
-
-  def target(k):
-    return os.path.join(task.out_dir, f'{k:05d}.png')
 
   if not task.align:
     for k, path in enumerate(task.paths):
@@ -224,8 +229,7 @@ def process_clip(task: ClipTask) -> Dict:
             w, h = im.size
           out['source_size'] = (h, w)
           out['transform'] = face_align.resize_transform(h, w, task.size, task.size).tolist()
-        _png(target(k), _load_resized_native(path, task.size))
-        pngs[k] = target(k)
+        pngs[k] = encode_png(_load_resized_native(path, task.size))
       except Exception as e:  # pylint: disable=broad-except
         bad.append([path, _one_line(e)])
     return out
@@ -271,7 +275,6 @@ def process_clip(task: ClipTask) -> Dict:
                         f'{out["source_size"][1]}x{out["source_size"][0]}'])
       continue
     aligned = face_align.warp(frame, info.transform, task.size, reduced_by=got)
-    _png(target(k), aligned)
-    pngs[k] = target(k)
+    pngs[k] = encode_png(aligned)
   full.clear()
   return out

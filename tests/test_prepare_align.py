@@ -65,7 +65,6 @@ def test_samm_at_real_size_prepares_into_aligned_faces(tmp_path):
   assert os.path.join(report['data_dir'], a['contact_sheet']) == sheet and sheet in text
   with Image.open(sheet) as im:
     assert im.size[0] >= 2 * 96 and im.size[1] >= 96  # two subjects' blocks
-  assert not [p for p in os.listdir(os.path.dirname(sheet)) if 'spool' in p]
 
 
 def test_casme3_at_real_size_prepares_into_aligned_faces(tmp_path):

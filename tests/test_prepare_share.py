@@ -7,8 +7,11 @@
   frame once when the face search's full decode is also the frame it stores.
 """
 
+import concurrent.futures
+import io
 import multiprocessing
 import os
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from PIL import Image
 from mpt_jax import clip_frames
 from mpt_jax import face_align
 from tests import face_fixtures
+from tfds_builders import pipeline
 
 dlib = pytest.importorskip('dlib')
 
@@ -75,7 +79,6 @@ def _raise_oserror(*args, **kwargs):
 @pytest.mark.parametrize('temp_folder', ['writable', 'unusable'])
 def test_pool_removes_the_shared_detector_file(tmp_path, monkeypatch, temp_folder):
   """Also without a usable temp folder: the workers then build their own detector, same output."""
-  from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr('tempfile.tempdir', str(tmp_path / 'tmp'))
   os.makedirs(tmp_path / 'tmp')
   if temp_folder == 'unusable':
@@ -88,17 +91,15 @@ def test_pool_removes_the_shared_detector_file(tmp_path, monkeypatch, temp_folde
     for k in range(3):
       paths.append(str(frames / f'{c}_{k}.jpg'))
       Image.fromarray(_face(scale=2.0 + c)).save(paths[-1], quality=92)
-    tasks.append(clip_frames.ClipTask(c, tuple(paths), 64, True, 0.2, 1,
-                                      str(tmp_path / 'out' / str(c))))
+    tasks.append(clip_frames.ClipTask(c, tuple(paths), 64, True, 0.2, 1))
   pooled = pipeline.process_clips(tasks, 2)
   assert os.listdir(tmp_path / 'tmp') == []
   assert [r['method'] for r in pooled] == ['landmarks', 'landmarks']
   for c, r in enumerate(pooled):
     one = clip_frames.process_clip(
-        clip_frames.ClipTask(c, tasks[c].paths, 64, True, 0.2, 1, str(tmp_path / 'one' / str(c))))
+        clip_frames.ClipTask(c, tasks[c].paths, 64, True, 0.2, 1))
     assert r['transform'] == one['transform']
-    for a, b in zip(r['pngs'], one['pngs']):
-      assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    assert r['pngs'] == one['pngs'] and all(r['pngs'])
 
 
 def test_face_search_reads_only_the_frames_it_searches():
@@ -141,13 +142,13 @@ def test_each_frame_is_decoded_once_when_stored_at_full_resolution(tmp_path, mon
 
   monkeypatch.setattr(clip_frames, 'decode', counting)
   res = clip_frames.process_clip(
-      clip_frames.ClipTask(0, tuple(paths), 224, True, 0.2, 2, str(tmp_path / 'out')))
+      clip_frames.ClipTask(0, tuple(paths), 224, True, 0.2, 2))
   assert res['method'] == 'landmarks'
   assert face_align.draft_factor(np.asarray(res['transform'])) == 1
   assert sorted(calls) == sorted(paths)
   # and the stored onset is the same as from a separate decode
   ref = face_align.warp(decode(paths[0])[0], np.asarray(res['transform']), 224)
-  assert np.array_equal(np.asarray(Image.open(res['pngs'][0]))[..., 0], ref)
+  assert np.array_equal(np.asarray(Image.open(io.BytesIO(res['pngs'][0])))[..., 0], ref)
 
 
 class _CountingDetector:
@@ -250,3 +251,29 @@ def test_colour_jpegs_are_left_to_pil(tmp_path):
     assert clip_frames.gray_jpeg_size(f.read()) is None
   a, b = clip_frames.decode(path, 2), clip_frames.decode_pil(path, 2)
   assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_pool_keeps_only_a_few_clips_ahead_of_the_writer(tmp_path, monkeypatch):
+  """Workers send back PNG bytes, so the pool must not run far ahead of TFDS: at most
+  ``CLIPS_AHEAD_PER_WORKER`` clips per worker are submitted and not yet taken, however slowly they
+  are taken; every clip still comes back, in order."""
+  submitted = []
+  real = concurrent.futures.ProcessPoolExecutor
+
+  class Counting(real):
+
+    def submit(self, fn, *args, **kwargs):
+      submitted.append(args[0].index)
+      return super().submit(fn, *args, **kwargs)
+
+  monkeypatch.setattr(concurrent.futures, 'ProcessPoolExecutor', Counting)
+  path = str(tmp_path / 'f.jpg')
+  Image.fromarray(np.full((40, 30, 3), 128, np.uint8)).save(path)
+  tasks = [clip_frames.ClipTask(i, (path, path), 32, False, 0.2, 1) for i in range(12)]
+  taken = []
+  for res in pipeline.stream_clips(tasks, 2):
+    taken.append(res['index'])
+    time.sleep(0.05)  # a slow writer: the workers finish everything they were given meanwhile
+    assert len(submitted) - len(taken) <= pipeline.CLIPS_AHEAD_PER_WORKER * 2
+    assert all(isinstance(p, bytes) for p in res['pngs'])
+  assert taken == list(range(12)) and submitted == list(range(12))

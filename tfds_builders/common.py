@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -585,7 +584,7 @@ def features(classes: Sequence[str], size: int = FRAME_SIZE,
 
 def example(clip: Clip, prepared: Dict[str, Any]) -> Dict[str, Any]:
   """The example dict of a clip whose frames ``prepared`` (a :func:`clip_frames.process_clip`
-  result) holds as stored PNG files, one per frame of ``clip.frames``."""
+  result) holds as stored PNG bytes, one per frame of ``clip.frames``."""
   return {
       'frames': list(prepared['pngs']),
       'frame_numbers': [int(n) for n in clip.frame_numbers],
@@ -704,24 +703,21 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
     if dup:
       raise DatasetLayoutError(f'{self.DATASET}: duplicate clips {dup[:5]}')
     # Frames are decoded, checked, aligned and encoded on all cores while TFDS writes the clips
-    # already done (_generate_examples). The PNGs wait in a spool folder inside TFDS's
-    # incomplete-dataset folder, which TFDS deletes if preparation fails; _generate_examples
-    # deletes the spool once TFDS has read it. The report is stored when the last clip is in.
-    spool = os.path.join(self.data_dir, '_frames_spool')
+    # already done (_generate_examples). The report is stored when the last clip is in.
     tasks = [clip_frames.ClipTask(i, tuple(c.frames), self.FRAME_SIZE,
                                   pipeline.should_align(self._align, c.dataset, c.frames[0]),
-                                  self._align_margin, c.apex_index,
-                                  os.path.join(spool, f'{i:06d}'))
+                                  self._align_margin, c.apex_index)
              for i, c in enumerate(clips)]
     workers = pipeline.num_workers(self._prepare_workers, sum(len(c.frames) for c in clips),
                                    len(clips))
-    return {'train': self._generate_examples(clips, tasks, workers, report, spool)}
+    return {'train': self._generate_examples(clips, tasks, workers, report)}
 
-  def _generate_examples(self, clips, tasks, workers, report, spool):
+  def _generate_examples(self, clips, tasks, workers, report):
     """Yields each clip's example as soon as the pool has it; then stores the report."""
     from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
     stream = pipeline.stream_clips(tasks, workers)
-    kept_clips, kept_results = [], []
+    kept_clips, kept_results = [], []  # the results without their PNGs (the memory is TFDS's)
+    sheet_subjects, sheet_pngs = [], []  # the contact sheet's onset frames
     try:
       for clip, res in zip(clips, stream):
         if res['bad'] and not self._skip_bad_frames:
@@ -731,14 +727,16 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
         if clip is None:
           continue
         kept_clips.append(clip)
-        kept_results.append(res)
+        kept_results.append({k: v for k, v in res.items() if k != 'pngs'})
+        if sheet_subjects.count(clip.subject) < pipeline.SHEET_PER_SUBJECT:
+          sheet_subjects.append(clip.subject)
+          sheet_pngs.append(next((p for p in res['pngs'] if p), None))
         yield clip.key, example(clip, res)
       if not kept_clips:
         raise DatasetLayoutError(f'{self.DATASET}: no clip has two readable frames')
       summary = report.summary(kept_clips, self.classes)
       sheet = os.path.join(self.data_dir, pipeline.CONTACT_SHEET)
-      pipeline.contact_sheet(sheet, [c.subject for c in kept_clips],
-                             [next((p for p in r['pngs'] if p), None) for r in kept_results])
+      pipeline.contact_sheet(sheet, sheet_subjects, sheet_pngs)
       summary['alignment'] = pipeline.alignment_summary(
           self._align, self._align_margin, [c.key for c in kept_clips], kept_results,
           pipeline.CONTACT_SHEET if os.path.exists(sheet) else '')
@@ -746,7 +744,6 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
       self._last_report = summary  # pylint: disable=attribute-defined-outside-init
     finally:
       stream.close()
-      shutil.rmtree(spool, ignore_errors=True)
 
   @staticmethod
   def _refuse_bad_frames(clip: Clip, res: Dict[str, Any], rest: Sequence[Dict[str, Any]]):

@@ -1,16 +1,17 @@
 """Preparation on all cores: clips decoded, checked, aligned and encoded while TFDS writes.
 
 :func:`stream_clips` runs :func:`mpt_jax.clip_frames.process_clip` for every clip in a process pool
-(``spawn`` workers that import only numpy, OpenCV and PIL: nothing of the parent's TensorFlow/JAX
-threads is inherited, and not its main script). Each worker writes the clip's stored PNGs into a
-spool folder inside TFDS's incomplete-dataset folder and sends back their names; the builder's
-``_generate_examples`` hands each clip to TFDS as soon as it is ready (TFDS stores the PNG bytes as
-they are), so serialising and writing overlap the pool's work. Results come back in clip order,
-and each clip's frames depend only on the clip, so the prepared dataset is byte-identical for any
-number of workers. An unreadable frame stops the preparation before TFDS finishes: TFDS then
-deletes its incomplete folder, spool included, so nothing is left. When clips are aligned, the
-parent builds dlib's face detector once (while the workers start) and the workers load it from a
-temporary file (``face_align.share_detector``), instead of each unpacking it from dlib.
+(``spawn`` workers that import only numpy, OpenCV, PIL and isal: nothing of the parent's
+TensorFlow/JAX threads is inherited, and not its main script). Each worker sends back the clip's
+stored PNGs as bytes; the builder's ``_generate_examples`` hands each clip to TFDS as soon as it is
+ready (TFDS stores the PNG bytes as they are), so serialising and writing overlap the pool's work.
+At most a few clips per worker are ahead of TFDS (:data:`CLIPS_AHEAD_PER_WORKER`), which bounds the
+memory the PNGs take. Results come back in clip order, and each clip's frames depend only on the
+clip, so the prepared dataset is byte-identical for any number of workers. An unreadable frame stops
+the preparation before TFDS finishes: TFDS then deletes its incomplete folder, so nothing is left.
+When clips are aligned, the parent builds dlib's face detector once (while the workers start) and
+the workers load it from a temporary file (``face_align.share_detector``), instead of each
+unpacking it from dlib.
 
 Which clips are aligned (``config.data.align``):
 
@@ -22,15 +23,17 @@ Which clips are aligned (``config.data.align``):
 * ``never``: every frame is resized as released (the old behaviour).
 """
 
+import collections
 import concurrent.futures
 import contextlib
+import itertools
 import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import types
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -41,7 +44,11 @@ from mpt_jax import face_align
 
 ALIGN_MODES = ('auto', 'always', 'never')
 CONTACT_SHEET = 'contact_sheet.png'
+SHEET_PER_SUBJECT = 4  # onset frames per subject on the contact sheet
 SMALL_JOB_FRAMES = 64  # below this many frames in all, one process is faster than starting a pool
+# Clips submitted to the pool and not yet taken by TFDS, per worker: enough that a worker never
+# waits for the next clip, few enough that the PNGs held in memory stay a few clips' worth.
+CLIPS_AHEAD_PER_WORKER = 2
 
 
 def released_cropped(dataset: str, first_frame: str) -> bool:
@@ -94,10 +101,11 @@ def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
   """Runs every task (in a pool when ``workers`` > 1), yielding the results in task order as they
   are ready, so the caller (TFDS writing the examples) works while the pool still runs.
 
-  The pool gets the clips in order, one clip per message (a clip is 10-150 frames: messages are a
-  negligible part of its time, and workers send back only file names and the transform, never
-  pixels). Each clip's output depends only on its task, so the number of workers changes nothing
-  that is stored. Closing the generator early (an error downstream) cancels what has not started.
+  The pool gets one clip per message (a clip is 10-150 frames: messages are a negligible part of
+  its time) and sends back the clip's PNG bytes; at most ``CLIPS_AHEAD_PER_WORKER * workers``
+  clips are submitted and not yet yielded, so the memory held is bounded whatever the dataset's
+  size. Each clip's output depends only on its task, so the number of workers changes nothing that
+  is stored. Closing the generator early (an error downstream) cancels what has not started.
   """
   total = len(tasks)
   step = max(1, total // 10)
@@ -120,10 +128,17 @@ def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
     pool_kwargs = dict(initializer=face_align.use_shared_detector, initargs=(shared_path, ready))
   pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                                 **pool_kwargs)
+  todo = iter(tasks)
+  pending: Deque[concurrent.futures.Future] = collections.deque()
+
+  def submit(n):
+    for task in itertools.islice(todo, n):
+      pending.append(pool.submit(clip_frames.process_clip, task))
+
   finished = False
   try:
     with _workers_skip_main_module():  # the workers start on the first submits
-      futures = [pool.submit(clip_frames.process_clip, t) for t in tasks[:workers]]
+      submit(workers)
     if ready is not None:  # built while the workers start (they wait for it, at most a while)
       try:
         face_align.share_detector(shared_path)
@@ -132,9 +147,13 @@ def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
                         'its own', e)
       finally:
         ready.set()
-    futures += [pool.submit(clip_frames.process_clip, t) for t in tasks[workers:]]
-    for i, future in enumerate(futures, start=1):
-      yield future.result()
+    submit((CLIPS_AHEAD_PER_WORKER - 1) * workers)
+    i = 0
+    while pending:
+      result = pending.popleft().result()
+      submit(1)  # before handing the result on: the workers stay busy while TFDS writes it
+      i += 1
+      yield result
       if i % step == 0 or i == total:
         logging.info('Prepared %d/%d clips (%d worker(s))', i, total, workers)
     finished = True
@@ -191,10 +210,12 @@ def format_alignment(report: Dict[str, Any], data_dir: str = '') -> str:
   return '\n'.join(lines)
 
 
-def contact_sheet(path: str, subjects: Sequence[str], onset_pngs: Sequence[str],
-                  per_subject: int = 4, thumb: int = 96, blocks_per_row: int = 4) -> None:
-  """A PNG of up to ``per_subject`` stored onset frames per subject, one labelled block each."""
-  by_subject: Dict[str, List[str]] = {}
+def contact_sheet(path: str, subjects: Sequence[str], onset_pngs: Sequence[Optional[bytes]],
+                  per_subject: int = SHEET_PER_SUBJECT, thumb: int = 96,
+                  blocks_per_row: int = 4) -> None:
+  """A PNG of up to ``per_subject`` stored onset frames (PNG bytes) per subject, one labelled block
+  each."""
+  by_subject: Dict[str, List[bytes]] = {}
   for s, p in zip(subjects, onset_pngs):
     if p and len(by_subject.setdefault(s, [])) < per_subject:
       by_subject[s].append(p)
@@ -210,7 +231,7 @@ def contact_sheet(path: str, subjects: Sequence[str], onset_pngs: Sequence[str],
     cv2.putText(sheet, name, (x0 + 3, y0 + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
                 cv2.LINE_AA)
     for j, p in enumerate(by_subject[name]):
-      img = cv2.imread(p, cv2.IMREAD_COLOR)
+      img = cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR)
       img = cv2.resize(img, (thumb, thumb), interpolation=cv2.INTER_AREA)
       sheet[y0 + label_h:y0 + block_h, x0 + j * thumb:x0 + (j + 1) * thumb] = img
   cv2.imwrite(path, sheet)
