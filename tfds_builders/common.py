@@ -722,7 +722,7 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
       for clip, res in zip(clips, stream):
         if res['bad'] and not self._skip_bad_frames:
           # Every clip is checked first, so that the error says how many frames are unreadable.
-          self._refuse_bad_frames(clip, res, list(stream))
+          self._refuse_bad_frames(clip, res, [r['bad'] for r in stream])  # not their PNGs
         clip, res = self._keep_readable(clip, res, report)
         if clip is None:
           continue
@@ -746,11 +746,12 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
       stream.close()
 
   @staticmethod
-  def _refuse_bad_frames(clip: Clip, res: Dict[str, Any], rest: Sequence[Dict[str, Any]]):
-    """The one-line error for the first clip with unreadable frames, counting every clip's."""
+  def _refuse_bad_frames(clip: Clip, res: Dict[str, Any], rest_bad: Sequence[List[Any]]):
+    """The one-line error for the first clip with unreadable frames, counting every clip's
+    (``rest_bad``: the ``bad`` list of each later clip)."""
     path, msg = res['bad'][0]
-    frames = len(res['bad']) + sum(len(r['bad']) for r in rest)
-    clips_bad = 1 + sum(1 for r in rest if r['bad'])
+    frames = len(res['bad']) + sum(len(b) for b in rest_bad)
+    clips_bad = 1 + sum(1 for b in rest_bad if b)
     raise CorruptImageError(
         f'Cannot decode image {path} ({clip.key}): {msg}; {frames} unreadable frame(s) in '
         f'{clips_bad} clip(s), nothing was written. Replace them, or pass '
