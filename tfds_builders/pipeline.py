@@ -83,7 +83,7 @@ def _workers_skip_main_module():
   A ``spawn`` worker first imports the parent's ``__main__`` script again (as ``__mp_main__``):
   for ``main.py`` or a benchmark that means absl, ml_collections and often TensorFlow, up to a
   second or two per worker on a busy machine, for nothing: a worker runs
-  :func:`clip_frames.process_clip` and needs only that module (numpy, OpenCV, PIL). Python sends a
+  :func:`clip_frames.process_clip` and needs only that module (numpy, OpenCV, PIL, isal). Python sends a
   worker the main script's path when the worker is started (inside ``submit``), so ``__main__``
   is an empty module for exactly that moment; nothing else runs in between.
   """
