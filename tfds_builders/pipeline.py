@@ -83,9 +83,9 @@ def _workers_skip_main_module():
   A ``spawn`` worker first imports the parent's ``__main__`` script again (as ``__mp_main__``):
   for ``main.py`` or a benchmark that means absl, ml_collections and often TensorFlow, up to a
   second or two per worker on a busy machine, for nothing: a worker runs
-  :func:`clip_frames.process_clip` and needs only that module (numpy, OpenCV, PIL, isal). Python sends a
-  worker the main script's path when the worker is started (inside ``submit``), so ``__main__``
-  is an empty module for exactly that moment; nothing else runs in between.
+  :func:`clip_frames.process_clip` and needs only that module (numpy, OpenCV, PIL, isal). Python
+  sends a worker the main script's path when the worker is started (inside ``submit``), so
+  ``__main__`` is an empty module for exactly that moment; nothing else runs in between.
   """
   main = sys.modules.get('__main__')
   sys.modules['__main__'] = types.ModuleType('__main__')
