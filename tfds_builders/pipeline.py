@@ -7,7 +7,9 @@ stored PNGs as bytes; the builder's ``_generate_examples`` hands each clip to TF
 ready (TFDS stores the PNG bytes as they are), so serialising and writing overlap the pool's work.
 At most a few clips per worker are ahead of TFDS (:data:`CLIPS_AHEAD_PER_WORKER`), which bounds the
 memory the PNGs take. Results come back in clip order, and each clip's frames depend only on the
-clip, so the prepared dataset is byte-identical for any number of workers. An unreadable frame stops
+clip, so the stored examples (every field, every PNG byte) are identical for any number of workers
+(the record files are not byte-identical even between two runs with the same number: TFDS
+serialises each example's feature map in a per-process order). An unreadable frame stops
 the preparation before TFDS finishes: TFDS then deletes its incomplete folder, so nothing is left.
 When clips are aligned, the parent builds dlib's face detector once (while the workers start) and
 the workers load it from a temporary file (``face_align.share_detector``), instead of each

@@ -257,6 +257,6 @@ def format_report(report: Dict[str, Any]) -> str:
   if report.get('alignment'):
     lines.append(pipeline.format_alignment(report, report.get('data_dir', '')))
   issues = report.get('issues', [])
-  lines.append(f'{len(issues)} annotation/layout issue(s) handled:')
+  lines.append(f'{len(issues)} annotation/layout issue(s) handled' + (':' if issues else ''))
   lines.extend(f"  - {i['where']}: {i['problem']} -> {i['action']}" for i in issues)
   return '\n'.join(lines)
