@@ -34,8 +34,8 @@ def _examples(cfg):
 def _stored_pngs(cfg):
   """Each clip's stored frames as their PNG bytes, undecoded."""
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  ds = prepare.builder_for(cfg).as_data_source(
-      split='train', decoders={'frames': input_pipeline._raw_frames_decoder()})  # pylint: disable=protected-access
+  raw = input_pipeline._raw_frames_decoder()  # pylint: disable=protected-access
+  ds = prepare.builder_for(cfg).as_data_source(split='train', decoders={'frames': raw})
   return {e['clip'].decode(): [bytes(f) for f in e['frames']] for e in ds}
 
 
