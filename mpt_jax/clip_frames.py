@@ -210,9 +210,9 @@ def process_clip(task: ClipTask) -> Dict:
   Returns:
     A dict: ``index``; ``pngs`` (one stored PNG, as bytes, per frame; None for an unreadable
     frame); ``bad`` (``[path, error]`` per unreadable frame); ``method`` ('landmarks' | 'haar' |
-    'centre' | 'none' for as-released); ``transform`` ((2, 3) list, source pixels -> stored pixels, of the
-    first readable frame for 'none'); ``frame`` (frame index the transform was estimated on, -1 if
-    none); ``source_size`` ((height, width) of the first readable frame).
+    'centre' | 'none' for as-released); ``transform`` ((2, 3) list, source pixels -> stored
+    pixels, of the first readable frame for 'none'); ``frame`` (frame index the transform was
+    estimated on, -1 if none); ``source_size`` ((height, width) of the first readable frame).
   """
   cv2.setNumThreads(1)  # one clip per process: the pool provides the parallelism
   n = len(task.paths)
