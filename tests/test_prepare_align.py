@@ -73,6 +73,8 @@ def test_samm_at_real_size_prepares_into_aligned_faces(tmp_path):
   assert os.path.join(report['data_dir'], a['contact_sheet']) == sheet and sheet in text
   with Image.open(sheet) as im:
     assert im.size[0] >= 2 * 96 and im.size[1] >= 96  # two subjects' blocks
+    first_thumb = np.asarray(im.convert('L'))[16:16 + 96, :96]  # below the first block's label
+  assert first_thumb.std() > 10  # a face, not the blank background
 
 
 def test_casme3_at_real_size_prepares_into_aligned_faces(tmp_path):

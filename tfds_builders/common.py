@@ -717,7 +717,7 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
     from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
     stream = pipeline.stream_clips(tasks, workers)
     kept_clips, kept_results = [], []  # the results without their PNGs (the memory is TFDS's)
-    sheet_subjects, sheet_pngs = [], []  # the contact sheet's onset frames
+    sheet_frames = {}  # the contact sheet's onset frames, per subject
     try:
       for clip, res in zip(clips, stream):
         if res['bad'] and not self._skip_bad_frames:
@@ -728,15 +728,13 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
           continue
         kept_clips.append(clip)
         kept_results.append({k: v for k, v in res.items() if k != 'pngs'})
-        if sheet_subjects.count(clip.subject) < pipeline.SHEET_PER_SUBJECT:
-          sheet_subjects.append(clip.subject)
-          sheet_pngs.append(next((p for p in res['pngs'] if p), None))
+        pipeline.sheet_add(sheet_frames, clip.subject, next((p for p in res['pngs'] if p), None))
         yield clip.key, example(clip, res)
       if not kept_clips:
         raise DatasetLayoutError(f'{self.DATASET}: no clip has two readable frames')
       summary = report.summary(kept_clips, self.classes)
       sheet = os.path.join(self.data_dir, pipeline.CONTACT_SHEET)
-      pipeline.contact_sheet(sheet, sheet_subjects, sheet_pngs)
+      pipeline.contact_sheet(sheet, sheet_frames)
       summary['alignment'] = pipeline.alignment_summary(
           self._align, self._align_margin, [c.key for c in kept_clips], kept_results,
           pipeline.CONTACT_SHEET if os.path.exists(sheet) else '')

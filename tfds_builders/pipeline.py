@@ -212,15 +212,18 @@ def format_alignment(report: Dict[str, Any], data_dir: str = '') -> str:
   return '\n'.join(lines)
 
 
-def contact_sheet(path: str, subjects: Sequence[str], onset_pngs: Sequence[Optional[bytes]],
+def sheet_add(by_subject: Dict[str, List[bytes]], subject: str, onset_png: Optional[bytes],
+              per_subject: int = SHEET_PER_SUBJECT) -> None:
+  """Keeps ``onset_png`` for the contact sheet while ``subject`` has fewer than ``per_subject``."""
+  if onset_png and len(by_subject.setdefault(subject, [])) < per_subject:
+    by_subject[subject].append(onset_png)
+
+
+def contact_sheet(path: str, by_subject: Dict[str, List[bytes]],
                   per_subject: int = SHEET_PER_SUBJECT, thumb: int = 96,
                   blocks_per_row: int = 4) -> None:
-  """A PNG of up to ``per_subject`` stored onset frames (PNG bytes) per subject, one labelled block
-  each."""
-  by_subject: Dict[str, List[bytes]] = {}
-  for s, p in zip(subjects, onset_pngs):
-    if p and len(by_subject.setdefault(s, [])) < per_subject:
-      by_subject[s].append(p)
+  """A PNG of the stored onset frames (PNG bytes, up to ``per_subject`` per subject, collected by
+  :func:`sheet_add`), one labelled block per subject."""
   names = list(by_subject)
   if not names:
     return
