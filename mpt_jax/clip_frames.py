@@ -32,13 +32,15 @@ from mpt_jax import face_align
 # How the stored PNGs are encoded. PNG is lossless whatever these are (the stored pixels never
 # depend on them); they only trade encoding time for file size. The PNG is assembled here (filter
 # rows with numpy, deflate with ISA-L's igzip through the ``isal`` package, three chunks): libpng
-# through OpenCV spent most of its time in zlib. Measured on 224 px frames (scikit-image's
-# astronaut with sensor noise, ``benchmarks/bench_prepare.py --stages``):
-# * colour frames: the Sub filter and igzip level 1, about 0.6 ms instead of 1.4 ms (libpng, Sub
-#   filter, zlib Huffman-only coding), files about 3 % larger;
-# * grayscale frames (stored as 3 equal channels): the Up filter and igzip level 2, about 0.5 ms
-#   instead of 2.3 ms (libpng, Up filter, zlib level 1), files 9-11 % larger (igzip's string
-#   matching finds fewer of the repeated channels than zlib's).
+# through OpenCV spent most of its time in zlib. ``benchmarks/bench_prepare.py --stages``, ms per
+# 224 px frame (kB per file), against libpng with the settings used before:
+# * colour frames (CASME II-sized fixture): the Sub filter and igzip level 1, 0.31 (132.8) instead
+#   of 1.64 (133.5) with the Sub filter and zlib Huffman-only coding;
+# * grayscale frames (SAMM-sized fixture, stored as 3 equal channels): the Up filter and igzip
+#   level 2, 0.42 (44.7) instead of 1.54 (45.6) with the Up filter and zlib level 1.
+# On scikit-image's astronaut a grayscale file is 1.15x libpng's size at zlib level 1 with its
+# adaptive filters (``tests/test_prepare_speed.py``): igzip's string matching finds fewer of the
+# repeated channels than zlib's.
 PNG_LEVEL_COLOUR = 1  # igzip level (0-3)
 PNG_LEVEL_GRAY = 2
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
