@@ -15,6 +15,10 @@ reports it) with the peer's protocol: a first call (compilation), one warm-up, t
 round, and the script prints one JSON line with each side's median over the rounds and the ratios
 (ours / peer clips/s, ours / peer peak RSS).
 
+Our model is initialised and its programs compiled as the runner does it
+(:func:`mpt_jax.pretrained.init_params`, :class:`mpt_jax.train.CompiledAhead`), including the
+host memory both hand back afterwards (:mod:`mpt_jax.host_memory`).
+
 Our training step (``--step=split``, the default) differentiates only the trainable leaves
 (:func:`mpt_jax.partition.split_params`), passes the frozen backbone as a separate, non-donated
 argument and donates the trainable parameters and the optimizer state (built by
@@ -67,25 +71,29 @@ def run_ours(task: str, batch: int, repeats: int, sets, step_kind: str, motion_c
   import optax
   from configs import common
   from mpt_jax import partition
+  from mpt_jax import pretrained
+  from mpt_jax import train as train_lib
   from mpt_jax.models import mpt as mpt_lib
 
   config = common.get_config()
+  config.model.allow_random_backbone = True
   _apply_overrides(config, sets)
   model = mpt_lib.build_model(config.model, 5)
   shape = mpt_lib.input_shape(config.model)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1,) + shape))['params']
+  # The runner's own initialisation and compilation (train.CompiledAhead), with their memory
+  # hand-backs: a user's run has them too.
+  params = pretrained.init_params(model, config.model, jax.random.PRNGKey(0))
   x = jax.random.uniform(jax.random.PRNGKey(1), (batch,) + shape)
   y = jax.random.randint(jax.random.PRNGKey(2), (batch,), 0, 5)
   apex = jnp.full((batch,), shape[0] // 2, jnp.int32)
   strategy = config.model.training_strategy
   if task == 'infer':
-    fwd = jax.jit(lambda p, c, a: model.apply({'params': p}, c, a))
+    fwd = train_lib.CompiledAhead(jax.jit(lambda p, c, a: model.apply({'params': p}, c, a)))
     call = lambda: fwd(params, x, apex)  # pylint: disable=unnecessary-lambda-assignment
   elif step_kind == 'full':
     tx = partition.make_optimizer(config.train, params, strategy, 1)
     state = [params, tx.init(params)]
 
-    @jax.jit
     def full_step(p, o, clips, labels, a):
       def loss_fn(pp):
         logits = model.apply({'params': pp}, clips, a)
@@ -93,6 +101,8 @@ def run_ours(task: str, batch: int, repeats: int, sets, step_kind: str, motion_c
       loss, g = jax.value_and_grad(loss_fn)(p)
       u, o = tx.update(g, o, p)
       return optax.apply_updates(p, u), o, loss
+
+    full_step = train_lib.CompiledAhead(jax.jit(full_step))
 
     def call():
       state[0], state[1], loss = full_step(state[0], state[1], x, y, apex)
@@ -125,7 +135,7 @@ def run_ours(task: str, batch: int, repeats: int, sets, step_kind: str, motion_c
       t = optax.apply_updates(partition.merge_params(t, {}), u)
       return partition.split_params(t, strategy)[0], o, loss
 
-    step = jax.jit(split_step, donate_argnums=(0, 1))
+    step = train_lib.CompiledAhead(jax.jit(split_step, donate_argnums=(0, 1)))
     clips_arg = None if motion_cache else x
 
     def call():
