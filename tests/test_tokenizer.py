@@ -178,3 +178,24 @@ def test_middle_init_is_the_symmetric_start_for_comparisons():
   np.testing.assert_allclose(tokens, np.broadcast_to(tokens[:, :1], tokens.shape), atol=1e-6)
   with pytest.raises(ValueError, match='spread'):
     tokenizer.GaussianTokenizer(centre_init='uniform').init(jax.random.PRNGKey(0), zero)
+
+
+@pytest.mark.parametrize('size', [(32, 24), (37, 29)])  # 37 x 29: VALID drops the remainder
+def test_patch_conv_is_flax_strided_conv(size):
+  """The tokenizer's frame convolution (patch rows times a matrix) against ``nn.Conv``: the same
+  parameters from the same key, the same outputs and gradients."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (3,) + size + (3,))
+  ours = tokenizer.PatchConv(6, 8)
+  ref = nn.Conv(6, (8, 8), strides=(8, 8), padding='VALID')
+  params = ours.init(jax.random.PRNGKey(1), x)
+  ref_params = ref.init(jax.random.PRNGKey(1), x)
+  jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+                        params)
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # pylint: disable=unnecessary-lambda-assignment
+  got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+  want = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

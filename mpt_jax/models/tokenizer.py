@@ -64,6 +64,42 @@ def _constant_init(value: np.ndarray):
   return init
 
 
+class PatchConv(nn.Module):
+  """A ``p x p`` convolution with stride ``p`` and VALID padding, as a product of patch rows.
+
+  The same parameters (``kernel`` (p, p, C, F) with Flax's ``nn.Conv`` initialiser, ``bias``) and
+  the same values as ``nn.Conv(F, (p, p), strides=(p, p), padding='VALID')``, up to float
+  rounding. On the whole motion sequence (16 frames of 224 x 224 per clip) XLA:CPU ran the
+  convolution through a library kernel whose scratch buffers are outside XLA's own memory
+  planning: about 100 MB more peak memory in the ViT-B/16 training step at batch 16 than cutting
+  the frames into patch rows and multiplying (``benchmarks/bench_vs_peer.py``, README "Speed").
+
+  Attributes:
+    features: F, output channels.
+    patch_size: p, the kernel size and stride.
+    dtype: operand dtype of the product (accumulated and returned in float32).
+  """
+  features: int
+  patch_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """(N, H, W, C) -> (N, H // p, W // p, F); rows and columns past the last full patch are
+    ignored, as VALID padding does."""
+    n, h, w, c = x.shape
+    p = self.patch_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (p, p, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    rows, cols = h // p, w // p
+    patches = x[:, :rows * p, :cols * p].reshape(n, rows, p, cols, p, c)
+    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(n, rows, cols, p * p * c)
+    y = jnp.einsum('nhwk,kf->nhwf', patches.astype(self.dtype),
+                   kernel.reshape(p * p * c, self.features).astype(self.dtype),
+                   preferred_element_type=jnp.float32)
+    return y + bias
+
+
 class GaussianTokenizer(nn.Module):
   """Turns a motion sequence into ``num_tokens`` prompt tokens.
 
@@ -96,9 +132,8 @@ class GaussianTokenizer(nn.Module):
     """
     b, t_count, h, w, c = motion.shape
     x = motion.reshape(b * t_count, h, w, c)
-    x = nn.Conv(self.feature_dim, (self.patch_size, self.patch_size),
-                strides=(self.patch_size, self.patch_size), padding='VALID', dtype=self.dtype,
-                name='frame_conv')(x).astype(jnp.float32)
+    x = PatchConv(self.feature_dim, self.patch_size, dtype=self.dtype,
+                  name='frame_conv')(x).astype(jnp.float32)
     feats = jnp.mean(nn.gelu(x, approximate=True), axis=(1, 2)).reshape(b, t_count, -1)  # f_t
     flat = feats.reshape(b, t_count * self.feature_dim)  # F
     k = self.num_tokens
