@@ -168,6 +168,44 @@ def test_lean_attention_matches_plain_autodiff(num_queries):
     np.testing.assert_allclose(got, want, atol=0.05 * float(jnp.abs(want).max()))
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_lean_dot_general_matches_dot_general(dtype):
+  """The attention projections' product: values and both gradients (the kernel's, for the
+  strategies that train the backbone) of ``lax.dot_general`` with float32 accumulation."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(16, 4, 3)), jnp.float32)  # (in, heads, depth), as DenseGeneral
+  dims = (((2,), (0,)), ((), ()))
+  ours = lambda a, b: vit.lean_dot_general(dtype)(a, b, dims)  # pylint: disable=unnecessary-lambda-assignment
+  ref = lambda a, b: jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims,  # pylint: disable=unnecessary-lambda-assignment
+                                         preferred_element_type=jnp.float32)
+  g = jnp.asarray(rng.normal(size=(2, 5, 4, 3)), jnp.float32)
+  out, vjp = jax.vjp(ours, x, w)
+  want, ref_vjp = jax.vjp(ref, x, w)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+  for a, b in zip(vjp(g), ref_vjp(g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 if dtype == jnp.float32 else 0.05)
+
+
+def test_attention_projections_transpose_their_kernels_late(monkeypatch):
+  """With the frozen kernels passed as arguments (as in the training step), XLA makes the
+  transposed kernel copies for the input's gradient in the backward pass, one at a time, not all
+  in the forward (4 blocks x 4 projections of 128 x 128)."""
+  encoder = vit.Encoder(num_layers=4, mlp_dim=256, num_heads=2, adapter_type='none')
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 65, 128))
+  params = encoder.init(jax.random.PRNGKey(1), x)['params']
+
+  def temp_bytes():
+    loss = lambda p, x: encoder.apply({'params': p}, x).sum()  # pylint: disable=unnecessary-lambda-assignment
+    compiled = jax.jit(jax.grad(loss, argnums=1)).lower(params, x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  lean = temp_bytes()
+  monkeypatch.setattr(vit, 'lean_dot_general', lambda dtype: None)  # Flax's own product
+  assert temp_bytes() - lean >= 3 * 4 * 128 * 128 * 4
+
+
 @pytest.mark.parametrize('name,reference', [
     ('gelu_tanh', lambda x: jax.nn.gelu(x, approximate=True)),
     ('quick_gelu', lambda x: x * jax.nn.sigmoid(1.702 * x))])

@@ -20,7 +20,9 @@ activation and LayerNorm (:class:`LayerNorm`) have hand-written gradients that k
 backward pass than autodiff does. With the frozen backbone the backward pass still runs through
 every block (to reach the prompts and adapters), and what autodiff kept of each block was most of a
 training step's memory: XLA's temporary buffers for the ViT-B/16 MPT step at batch 16 went from
-3.18 to 1.93 GiB (``benchmarks/bench_vs_peer.py`` measures the process's peak RSS).
+3.18 to 1.93 GiB, and to 1.40 GiB with the log-sum-exp attention and the late kernel transposes
+(:func:`lean_dot_general`), compiled with :func:`mpt_jax.train.compiler_options` (README "Speed";
+``benchmarks/bench_vs_peer.py`` measures the process's peak RSS).
 """
 
 import functools
@@ -139,6 +141,47 @@ def _lean_attention_bwd(dtype, res, g):
 
 
 lean_attention.defvjp(_lean_attention_fwd, _lean_attention_bwd)
+
+
+def lean_dot_general(dtype: Any) -> Callable[..., jnp.ndarray]:
+  """The ``dot_general`` of the attention projections: ``lax.dot_general`` (with ``dtype``
+  operands accumulated in float32 when that is bfloat16) whose backward pass transposes the kernel
+  only when it needs it.
+
+  For the input's gradient XLA:CPU multiplies by a transposed copy of each projection kernel
+  (768 x 768), and as the kernel is known from the start it makes those copies in the forward
+  pass: 44 of the 48 (99 MiB) were alive at the ViT-B/16 training step's peak. Here the backward
+  multiplies by the kernel plus the incoming gradient's first element times zero, so the copy can
+  only be made when that gradient exists (the same values; see :func:`lean_attention`).
+  """
+  operand = jnp.dtype(dtype)
+
+  def product(lhs, rhs, dimension_numbers, precision):
+    if operand != jnp.float32:
+      lhs, rhs = lhs.astype(operand), rhs.astype(operand)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=jnp.float32)
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+  def dot(lhs, rhs, dimension_numbers, precision):
+    return product(lhs, rhs, dimension_numbers, precision)
+
+  def fwd(lhs, rhs, dimension_numbers, precision):
+    return product(lhs, rhs, dimension_numbers, precision), (lhs, rhs)
+
+  def bwd(dimension_numbers, precision, res, g):
+    lhs, rhs = res
+    tie = (g.reshape(-1)[0] * 0).astype(rhs.dtype)
+    _, vjp = jax.vjp(lambda a, b: product(a, b, dimension_numbers, precision), lhs, rhs + tie)
+    return vjp(g)
+
+  dot.defvjp(fwd, bwd)
+
+  def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    del preferred_element_type  # always float32
+    return dot(lhs, rhs, dimension_numbers, precision)
+
+  return dot_general
 
 
 def _attention_fn(dtype):
@@ -317,9 +360,8 @@ class Encoder1DBlock(nn.Module):
     extra = {}
     if self.vit_init:
       extra.update(kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False)
-    if bf16:
-      extra.update(qkv_dot_general=dot_general_for(self.dtype),
-                   out_dot_general=dot_general_for(self.dtype))
+    extra.update(qkv_dot_general=lean_dot_general(self.dtype),
+                 out_dot_general=lean_dot_general(self.dtype))
     attention = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, deterministic=True, dropout_rate=0.0,
         dtype=self.dtype if bf16 else None, attention_fn=_attention_fn(self.dtype),
