@@ -22,6 +22,7 @@ import optax
 
 from configs import common
 from mpt_jax import partition
+from mpt_jax import train as train_lib
 from mpt_jax.models import dynamic_image
 from mpt_jax.models import mpt as mpt_lib
 from mpt_jax.models import tokenizer as tok_lib
@@ -58,15 +59,16 @@ def main():
   opt_state = tx.init(params)
   magnifier = mpt_lib.build_magnifier(config.model)
 
-  fwd = jax.jit(lambda p, x: model.apply({'params': p}, x))
-  plain_fwd = jax.jit(lambda p, x: plain.apply({'params': p}, x))
+  # Compiled with the runner's options (train.compiler_options: float32 on CPU without YNNPACK).
+  options = train_lib.compiler_options(config.model.dtype, jax.devices())
+  fwd = train_lib.CompiledAhead(jax.jit(lambda p, x: model.apply({'params': p}, x)), options)
+  plain_fwd = train_lib.CompiledAhead(jax.jit(lambda p, x: plain.apply({'params': p}, x)), options)
 
   tok = tok_lib.GaussianTokenizer(int(config.model.num_prompts), model.hidden_size,
                                   int(config.model.tokenizer_dim), int(config.model.tokenizer_patch))
-  motion_fn = jax.jit(lambda tp, x: (dynamic_image.dynamic_image(x),
-                                     tok.apply({'params': tp}, magnifier(x))[0]))
+  motion_fn = train_lib.CompiledAhead(jax.jit(lambda tp, x: (
+      dynamic_image.dynamic_image(x), tok.apply({'params': tp}, magnifier(x))[0])), options)
 
-  @jax.jit
   def train_step(p, o, x, y):
     def loss_fn(pp):
       return optax.softmax_cross_entropy_with_integer_labels(model.apply({'params': pp}, x), y).mean()
@@ -81,7 +83,8 @@ def main():
 
   x1 = jnp.zeros((1,) + shape)
   step_flops = flops(train_step, params, opt_state, x1, jnp.zeros((1,), jnp.int32))
-  fwd_flops = flops(fwd, params, x1)
+  fwd_flops = flops(lambda p, x: model.apply({'params': p}, x), params, x1)
+  train_step = train_lib.CompiledAhead(jax.jit(train_step), options)
   print(json.dumps({'device': str(jax.devices()[0]), 'backend': jax.default_backend(),
                     'vit': args.vit, 'cpu_count': os.cpu_count(),
                     'compiled_gflops_forward_per_clip': round(fwd_flops / 1e9, 2),

@@ -87,8 +87,10 @@ def run_ours(task: str, batch: int, repeats: int, sets, step_kind: str, motion_c
   y = jax.random.randint(jax.random.PRNGKey(2), (batch,), 0, 5)
   apex = jnp.full((batch,), shape[0] // 2, jnp.int32)
   strategy = config.model.training_strategy
+  options = train_lib.compiler_options(config.model.dtype, jax.devices())
   if task == 'infer':
-    fwd = train_lib.CompiledAhead(jax.jit(lambda p, c, a: model.apply({'params': p}, c, a)))
+    fwd = train_lib.CompiledAhead(jax.jit(lambda p, c, a: model.apply({'params': p}, c, a)),
+                                 options)
     call = lambda: fwd(params, x, apex)  # pylint: disable=unnecessary-lambda-assignment
   elif step_kind == 'full':
     tx = partition.make_optimizer(config.train, params, strategy, 1)
@@ -102,7 +104,7 @@ def run_ours(task: str, batch: int, repeats: int, sets, step_kind: str, motion_c
       u, o = tx.update(g, o, p)
       return optax.apply_updates(p, u), o, loss
 
-    full_step = train_lib.CompiledAhead(jax.jit(full_step))
+    full_step = train_lib.CompiledAhead(jax.jit(full_step), options)
 
     def call():
       state[0], state[1], loss = full_step(state[0], state[1], x, y, apex)
@@ -135,7 +137,7 @@ def run_ours(task: str, batch: int, repeats: int, sets, step_kind: str, motion_c
       t = optax.apply_updates(partition.merge_params(t, {}), u)
       return partition.split_params(t, strategy)[0], o, loss
 
-    step = train_lib.CompiledAhead(jax.jit(split_step, donate_argnums=(0, 1)))
+    step = train_lib.CompiledAhead(jax.jit(split_step, donate_argnums=(0, 1)), options)
     clips_arg = None if motion_cache else x
 
     def call():

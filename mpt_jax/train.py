@@ -34,7 +34,7 @@ a fingerprint on restore.
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import traverse_util
 
 from mpt_jax import augment
@@ -244,25 +245,45 @@ def build_motion_cache(model, data: Dict[str, jax.Array], num_clips: int, chunk:
     out = jax.lax.map(one_chunk, (idx, flip))  # (flips * chunks, chunk, ...)
     return {k: v.reshape((flips, chunks * chunk) + v.shape[2:]) for k, v in out.items()}
 
-  return jax.jit(compute, out_shardings=replicated)(data, jax.device_put(idx, replicated),
-                                                    jax.device_put(flip, replicated))
+  program = CompiledAhead(jax.jit(compute, out_shardings=replicated),
+                          compiler_options(getattr(model, 'dtype', 'float32'), devices))
+  return program(data, jax.device_put(idx, replicated), jax.device_put(flip, replicated))
 
 
 EPOCH_LOOPS = ('device', 'host')
 
 
+# XLA:CPU hands matrix products (and the elementwise work and reductions around them) to the
+# YNNPACK library by default. For float32 models that was slower and needed more memory than XLA's
+# own kernels: the ViT-B/16 MPT training step at batch 16 took 9.1-10.8 s with it and 7.3-8.1 s
+# without, peak memory 2.86 vs 2.60 GB; the forward at batch 8 4.1 vs 4.8 clips/s. bfloat16 models
+# keep it: their products are twice as fast there (README "Speed").
+_CPU_FLOAT32_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+def compiler_options(dtype: str, devices: Sequence[jax.Device]) -> Dict[str, str]:
+  """XLA compile options for the programs of a model computing in ``dtype`` (``config.model.dtype``)
+  on ``devices``: without YNNPACK for float32 on CPUs, none otherwise."""
+  if dtype == 'float32' and devices and devices[0].platform == 'cpu':
+    return dict(_CPU_FLOAT32_OPTIONS)
+  return {}
+
+
 class CompiledAhead:
-  """A pmapped program that compiles before it first runs, once per argument signature.
+  """A jitted or pmapped program that compiles before it first runs, once per argument signature.
 
   Compiling ViT-B/16's training step frees a few hundred MB that glibc keeps in its heap, and the
   step's own buffers do not reuse them, so they would sit under the run's peak memory. Compiling
   ahead (``lower(...).compile()``) and then handing the freed memory back
   (:func:`mpt_jax.host_memory.release_free_memory`) keeps them out; the result is the program
-  ``jax.pmap`` would have compiled (and the persistent compilation cache serves it the same way).
+  ``jax.jit`` / ``jax.pmap`` would have compiled with ``options`` (:func:`compiler_options`; the
+  persistent compilation cache serves it the same way). An option this jaxlib does not know is
+  dropped with a warning (the program is the same, only its speed may differ).
   """
 
-  def __init__(self, pmapped: Callable):
-    self._pmapped = pmapped
+  def __init__(self, program: Callable, options: Optional[Dict[str, str]] = None):
+    self._program = program
+    self._options = dict(options or {})
     self._compiled: Dict[Any, Callable] = {}
 
   @staticmethod
@@ -270,11 +291,24 @@ class CompiledAhead:
     leaves, treedef = jax.tree.flatten(args)
     return treedef, tuple((getattr(x, 'shape', None), getattr(x, 'dtype', type(x))) for x in leaves)
 
+  def _compile(self, args) -> Callable:
+    lowered = self._program.lower(*args)
+    try:
+      return lowered.compile(compiler_options=self._options or None)
+    except jax.errors.JaxRuntimeError as e:
+      unknown = [k for k in self._options if k in str(e)]
+      if not unknown:
+        raise
+      logging.warning('XLA does not take the option(s) %s; compiling without them', unknown)
+      for k in unknown:
+        del self._options[k]
+      return lowered.compile(compiler_options=self._options or None)
+
   def __call__(self, *args):
     key = self._signature(args)
     program = self._compiled.get(key)
     if program is None:
-      program = self._compiled[key] = self._pmapped.lower(*args).compile()
+      program = self._compiled[key] = self._compile(args)
       host_memory.release_free_memory()
     return program(*args)
 
@@ -318,6 +352,7 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
   if epoch_loop not in EPOCH_LOOPS:
     raise ValueError(f'epoch_loop must be one of {EPOCH_LOOPS}, got {epoch_loop!r}')
   dp = layout.data_parallel
+  options = compiler_options(getattr(model, 'dtype', 'float32'), devices)
 
   def fold_step(state, frozen, data, idx, aug, mask):
     if motion_cache:  # the cached inputs of each clip as augmented (flipped or not)
@@ -383,7 +418,8 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
       _traced('evaluate')
       return jax.lax.map(lambda i: folds_logits(params, frozen, data, i), idx)
 
-    return CompiledAhead(pmap_train(train_epoch)), CompiledAhead(pmap_eval(evaluate))
+    return (CompiledAhead(pmap_train(train_epoch), options),
+            CompiledAhead(pmap_eval(evaluate), options))
 
   def one_step(state, frozen, data, idx, aug, mask):
     _traced('train_epoch')
@@ -393,7 +429,8 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
     _traced('evaluate')
     return folds_logits(params, frozen, data, idx)
 
-  p_step, p_batch = CompiledAhead(pmap_train(one_step)), CompiledAhead(pmap_eval(one_batch))
+  p_step = CompiledAhead(pmap_train(one_step), options)
+  p_batch = CompiledAhead(pmap_eval(one_batch), options)
 
   def host_train_epoch(state, frozen, data, idx, aug, mask):
     metrics = []

@@ -476,3 +476,34 @@ def test_predict_puts_only_the_trainable_leaves_on_the_devices(setup, monkeypatc
   copied = jax.tree.map(lambda x: np.array(x), state.params)
   np.testing.assert_allclose(exp.predict(copied, test_idx), logits, atol=1e-6)
   assert any('MlpBlock_3' in keys for keys in replicated)
+
+
+def _dense_program():
+  w = jnp.ones((64, 32))
+  return jax.jit(lambda x: jnp.tanh(x @ w).sum(-1)), np.ones((8, 64), np.float32)
+
+
+def test_float32_programs_compile_without_ynnpack_on_cpu():
+  """``compiler_options`` reaches XLA: the float32 program has no YNNPACK fusion (the default
+  one has); bfloat16 keeps the default."""
+  cpu = jax.devices('cpu')
+  assert train_lib.compiler_options('bfloat16', cpu) == {}
+  fn, x = _dense_program()
+  default = fn.lower(x).compile().as_text()
+  assert '__ynn_fusion' in default  # else this jaxlib does not use YNNPACK and the test is moot
+  ahead = train_lib.CompiledAhead(fn, train_lib.compiler_options('float32', cpu))
+  np.testing.assert_allclose(ahead(x), fn(x), rtol=1e-6)
+  (compiled,) = ahead._compiled.values()  # pylint: disable=protected-access
+  assert '__ynn_fusion' not in compiled.as_text()
+
+
+def test_compiled_ahead_drops_an_option_xla_does_not_know(caplog):
+  fn, x = _dense_program()
+  ahead = train_lib.CompiledAhead(fn, {'xla_no_such_option_anywhere': 'true'})
+  np.testing.assert_allclose(ahead(x), fn(x), rtol=1e-6)
+  np.testing.assert_allclose(ahead(x * 2), fn(x * 2), rtol=1e-6)  # the same compiled program
+  assert len(ahead._compiled) == 1  # pylint: disable=protected-access
+  ahead(np.ones((4, 64), np.float32))  # another shape: compiled once more
+  assert len(ahead._compiled) == 2  # pylint: disable=protected-access
+  assert 'xla_no_such_option_anywhere' in caplog.text  # said once, then left out
+  assert caplog.text.count('does not take the option') == 1
