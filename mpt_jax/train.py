@@ -255,9 +255,9 @@ EPOCH_LOOPS = ('device', 'host')
 
 # XLA:CPU hands matrix products (and the elementwise work and reductions around them) to the
 # YNNPACK library by default. For float32 models that was slower and needed more memory than XLA's
-# own kernels: the ViT-B/16 MPT training step at batch 16 took 9.1-10.8 s with it and 7.3-8.1 s
-# without, peak memory 2.86 vs 2.60 GB; the forward at batch 8 4.1 vs 4.8 clips/s. bfloat16 models
-# keep it: their products are twice as fast there (README "Speed").
+# own kernels: the ViT-B/16 MPT training step at batch 16 took 9.1-11.1 s with it and 7.3-8.1 s
+# without, peak RSS 2,856 vs 2,589-2,603 MiB; the forward at batch 8 4.05-4.16 vs 4.73-4.80
+# clips/s. bfloat16 models keep it: their products are twice as fast there (README "Speed").
 _CPU_FLOAT32_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
@@ -288,8 +288,13 @@ class CompiledAhead:
 
   @staticmethod
   def _signature(args) -> Any:
+    """What ``jax.jit`` retraces for: tree structure, shapes, dtypes and weak types (a weak
+    float32 scalar and a float32 one promote differently). Shardings are not part of it: the
+    runner always passes its arguments with the same placement."""
     leaves, treedef = jax.tree.flatten(args)
-    return treedef, tuple((getattr(x, 'shape', None), getattr(x, 'dtype', type(x))) for x in leaves)
+    return treedef, tuple(
+        (getattr(x, 'shape', None), getattr(x, 'dtype', type(x)),
+         bool(getattr(x, 'weak_type', False))) for x in leaves)
 
   def _compile(self, args) -> Callable:
     lowered = self._program.lower(*args)

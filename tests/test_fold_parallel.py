@@ -490,7 +490,8 @@ def test_float32_programs_compile_without_ynnpack_on_cpu():
   assert train_lib.compiler_options('bfloat16', cpu) == {}
   fn, x = _dense_program()
   default = fn.lower(x).compile().as_text()
-  assert '__ynn_fusion' in default  # else this jaxlib does not use YNNPACK and the test is moot
+  if '__ynn_fusion' not in default:
+    pytest.skip('this jaxlib does not hand products to YNNPACK: nothing to leave out')
   ahead = train_lib.CompiledAhead(fn, train_lib.compiler_options('float32', cpu))
   np.testing.assert_allclose(ahead(x), fn(x), rtol=1e-6)
   (compiled,) = ahead._compiled.values()  # pylint: disable=protected-access
@@ -507,3 +508,14 @@ def test_compiled_ahead_drops_an_option_xla_does_not_know(caplog):
   assert len(ahead._compiled) == 2  # pylint: disable=protected-access
   assert 'xla_no_such_option_anywhere' in caplog.text  # said once, then left out
   assert caplog.text.count('does not take the option') == 1
+
+
+def test_compiled_ahead_compiles_again_for_a_weak_type_as_jit_does():
+  """A weak-typed scalar (a Python float made an array) promotes differently from a float32 one:
+  the same shapes and dtypes must not share a program."""
+  fn = jax.jit(lambda a, b: a + b)
+  ahead = train_lib.CompiledAhead(fn)
+  a = jnp.ones((3,), jnp.bfloat16)
+  for b in (jnp.asarray(1.0), jnp.asarray(1.0, jnp.float32)):
+    assert ahead(a, b).dtype == fn(a, b).dtype
+  assert len(ahead._compiled) == 2  # pylint: disable=protected-access
