@@ -3,8 +3,8 @@
 Initialising ViT-B/16 (an XLA program that draws 86 M random numbers) and compiling its training
 step free most of what they allocate, but glibc's allocator keeps freed blocks inside its heap
 for reuse; what XLA later allocates for the step itself does not reuse them, so without a trim
-that garbage sits under the training step's peak (measured in ``benchmarks/bench_vs_peer.py``:
-about 0.8 GB after the initialisation, 0.3 GB after the step's compilation, README "Speed").
+that garbage sits under the training step's peak (``benchmarks/bench_vs_peer.py`` measures the
+peak; README "Speed").
 """
 
 import ctypes

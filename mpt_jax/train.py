@@ -255,9 +255,8 @@ EPOCH_LOOPS = ('device', 'host')
 
 # XLA:CPU hands matrix products (and the elementwise work and reductions around them) to the
 # YNNPACK library by default. For float32 models that was slower and needed more memory than XLA's
-# own kernels: the ViT-B/16 MPT training step at batch 16 took 9.1-11.1 s with it and 7.3-8.1 s
-# without, peak RSS 2,856 vs 2,589-2,603 MiB; the forward at batch 8 4.05-4.16 vs 4.73-4.80
-# clips/s. bfloat16 models keep it: their products are twice as fast there (README "Speed").
+# own kernels (the ViT-B/16 MPT training step and forward); bfloat16 models keep it: their
+# products are about twice as fast there (README "Speed").
 _CPU_FLOAT32_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 

@@ -71,8 +71,8 @@ class PatchConv(nn.Module):
   the same values as ``nn.Conv(F, (p, p), strides=(p, p), padding='VALID')``, up to float
   rounding. On the whole motion sequence (16 frames of 224 x 224 per clip) XLA:CPU ran the
   convolution through a library kernel whose scratch buffers are outside XLA's own memory
-  planning: about 100 MB more peak memory in the ViT-B/16 training step at batch 16 than cutting
-  the frames into patch rows and multiplying (``benchmarks/bench_vs_peer.py``, README "Speed").
+  planning, which raised the training step's peak memory; cutting the frames into patch rows
+  and multiplying keeps everything in XLA's planning (README "Speed").
 
   Attributes:
     features: F, output channels.

@@ -20,9 +20,9 @@ activation and LayerNorm (:class:`LayerNorm`) have hand-written gradients that k
 backward pass than autodiff does. With the frozen backbone the backward pass still runs through
 every block (to reach the prompts and adapters), and what autodiff kept of each block was most of a
 training step's memory: XLA's temporary buffers for the ViT-B/16 MPT step at batch 16 went from
-3.18 to 1.93 GiB, and to 1.40 GiB with the log-sum-exp attention and the late kernel transposes
-(:func:`lean_dot_general`), compiled with :func:`mpt_jax.train.compiler_options` (README "Speed";
-``benchmarks/bench_vs_peer.py`` measures the process's peak RSS).
+3.18 to 1.93 GiB, and less again with the log-sum-exp attention and the late kernel transposes
+(:func:`lean_dot_general`) (README "Speed"; ``benchmarks/bench_vs_peer.py`` measures the process's
+peak RSS).
 """
 
 import functools
@@ -150,7 +150,7 @@ def lean_dot_general(dtype: Any) -> Callable[..., jnp.ndarray]:
 
   For the input's gradient XLA:CPU multiplies by a transposed copy of each projection kernel
   (768 x 768), and as the kernel is known from the start it makes those copies in the forward
-  pass: 44 of the 48 (99 MiB) were alive at the ViT-B/16 training step's peak. Here the backward
+  pass, where most of them stay alive until the training step's peak. Here the backward
   multiplies by the kernel plus the incoming gradient's first element times zero, so the copy can
   only be made when that gradient exists (the same values; see :func:`lean_attention`).
   """
