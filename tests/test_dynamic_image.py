@@ -1,5 +1,6 @@
 """Dynamic image (SPEC §2): Bilen's coefficients, constant clips, input modalities."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -67,3 +68,36 @@ def test_apex_and_mesti_semantics():
                              dynamic_image.dynamic_image(clips[:, ::-1]), atol=1e-5)
   with pytest.raises(ValueError, match='input_modality'):
     dynamic_image.rgb_input(clips, 'flow', jnp.array([0]))
+
+
+def test_weighted_sums_match_numpy_per_clip_weights():
+  # The unnormalised DI, and mesti's per-clip weights (a different apex per clip), against a
+  # float64 numpy sum over time.
+  rng = np.random.default_rng(3)
+  clips = rng.random((3, 9, 5, 7, 3)).astype(np.float32)
+  c = dynamic_image.rank_pool_coefficients(9)
+  np.testing.assert_allclose(dynamic_image.dynamic_image(jnp.asarray(clips), normalise=False),
+                             np.einsum('t,bthwc->bhwc', c, clips.astype(np.float64)), atol=2e-5)
+  apex = np.array([0, 4, 8])
+  table = np.zeros((9, 9))
+  for a in range(9):
+    if a > 0:
+      table[a, :a + 1] += dynamic_image.rank_pool_coefficients(a + 1)
+    if 9 - a > 1:
+      table[a, a:] += dynamic_image.rank_pool_coefficients(9 - a)[::-1]
+  di = np.einsum('bt,bthwc->bhwc', table[apex], clips.astype(np.float64))
+  lo = di.min(axis=(1, 2, 3), keepdims=True)
+  hi = di.max(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(dynamic_image.rgb_input(jnp.asarray(clips), 'mesti', jnp.asarray(apex)),
+                             (di - lo) / (hi - lo), atol=2e-5)
+
+
+@pytest.mark.parametrize('modality', ['dynamic_image', 'mesti'])
+def test_frame_sum_compiles_to_one_pass_over_the_clips(modality):
+  # As a product contracting T, XLA:CPU copied the whole clip array into a time-major layout first
+  # (more time than the sum itself): the compiled program must have no product, transpose or copy.
+  clips = jnp.zeros((4, 16, 32, 32, 3))
+  hlo = jax.jit(lambda c: dynamic_image.rgb_input(c, modality, jnp.array([3, 5, 7, 9]))).lower(
+      clips).compile().as_text()
+  for op in (' dot(', ' transpose(', ' copy('):
+    assert op not in hlo, op

@@ -46,9 +46,24 @@ def minmax_normalise(x: jnp.ndarray) -> jnp.ndarray:
 
 def dynamic_image(clips: jnp.ndarray, normalise: bool = True) -> jnp.ndarray:
   """Approximate rank pooling of (B, T, H, W, C) clips into (B, H, W, C) images."""
-  coeffs = jnp.asarray(rank_pool_coefficients(clips.shape[1]), clips.dtype)
-  di = jnp.einsum('t,bthwc->bhwc', coeffs, clips)
+  di = _weighted_frame_sum(clips, rank_pool_coefficients(clips.shape[1]))
   return minmax_normalise(di) if normalise else di
+
+
+def _weighted_frame_sum(clips: jnp.ndarray, weights) -> jnp.ndarray:
+  """``sum_t weights[..., t] * clips[:, t]`` for (T,) or (B, T) ``weights``, (B, T, ...) clips.
+
+  Written as T multiply-adds of frame slices, which XLA fuses into one pass over the clips. As an
+  einsum it is a product contracting T, for which XLA:CPU first copies the whole clip array into a
+  time-major layout, a strided copy slower than the sum itself.
+  """
+  weights = jnp.asarray(weights, clips.dtype)
+  out = None
+  for t in range(clips.shape[1]):
+    w = weights[..., t].reshape(weights.shape[:-1] + (1,) * (clips.ndim - 2))
+    part = w * clips[:, t]
+    out = part if out is None else out + part
+  return out
 
 
 def _apex_centred_weights(num_frames: int, apex: jnp.ndarray) -> jnp.ndarray:
@@ -89,5 +104,5 @@ def rgb_input(clips: jnp.ndarray, modality: str, apex_index: jnp.ndarray) -> jnp
     return minmax_normalise(diff)
   if modality == 'mesti':
     w = _apex_centred_weights(t_count, apex_index).astype(clips.dtype)
-    return minmax_normalise(jnp.einsum('bt,bthwc->bhwc', w, clips))
+    return minmax_normalise(_weighted_frame_sum(clips, w))
   raise ValueError(f'input_modality must be one of {INPUT_MODALITIES}, got {modality!r}')
