@@ -230,16 +230,17 @@ def resolve_motion_cache(config: ml_collections.ConfigDict, model, num_clips: in
   """Whether the train step reads the motion cache (``config.train.motion_cache``).
 
   ``on``: always (:func:`validate_config` refuses it with geometric augmentation); ``off``: never;
-  ``auto``: on accelerators only, without geometric augmentation, and only if the cache
+  ``auto``: without geometric augmentation, whenever the cache
   (:func:`mpt_jax.train.motion_cache_bytes`, the flipped copies included) fits
   :func:`memory_budget` beside ``folds_per_step`` folds' step memory
-  (:func:`fold_bytes_estimate`). Off on CPUs, where a (loaded) measurement of the training step
-  showed no gain: the motion branch is ~10 % of the forward there.
+  (:func:`fold_bytes_estimate`), on CPUs as on accelerators. On this repository's 2-core CPU it
+  made the demo LOSO's training 1.3x faster and the ViT-B/16 step a few percent faster (README,
+  "Motion cache").
   """
   value = config.train.get('motion_cache', 'auto')
   if value != 'auto':
     return value == 'on'
-  if geometric_augmentation(config) or devices[0].platform == 'cpu':
+  if geometric_augmentation(config):
     return False
   need = train_lib.motion_cache_bytes(model, num_clips, int(config.model.num_frames),
                                       int(config.model.image_size), cache_flips(config))

@@ -53,6 +53,9 @@ def make_config(setup, folds, devices, **train):
   config.train.folds_per_step = folds
   config.train.num_devices = devices
   config.train.checkpoint_min_interval_s = 0.0  # a checkpoint every epoch, whatever the speed
+  # The step computes the motion itself (the path of rotation/crop augmentation); the cache, which
+  # auto picks here, has its own tests below (motion_cache='on').
+  config.train.motion_cache = 'off'
   for k, v in train.items():
     config.train[k] = v
   return config
@@ -403,14 +406,22 @@ def test_motion_cache_cache_matches_precompute_of_flipped_clips(setup):
                                    err_msg=f'{k} clip {i} flip {f}')
 
 
-def test_motion_cache_choice(setup):
-  config = make_config(setup, 0, 1)
+def test_motion_cache_choice(setup, monkeypatch):
+  assert synthetic.get_config().train.motion_cache == 'auto'  # the default
+  config = make_config(setup, 0, 1, motion_cache='auto')
   model = loso.validate_config(config)
   cpus = jax.local_devices()[:1]
   gpus = [FakeAccelerator(80)]
-  assert config.train.motion_cache == 'auto'
-  assert not loso.resolve_motion_cache(config, model, 30, 1, cpus)  # auto: off on CPU
+  assert loso.resolve_motion_cache(config, model, 30, 1, cpus)  # auto: on CPUs too, when it fits
   assert loso.resolve_motion_cache(config, model, 30, 5, gpus)  # tiny: fits
+  need = train_lib.motion_cache_bytes(model, 30, int(config.model.num_frames),
+                                      int(config.model.image_size), loso.cache_flips(config))
+  fold = loso.fold_bytes_estimate(config)
+  with monkeypatch.context() as m:  # a host whose RAM budget holds the fold but not the cache
+    m.setattr(loso, 'memory_budget', lambda devices: need + fold - 1)
+    assert not loso.resolve_motion_cache(config, model, 30, 1, cpus)
+    m.setattr(loso, 'memory_budget', lambda devices: need + fold)
+    assert loso.resolve_motion_cache(config, model, 30, 1, cpus)
   config.train.motion_cache = 'on'
   assert loso.resolve_motion_cache(config, model, 30, 1, cpus)
   config.train.motion_cache = 'off'
@@ -426,7 +437,7 @@ def test_motion_cache_choice(setup):
     loso.validate_config(config)
   # ViT-B/16 at 224 px, T = 16: 249 clips with flips need 4.7 GiB; 9 folds of ~5.2 GiB leave too
   # little of 60 % of an 80 GiB card, 4 folds leave enough.
-  big = make_config(setup, 0, 1)
+  big = make_config(setup, 0, 1, motion_cache='auto')
   big.model.vit, big.model.image_size, big.model.num_frames = 'B_16', 224, 16
   big.train.batch_size = 16
   big_model = loso.validate_config(big)
