@@ -111,6 +111,13 @@ def lean_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, dtype: Any) -
   return _lean_attention_fwd(q, k, v, dtype)[0]
 
 
+def _tied_to(x: jnp.ndarray, g: jnp.ndarray) -> jnp.ndarray:
+  """``x`` plus the incoming gradient ``g``'s first element times zero: the same values, but a
+  backward-pass computation that reads it cannot start before ``g`` exists, so XLA can neither
+  move it into the forward pass nor merge it with the forward's identical computation."""
+  return x + (g.reshape(-1)[0] * 0).astype(x.dtype)
+
+
 def _attention_logits(q, k, einsum):
   depth = jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32)).astype(q.dtype)
   return einsum('...qhd,...khd->...hqk', q / depth, k)
@@ -130,8 +137,7 @@ def _lean_attention_bwd(dtype, res, g):
   q, k, v, log_sum_exp = res
   einsum = _products(dtype)
   scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
-  tie = (g.reshape(-1)[0] * 0).astype(q.dtype)  # see the docstring: keeps this in the backward
-  p = jnp.exp(_attention_logits(q + tie, k, einsum) - log_sum_exp)
+  p = jnp.exp(_attention_logits(_tied_to(q, g), k, einsum) - log_sum_exp)
   dv = einsum('...hqk,...qhd->...khd', p, g)
   dp = einsum('...qhd,...khd->...hqk', g, v)
   ds = p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))
@@ -171,8 +177,8 @@ def lean_dot_general(dtype: Any) -> Callable[..., jnp.ndarray]:
 
   def bwd(dimension_numbers, precision, res, g):
     lhs, rhs = res
-    tie = (g.reshape(-1)[0] * 0).astype(rhs.dtype)
-    _, vjp = jax.vjp(lambda a, b: product(a, b, dimension_numbers, precision), lhs, rhs + tie)
+    _, vjp = jax.vjp(lambda a, b: product(a, b, dimension_numbers, precision), lhs,
+                     _tied_to(rhs, g))
     return vjp(g)
 
   dot.defvjp(fwd, bwd)
