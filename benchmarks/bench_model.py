@@ -4,8 +4,11 @@ Usage: python benchmarks/bench_model.py [--vit=B_16] [--batches=1,8,16] [--repea
 
 Measures clips/s of (a) the plain ViT forward (no prompts, no adapters), (b) the full MPT forward,
 (c) the dynamic image + magnification + tokenizer alone, and (d) one MPT training step (Adam, frozen
-backbone through optax.multi_transform), each after a warm-up call that compiles. Prints one JSON line
-per batch size. Numbers depend on the machine; the README records the ones measured here.
+backbone through optax.multi_transform), each after a warm-up call that compiles, with the MPT
+forward's achieved GFLOP/s (XLA's flop count); and, first, the GFLOP/s of one plain product of the
+ViT-B/16 MLP's size in float32 and with bfloat16 operands: the ceiling those rates are measured
+against. Prints one JSON line per product and per batch size. Numbers depend on the machine; the
+README records the ones measured here.
 """
 
 import argparse
@@ -90,6 +93,17 @@ def main():
                     'compiled_gflops_forward_per_clip': round(fwd_flops / 1e9, 2),
                     'compiled_gflops_train_step_per_clip': round(step_flops / 1e9, 2),
                     'train_step_over_forward_flops': round(step_flops / fwd_flops, 3)}))
+  # This machine's product rate, the ceiling of the ViT's work: one ViT-B/16 MLP product at batch
+  # 16 ((16 x 202) x 768 times 768 x 3072), float32 and bfloat16 operands accumulated in float32.
+  m, k, n = 16 * 202, 768, 3072
+  for name, dtype in (('float32', jnp.float32), ('bfloat16', jnp.bfloat16)):
+    a = jax.random.normal(jax.random.PRNGKey(1), (m, k)).astype(dtype)
+    w = jax.random.normal(jax.random.PRNGKey(2), (k, n)).astype(dtype)
+    prod = train_lib.CompiledAhead(jax.jit(lambda u, v: jnp.dot(
+        u, v, preferred_element_type=jnp.float32)), train_lib.compiler_options(name, jax.devices()))
+    t = _time(prod, a, w, repeats=max(args.repeats, 5))
+    print(json.dumps({'product': f'({m} x {k}) x ({k} x {n})', 'operands': name,
+                      'gflop_per_s': round(2 * m * k * n / t / 1e9, 1)}), flush=True)
   for b in [int(s) for s in args.batches.split(',')]:
     x = jax.random.uniform(jax.random.PRNGKey(b), (b,) + shape)
     y = jnp.zeros((b,), jnp.int32)
@@ -101,6 +115,7 @@ def main():
         'batch': b,
         'plain_vit_forward_clips_per_s': round(b / t_plain, 3),
         'mpt_forward_clips_per_s': round(b / t_fwd, 3),
+        'mpt_forward_gflop_per_s': round(fwd_flops * b / t_fwd / 1e9, 1),
         'mpt_train_step_clips_per_s': round(b / t_step, 3),
         'motion_branch_s': round(t_motion, 4),
         'motion_branch_share_of_forward': round(t_motion / t_fwd, 3),

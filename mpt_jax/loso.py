@@ -233,9 +233,9 @@ def resolve_motion_cache(config: ml_collections.ConfigDict, model, num_clips: in
   ``auto``: without geometric augmentation, whenever the cache
   (:func:`mpt_jax.train.motion_cache_bytes`, the flipped copies included) fits
   :func:`memory_budget` beside ``folds_per_step`` folds' step memory
-  (:func:`fold_bytes_estimate`), on CPUs as on accelerators. On this repository's 2-core CPU it
-  made the demo LOSO's training 1.3x faster and the ViT-B/16 step a few percent faster (README,
-  "Motion cache").
+  (:func:`fold_bytes_estimate`), on CPUs as on accelerators. On a 2-core CPU it made the demo
+  LOSO 1.67x faster and the ViT-B/16 training step a few percent faster (README, "LOSO,
+  sequential vs fold-parallel" and "Against the PyTorch peer").
   """
   value = config.train.get('motion_cache', 'auto')
   if value != 'auto':
