@@ -386,8 +386,10 @@ class Experiment:
     return layout.to_device(idx), mask
 
   def evaluate_folds(self, p_eval, layout, params, frozen, eval_idx, eval_mask) -> List[np.ndarray]:
-    """Held-out logits of every fold slot (real clips only)."""
-    logits = np.asarray(jax.device_get(p_eval(params, frozen, self.data_on_device, eval_idx)))
+    """Held-out logits of every fold slot (real clips only), from the motion cache while it
+    exists (its unflipped entries: the clips' own inputs), else computed from the clips."""
+    data = self.data_on_device if self._motion_cache_arrays is None else self.train_inputs()
+    logits = np.asarray(jax.device_get(p_eval(params, frozen, data, eval_idx)))
     logits = layout.from_device(logits)  # (folds, batches, eval batch, classes)
     logits = logits.reshape(layout.folds, -1, logits.shape[-1])
     return [logits[f][eval_mask[f] > 0] for f in range(layout.folds)]

@@ -331,7 +331,9 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
   ``count`` per step and fold, ``(devices, steps, per_device_folds)``.
 
   ``evaluate(params, frozen, data, idx) -> logits (devices, batches, per_device_folds, per_device,
-  classes)``: ``params`` is the trainable tree in the state's layout.
+  classes)``: ``params`` is the trainable tree in the state's layout. Given ``data`` with a
+  ``motion_cache`` entry it reads the clips' unflipped cached inputs (a program of its own) instead
+  of computing them, whatever ``motion_cache`` says.
 
   Args:
     model: the MPT module.
@@ -343,7 +345,7 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
     motion_cache: the train program reads the model's parameter-free inputs from
       ``data['motion_cache']`` (:func:`build_motion_cache`, entry ``[flip, clip]``) instead of
       computing them from the clips; only without geometric augmentation (a rotation or crop
-      changes them per draw). The evaluate program always computes them.
+      changes them per draw).
     epoch_loop: where the loop over an epoch's steps (and over the evaluation batches) runs:
       ``device``, inside the program (``lax.scan`` / ``lax.map``: one dispatch per epoch);
       ``host``, in Python, one pmapped step (or batch) per call, dispatched without waiting for
@@ -397,8 +399,12 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
   folds_step = jax.vmap(fold_step, in_axes=(0, None, None, 0, 0, 0))
 
   def fold_logits(params, frozen, data, idx):
+    variables = {'params': _merge(params, frozen)}
+    if 'motion_cache' in data:  # the clips' unflipped cached inputs (entry [0, clip])
+      return model.apply(variables, None,
+                         precomputed={k: v[0, idx] for k, v in data['motion_cache'].items()})
     clips, _, apex = gather_fn(data, idx)
-    return model.apply({'params': _merge(params, frozen)}, clips, apex)
+    return model.apply(variables, clips, apex)
 
   folds_logits = jax.vmap(fold_logits, in_axes=(0, None, None, 0))
   state_axis = None if dp else 0

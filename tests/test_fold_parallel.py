@@ -406,6 +406,34 @@ def test_motion_cache_cache_matches_precompute_of_flipped_clips(setup):
                                    err_msg=f'{k} clip {i} flip {f}')
 
 
+def test_held_out_evaluation_reads_the_motion_cache_while_it_exists(setup):
+  """Once the cache is built, the held-out logits come from its unflipped entries (the same logits
+  as computing them from the clips); before it, and in evaluation from checkpoints, from the clips.
+  """
+  config = make_config(setup, 1, 1, motion_cache='on')
+  data = setup['data']
+  exp = loso.Experiment(config, data)
+  exp.init(0)
+  rng = np.random.default_rng(0)  # a head that is not zero (it starts at zero)
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + rng.normal(0, 0.1, x.shape).astype(x.dtype)
+      if 'head' in jax.tree_util.keystr(p) else x, exp.fresh_state().params)
+  _, idx = input_pipeline.split_for_subject(data, 'p01')
+  from_clips = exp.predict(params, idx)  # no cache yet
+  cache = exp.train_inputs()['motion_cache']
+  np.testing.assert_allclose(exp.predict(params, idx), from_clips, atol=1e-5)
+  # It is the cache that is read: with its motion zeroed, the logits are those of zero motion.
+  zero = {'rgb': cache['rgb'], 'motion': cache['motion'] * 0}
+  exp._motion_cache_arrays = zero  # pylint: disable=protected-access
+  reference = exp.model.apply({'params': params}, None, precomputed={
+      k: jnp.asarray(np.asarray(v)[0, idx]) for k, v in zero.items()})
+  zeroed = exp.predict(params, idx)
+  np.testing.assert_allclose(zeroed, np.asarray(reference), atol=1e-5)
+  assert np.abs(zeroed - from_clips).max() > 1e-3
+  exp.release_motion_cache()
+  np.testing.assert_allclose(exp.predict(params, idx), from_clips, atol=1e-6)
+
+
 def test_motion_cache_choice(setup, monkeypatch):
   assert synthetic.get_config().train.motion_cache == 'auto'  # the default
   config = make_config(setup, 0, 1, motion_cache='auto')
