@@ -250,6 +250,12 @@ def build_motion_cache(model, data: Dict[str, jax.Array], num_clips: int, chunk:
   return program(data, jax.device_put(idx, replicated), jax.device_put(flip, replicated))
 
 
+def cached_inputs(data: Dict[str, jax.Array], flip: Any, idx: jax.Array) -> Dict[str, jax.Array]:
+  """The model inputs of clips ``idx`` from ``data['motion_cache']`` (:func:`build_motion_cache`):
+  entry ``[flip, clip]``, flipped where ``flip`` is 1."""
+  return {k: v[flip, idx] for k, v in data['motion_cache'].items()}
+
+
 EPOCH_LOOPS = ('device', 'host')
 
 
@@ -364,7 +370,7 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
     if motion_cache:  # the cached inputs of each clip as augmented (flipped or not)
       labels = data['labels'][idx]
       flip = augment.flipped(aug).astype(jnp.int32)
-      inputs = {k: v[flip, idx] for k, v in data['motion_cache'].items()}
+      inputs = cached_inputs(data, flip, idx)
 
       def forward(variables):
         return model.apply(variables, None, precomputed=inputs)
@@ -400,9 +406,8 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
 
   def fold_logits(params, frozen, data, idx):
     variables = {'params': _merge(params, frozen)}
-    if 'motion_cache' in data:  # the clips' unflipped cached inputs (entry [0, clip])
-      return model.apply(variables, None,
-                         precomputed={k: v[0, idx] for k, v in data['motion_cache'].items()})
+    if 'motion_cache' in data:  # the clips' unflipped cached inputs
+      return model.apply(variables, None, precomputed=cached_inputs(data, 0, idx))
     clips, _, apex = gather_fn(data, idx)
     return model.apply(variables, clips, apex)
 
