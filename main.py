@@ -7,7 +7,8 @@ Kept short on purpose; the logic lives in importable modules:
   python main.py --mode=predict --workdir=runs/samm --input=/path/to/clip  # class probabilities
   python main.py --mode=prepare --config=configs/samm.py --config.data.manual_dir=/data/SAMM
   python main.py --mode=profile --config=configs/casme2.py                 # Table V numbers
-  python main.py --mode=figures --workdir=runs/smic --compare=runs/smic_lp   # Figs. 5-9
+  python main.py --mode=figures --workdir=runs/smic --compare=runs/smic_lp   # Figs. 4-9
+  python main.py --mode=figures --workdir=runs/casme2 --workdir=runs/samm --workdir=runs/smic
   python main.py --mode=table --table=VI --config=configs/smic.py --workdir=runs/table6
 
 Progress logs go to stdout; a user mistake is one line ``error: ...`` on stderr and exit code 2.
@@ -41,7 +42,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/samm.py or '
                                 'configs/samm.py:smoke.', lock_config=True)
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
-flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs, results).')
+flags.DEFINE_multi_string('workdir', None, 'Run directory (checkpoints, logs, results); '
+                          '--mode=figures takes it several times (e.g. the CASME II, SAMM and '
+                          'SMIC runs for Fig. 4 side by side).')
 flags.DEFINE_string('input', None, 'predict: a folder of frames or a video file.')
 flags.DEFINE_integer('onset', None, 'predict: first frame (index in the sorted frames).')
 flags.DEFINE_integer('offset', None, 'predict: last frame (index in the sorted frames).')
@@ -51,8 +54,8 @@ flags.DEFINE_bool('align_face', False, 'predict: align the face as the preparati
 flags.DEFINE_list('compare', [], 'figures: other run workdirs shown beside --workdir.')
 flags.DEFINE_list('clips', [], 'figures: clips for Figs. 7-8 (subject/clip); default: the first '
                   'clip of each class.')
-flags.DEFINE_string('table', None, 'table: which paper table to run (V..XI, fig5, main), '
-                    'optionally with rows, e.g. VI:mpt,linear_probe.')
+flags.DEFINE_string('table', None, 'table: which paper table to run (main or I..IV on the '
+                    'dataset of --config, V..XI, fig5), optionally with rows, e.g. X:alpha_5.')
 flags.DEFINE_list('pretrained', [], 'table IX: checkpoint per backbone, e.g. '
                   'B_32=/p/ViT-B_32.npz,clip_B_16=/p/clip16/model.safetensors.')
 flags.DEFINE_bool('json', False, 'predict: print the result as one JSON line instead of a table.')
@@ -79,10 +82,17 @@ def _need_config():
   return FLAGS.config
 
 
-def _need_workdir():
+def _need_workdirs():
   if not FLAGS.workdir:
     raise UserError('--workdir is required, e.g. --workdir=runs/samm')
-  return os.path.abspath(os.path.expanduser(FLAGS.workdir))
+  return [os.path.abspath(os.path.expanduser(w)) for w in FLAGS.workdir]
+
+
+def _need_workdir():
+  workdirs = _need_workdirs()
+  if len(workdirs) > 1:
+    raise UserError(f'--workdir given {len(workdirs)} times; only --mode=figures takes several')
+  return workdirs[0]
 
 
 def _run(mode):
@@ -127,13 +137,14 @@ def _run(mode):
     print(json.dumps(result) if FLAGS.json else console.prediction_table(result))
   elif mode == 'figures':
     from mpt_jax import figures
-    for path in figures.write_figures([_need_workdir()] + list(FLAGS.compare),
+    for path in figures.write_figures(_need_workdirs() + list(FLAGS.compare),
                                       clip_names=FLAGS.clips):
       print(path)
   elif mode == 'table':
     from mpt_jax import tables
     if not FLAGS.table:
-      raise UserError(f'--table is required: one of {", ".join(tables.TABLES)}')
+      raise UserError('--table is required: one of '
+                      f'{", ".join(list(tables.TABLES) + list(tables.MAIN_ALIASES))}')
     print(tables.run_table(FLAGS.table, _need_config(), _need_workdir(),
                            tables.parse_pretrained(FLAGS.pretrained)))
 

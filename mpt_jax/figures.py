@@ -1,7 +1,12 @@
-"""``--mode=figures``: the paper's Figs. 5-9 for finished LOSO runs.
+"""``--mode=figures``: the paper's Figs. 4-9 for finished LOSO runs.
 
 ``python main.py --mode=figures --workdir=A [--compare=B,C]`` writes, into ``A/paper_figures/``:
 
+* ``confusion_<run>.png`` (Fig. 4), for every run: the confusion matrix in the paper's style
+  (classes in the order of the paper's datasets section, colours row-normalised, percentage and
+  count in each cell; last epoch, first seed). Runs on different datasets (``--workdir`` given
+  once per dataset, e.g. CASME II, SAMM and SMIC) give one figure with the three side by side,
+  ``confusion_<runs>.png``, and nothing else;
 * ``gradcam_<run>.png`` (Fig. 8), for every run: the gradient map (see below) of the first clip of
   each class, overlaid
   on the apex frame and on the dynamic image. Each clip is explained by the fold model that held it
@@ -48,6 +53,7 @@ from absl import logging
 
 from mpt_jax import errors
 from mpt_jax import metrics as metrics_lib
+from mpt_jax import paper_results
 from mpt_jax import workdir as wd
 
 matplotlib.use('Agg')
@@ -447,19 +453,71 @@ def k_of(workdir: str) -> int:
 
 
 def plot_k_sweep(workdirs: Sequence[str], path: str) -> None:
-  """Fig. 5: accuracy and UF1 (mean ± std over seeds) against K."""
+  """Fig. 5: accuracy and UF1 (mean ± std over seeds) against K, with the paper's printed points.
+
+  The paper prints only K = 5 as numbers (a star per metric); its other bars are not printed.
+  """
+  paper = {int(rid.split('_')[1]): (p['acc'], p['f1'])
+           for rid, p in ((rid, paper_results.paper_row('fig5', rid))
+                          for rid in paper_results.row_ids('fig5')) if p['acc'] is not None}
   rows = sorted((k_of(w), run_metrics(w)) for w in workdirs)
   ks = [k for k, _ in rows]
   fig, ax = plt.subplots(figsize=(4.5, 3.2))
-  for key, name in (('accuracy', 'Acc'), ('uf1', 'F1')):
+  for i, (key, name) in enumerate((('accuracy', 'Acc'), ('uf1', 'F1'))):
     mean = [100 * m[key]['mean'] for _, m in rows]
     std = [100 * m[key]['std'] for _, m in rows]
-    ax.errorbar(ks, mean, yerr=std, marker='o', capsize=3, label=name)
+    ax.errorbar(ks, mean, yerr=std, marker='o', capsize=3, label=f'{name} (ours)', color=f'C{i}')
+    for k, values in paper.items():
+      ax.plot([k], [values[i]], marker='*', markersize=12, ls='none', color=f'C{i}',
+              markeredgecolor='k', label=f'{name} (paper)')
   ax.set_xlabel('number of motion prompts K')
   ax.set_ylabel('%')
-  ax.set_xticks(ks)
-  ax.legend()
+  ax.set_xticks(sorted(set(ks) | set(paper)))
+  ax.legend(fontsize=7)
   ax.set_title('accuracy and F1 vs K', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def paper_confusion(workdir: str) -> Tuple[str, List[str], np.ndarray]:
+  """Fig. 4's data of a run: (title, classes in the paper's order, counts of the first seed).
+
+  The classes are ordered as the paper's datasets section lists them (classes the paper does not
+  list follow in the run's order); rows are true classes, columns predicted, last epoch, all folds.
+  """
+  summary = read_summary(workdir)
+  classes = list(summary['classes'])
+  seed = sorted(summary['seeds'], key=int)[0]
+  cm = np.asarray(summary['seeds'][seed]['last_epoch']['confusion_matrix'], np.int64)
+  dataset = summary['dataset']
+  listed = [c for c, _ in paper_results.DATASETS.get(dataset, {}).get('classes', ())]
+  order = [classes.index(c) for c in listed if c in classes]
+  order += [i for i in range(len(classes)) if i not in order]
+  name = paper_results.DATASETS.get(dataset, {}).get('name', dataset)
+  title = f'{name} ({run_label(workdir)}, seed {seed})'
+  return title, [classes[i] for i in order], cm[np.ix_(order, order)]
+
+
+def plot_confusions(workdirs: Sequence[str], path: str) -> None:
+  """Fig. 4: each run's confusion matrix, row-normalised colours, percentage and count per cell."""
+  panels = [paper_confusion(w) for w in workdirs]
+  width = sum(0.9 * len(c) + 1.8 for _, c, _ in panels)
+  height = 0.9 * max(len(c) for _, c, _ in panels) + 2.0
+  fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False)
+  for ax, (title, classes, cm) in zip(axes[0], panels):
+    totals = cm.sum(axis=1, keepdims=True)
+    rate = np.divide(cm, totals, out=np.zeros(cm.shape, np.float64), where=totals > 0)
+    ax.imshow(rate, cmap='Blues', vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha='right', fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    for i in range(len(classes)):
+      for j in range(len(classes)):
+        ax.text(j, i, f'{100 * rate[i, j]:.0f}%\n({cm[i, j]})', ha='center', va='center',
+                fontsize=7, color='white' if rate[i, j] > 0.5 else 'black')
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
+    ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -481,7 +539,7 @@ def pick_clips(names: np.ndarray, wanted: Sequence[str]) -> List[int]:
 def write_figures(workdirs: Sequence[str], out_dir: Optional[str] = None,
                   per_class: int = 1, method: str = 'grad_norm',
                   clip_names: Sequence[str] = ()) -> List[str]:
-  """Writes Figs. 5-9 for ``workdirs`` (the first is the main run); returns the PNG paths.
+  """Writes Figs. 4-9 for ``workdirs`` (the first is the main run); returns the PNG paths.
 
   Args:
     workdirs: finished LOSO run folders.
@@ -496,6 +554,17 @@ def write_figures(workdirs: Sequence[str], out_dir: Optional[str] = None,
   labels = [run_label(w) for w in workdirs]
   if len(set(labels)) != len(labels):
     raise FigureError(f'Runs must have distinct folder names (they label the figures): {labels}')
+  if len({read_summary(w)['dataset'] for w in workdirs}) > 1:
+    # Runs on different datasets (e.g. CASME II, SAMM, SMIC): Fig. 4 with their confusion
+    # matrices side by side; the other figures compare runs of one protocol.
+    p = os.path.join(out_dir, f'confusion_{_slug(labels)}.png')
+    plot_confusions(workdirs, p)
+    return [p]
+  paths = []
+  for w in workdirs:
+    p = os.path.join(out_dir, f'confusion_{_slug([run_label(w)])}.png')
+    plot_confusions([w], p)
+    paths.append(p)
   cache: Dict[str, Any] = {}
   views = [RunView(w, cache) for w in workdirs]
   for v in views[1:]:

@@ -821,7 +821,8 @@ def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
                    'python': platform.python_version(), 'subjects': exp.subjects,
                    'num_clips': len(data), 'classes': list(data.classes), 'protocol': protocol,
                    'trainable_params': partition.count_trainable(
-                       partition.merge_params(exp.trainable0, exp.frozen), exp.strategy)})
+                       partition.merge_params(exp.trainable0, exp.frozen), exp.strategy),
+                   'provenance': wd.provenance(config, info.get('provenance'))})
       wd.write_json(wd.run_info_path(workdir), info)
     logging.info('Seed %d: parameters by part %s, trainable parts %s', seed,
                  partition.count_by_part(partition.merge_params(exp.trainable0, exp.frozen)),
@@ -876,5 +877,6 @@ def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
   if exp.seed != first_seed:
     exp.init(first_seed)
   motion = _motion_example(exp, workdir, first_seed, results_by_seed[first_seed][0]['subject'])
-  report_lib.write_report(config, workdir, summary, results_by_seed, motion)
+  report_lib.write_report(config, workdir, summary, results_by_seed, motion,
+                          wd.read_run_info(workdir, required=False))
   return summary

@@ -20,8 +20,26 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 
 METRICS_NOTE = ('UF1 and UAR average per-class F1 and recall over the classes present in the '
-                'evaluated labels (a class with no clip there is left out of both); ± is the '
-                'population standard deviation over seeds (ddof = 0).')
+                'evaluated labels (a class with no clip there is left out of both).')
+SEEDS_NOTE = '± is the population standard deviation over seeds (ddof = 0).'
+
+
+def provenance_lines(info: Dict[str, Any], num_clips: int, num_subjects: int) -> List[str]:
+  """The report's opening: what produced the run (from ``run_info.json``'s provenance)."""
+  p = info.get('provenance')
+  if not p:
+    return []
+  w = p.get('weights') or {}
+  weights = (f'{w["path"]} (SHA-256 {w["sha256"][:16]}...)' if w.get('sha256') else
+             w.get('path') or 'none (random initialisation)')
+  seeds = p.get('seeds') or []
+  return ['| produced by | |', '|---|---|',
+          f'| dataset | {p["dataset"]}, builder config `{p["builder_config"] or "default"}` |',
+          f'| clips, subjects | {num_clips}, {num_subjects} |',
+          f'| backbone | {p["backbone"]} ({p["training_strategy"]}) |',
+          f'| weights | {weights} |',
+          f'| epochs, seeds | {p["epochs"]}, {", ".join(map(str, seeds))} |',
+          f'| mpt_jax commit | {p["commit"]} |', f'| date | {p["date"]} |', '']
 
 
 def _fmt(ms: Dict[str, float], pct: bool = True) -> str:
@@ -130,7 +148,8 @@ def plot_motion(example: Dict[str, Any], path: str) -> None:
 
 def write_report(config, workdir: str, summary: Dict[str, Any],
                  results_by_seed: Dict[int, List[Dict[str, Any]]],
-                 motion_example: Optional[Dict[str, Any]] = None) -> str:
+                 motion_example: Optional[Dict[str, Any]] = None,
+                 run_info: Optional[Dict[str, Any]] = None) -> str:
   """Writes ``report.md`` and ``figures/``; returns the report text.
 
   Args:
@@ -139,6 +158,7 @@ def write_report(config, workdir: str, summary: Dict[str, Any],
     summary: :func:`mpt_jax.loso.summarise`'s output.
     results_by_seed: the fold records per seed.
     motion_example: inputs of :func:`plot_motion`, or None to skip that figure.
+    run_info: the run's ``run_info.json`` (its provenance opens the report).
   """
   figdir = os.path.join(workdir, 'figures')
   os.makedirs(figdir, exist_ok=True)
@@ -152,9 +172,11 @@ def write_report(config, workdir: str, summary: Dict[str, Any],
   plot_curves(results_by_seed[first_seed], os.path.join(figdir, 'training_curves.png'))
   if motion_example is not None:
     plot_motion(motion_example, os.path.join(figdir, 'motion_examples.png'))
-  lines = [f'# MPT LOSO results: {summary["dataset"]}', '',
-           f'{len(seed_entry["folds"])} folds (one per subject), '
-           f'{sum(f["n"] for f in seed_entry["folds"])} clips, classes: {", ".join(classes)}; '
+  num_clips = sum(f['n'] for f in seed_entry['folds'])
+  lines = [f'# MPT LOSO results: {summary["dataset"]}', '']
+  lines += provenance_lines(run_info or {}, num_clips, len(seed_entry['folds']))
+  lines += [f'{len(seed_entry["folds"])} folds (one per subject), '
+           f'{num_clips} clips, classes: {", ".join(classes)}; '
            f'seeds: {", ".join(summary["seeds"])}. Metrics over the concatenated predictions of '
            'all folds; model after the last epoch' +
            (' (the oracle row picks the best epoch per held-out subject on its own test accuracy; '
@@ -177,10 +199,13 @@ def write_report(config, workdir: str, summary: Dict[str, Any],
               f"{_fmt(m['uar'])} |" for ds, m in per_ds_seeds.items()]
   lines += ['', '## Per fold (seed %d)' % first_seed, '', '| subject | n | accuracy |', '|---|---|---|']
   lines += [f"| {f['subject']} | {f['n']} | {100 * f['accuracy']:.1f} |" for f in seed_entry['folds']]
-  lines += ['', METRICS_NOTE]
+  lines += ['', METRICS_NOTE + (' ' + SEEDS_NOTE if len(summary['seeds']) > 1 else '')]
   lines += ['', '![confusion](figures/confusion_matrix.png)',
             '![per class](figures/per_class_accuracy.png)',
-            '![curves](figures/training_curves.png)', '![motion](figures/motion_examples.png)', '']
+            '![curves](figures/training_curves.png)']
+  if motion_example is not None:
+    lines.append('![motion](figures/motion_examples.png)')
+  lines.append('')
   text = '\n'.join(lines)
   with open(os.path.join(workdir, 'report.md'), 'w') as f:
     f.write(text)

@@ -201,6 +201,61 @@ def read_run_info(workdir: str, required: bool = True) -> Dict[str, Any]:
   return read_json(path)
 
 
+def _git_commit() -> str:
+  """The mpt_jax checkout's commit (``+dirty`` with uncommitted changes), or ``unknown``."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=here, check=True,
+                            capture_output=True, text=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here,
+                           check=True, capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown'
+  return commit + ('+dirty' if dirty else '')
+
+
+def file_sha256(path: str, cache: Optional[Dict[str, Any]] = None) -> str:
+  """SHA-256 of a file (hex), reused from ``cache`` while the file's size and mtime are unchanged."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  st = os.stat(path)
+  stamp = [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+  if cache and cache.get('stamp') == stamp:
+    return cache['sha256']
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def provenance(config: ml_collections.ConfigDict, previous: Optional[Dict[str, Any]] = None,
+               now: Optional[str] = None) -> Dict[str, Any]:
+  """What produced a run, for ``run_info.json`` and the top of ``report.md``.
+
+  Dataset and builder config, backbone and its weights file with its SHA-256, epochs, seeds, the
+  mpt_jax commit and the date (UTC). ``previous`` (the record of an earlier start) keeps the
+  file's hash while the file is unchanged.
+  """
+  import datetime  # pylint: disable=g-import-not-at-top
+  m = config.model
+  path = str(m.pretrained_path or '')
+  weights: Dict[str, Any] = {'path': path or None}
+  if path and os.path.isfile(os.path.expanduser(path)):
+    full = os.path.expanduser(path)
+    st = os.stat(full)
+    weights['stamp'] = [os.path.abspath(full), st.st_size, st.st_mtime_ns]
+    weights['sha256'] = file_sha256(full, (previous or {}).get('weights'))
+  return {
+      'dataset': str(config.data.name), 'builder_config': str(config.data.builder_config),
+      'backbone': str(m.vit), 'training_strategy': str(m.training_strategy), 'weights': weights,
+      'epochs': int(config.train.num_epochs),
+      'seeds': list(range(int(config.seed), int(config.seed) + int(config.num_seeds))),
+      'commit': _git_commit(),
+      'date': now or datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+  }
+
+
 def protocol_record(names, subjects, labels, classes) -> Dict[str, Any]:
   """What identifies a protocol: its classes and every clip's subject and label."""
   classes = list(classes)

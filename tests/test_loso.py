@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from configs import synthetic
 from mpt_jax import evaluate
 from mpt_jax import input_pipeline
 from mpt_jax import loso
+from mpt_jax import report as report_lib
 from mpt_jax import predict
 from tests import helpers
 
@@ -69,6 +71,15 @@ def test_run_writes_complete_record(finished_run):
   assert seed['oracle_best_epoch']['accuracy'] >= seed['last_epoch']['accuracy'] - 1e-9
   report = open(os.path.join(workdir, 'report.md')).read()
   assert 'last epoch' in report and 'ORACLE' in report
+  # The report opens with what produced it; one seed: no '±' note.
+  head = report.split('\n\n')[1]
+  for line in ('| dataset | synthetic_me, builder config `small` |', '| clips, subjects | 30, 3 |',
+               '| backbone | tiny (mpt) |', '| weights | none (random initialisation) |',
+               f'| epochs, seeds | {config.train.num_epochs}, 0 |'):
+    assert line in head, (line, head)
+  assert re.search(r'\| mpt_jax commit \| ([0-9a-f]{12}(\+dirty)?|unknown) \|', head)
+  assert re.search(r'\| date \| 20\d\d-\d\d-\d\d \d\d:\d\d UTC \|', head)
+  assert '±' not in report and '![motion](figures/motion_examples.png)' in report
   # Only trainable parameters are checkpointed (no backbone keys in the checkpoint).
   ckpt_files = []
   for root, _, files in os.walk(os.path.join(workdir, 'seed_0', 'fold_p01', 'checkpoints')):
@@ -240,7 +251,7 @@ def test_several_seeds_report_mean_and_std(data_dir, tmp_path):
   assert over['std'] == pytest.approx(np.std(accs))
   assert os.path.exists(tmp_path / 'seeds' / 'seed_1' / 'fold_p02' / 'result.json')
   report = open(tmp_path / 'seeds' / 'report.md').read()
-  assert '±' in report
+  assert '±' in report and report_lib.SEEDS_NOTE in report and '| epochs, seeds | 1, 0, 1 |' in report
 
 
 def test_composite_style_results_are_split_by_source_dataset():

@@ -84,21 +84,22 @@ TABLE_COUNTS = {
     'adapter=group': MPT_B16,
     'vit=B_16': MPT_B16,
     'vit=B_32': MPT_B16,  # the tokenizer's 16 x 16 conv does not depend on the ViT's patch
-    'alpha=0': MPT_B16, 'alpha=5': MPT_B16, 'alpha=10': MPT_B16, 'alpha=20': MPT_B16,
-    'alpha=30': MPT_B16,
-    'r=4': 10_764_623, 'r=8': MPT_B16, 'r=16': 2_796_815, 'r=32': 1_468_847,
-    'K=1': 5_444_551, 'K=2': 5_446_601, 'K=3': 5_448_651, 'K=4': 5_450_701, 'K=5': MPT_B16,
-    'K=6': 5_454_801, 'K=7': 5_456_851, 'K=8': 5_458_901, 'K=9': 5_460_951, 'K=10': 5_463_001,
+    'vit=clip_B_16': MPT_B16, 'vit=clip_B_32': MPT_B16,  # CLIP's towers are 768 wide too
+    'alpha=0': MPT_B16, 'alpha=10': MPT_B16, 'alpha=20': MPT_B16, 'alpha=30': MPT_B16,
+    'alpha=50': MPT_B16, 'alpha=5': MPT_B16, 'alpha=40': MPT_B16,
+    'r=4': 10_764_623, 'r=8': MPT_B16, 'r=12': 3_682_127, 'r=16': 2_796_815, 'r=32': 1_468_847,
+    'K=0': 2 * 12 * BRANCH + 3845,  # no prompts: the adapters' class and patch branches
+    'K=1': 5_444_551, 'K=3': 5_448_651, 'K=5': MPT_B16, 'K=7': 5_456_851, 'K=9': 5_460_951,
 }
 
 
 def test_every_table_row_is_pinned():
   assert sorted(arg for _, _, arg in ablations.ROWS) == sorted(TABLE_COUNTS)
   assert 3 * 12 * BRANCH + 109_386 + 3845 == MPT_B16
-  for r, n in ((4, 10_764_623), (16, 2_796_815), (32, 1_468_847)):
+  for r, n in ((4, 10_764_623), (12, 3_682_127), (16, 2_796_815), (32, 1_468_847)):
     w = 768 // r
     assert 3 * 12 * (2 * 768 * w + w + 768) + 109_386 + 3845 == n
-  for k in range(1, 11):
+  for k in (1, 3, 5, 7, 9):
     assert TABLE_COUNTS[f'K={k}'] == MPT_B16 + 2 * 1025 * (k - 5)
 
 
