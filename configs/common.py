@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.schedule = 'constant'  # constant | cosine (with linear warm-up).
   config.train.warmup_epochs = 0  # Warm-up length for the cosine schedule.
   config.train.batch_size = 16  # Global batch size (split across devices).
+  config.train.fit_batch_to_data = False  # A batch larger than the smallest training fold: False =
+  #                                         refuse; True = lower it to fit (the :smoke configs,
+  #                                         which run on whatever subjects a dataset has).
   config.train.num_devices = 0  # Local devices to use (per process); 0 = all of them.
   # Folds trained together by one compiled program (their trainable parameters and optimizer
   # states stacked, the frozen backbone shared): 1 = one fold after another, each data-parallel
@@ -155,6 +158,7 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.model.tokenizer_patch = 8
   config.model.magnification.lambda_c = 4.0  # Scaled with the 7x smaller frames.
   config.train.batch_size = 4
+  config.train.fit_batch_to_data = True  # Fixture or few-clip subjects: fit the batch to them.
   config.train.eval_batch_size = 4
   config.train.num_epochs = 2
   config.train.log_every_steps = 1

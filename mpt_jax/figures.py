@@ -552,6 +552,8 @@ def write_figures(workdirs: Sequence[str], out_dir: Optional[str] = None,
   out_dir = out_dir or os.path.join(workdirs[0], 'paper_figures')
   os.makedirs(out_dir, exist_ok=True)
   labels = [run_label(w) for w in workdirs]
+  if len(set(labels)) != len(labels):  # e.g. the `mpt` rows of several tables: add the parent
+    labels = ['_'.join(os.path.normpath(w).split(os.sep)[-2:]) for w in workdirs]
   if len(set(labels)) != len(labels):
     raise FigureError(f'Runs must have distinct folder names (they label the figures): {labels}')
   if len({read_summary(w)['dataset'] for w in workdirs}) > 1:
@@ -561,12 +563,14 @@ def write_figures(workdirs: Sequence[str], out_dir: Optional[str] = None,
     plot_confusions(workdirs, p)
     return [p]
   paths = []
-  for w in workdirs:
-    p = os.path.join(out_dir, f'confusion_{_slug([run_label(w)])}.png')
+  for w, label in zip(workdirs, labels):
+    p = os.path.join(out_dir, f'confusion_{_slug([label])}.png')
     plot_confusions([w], p)
     paths.append(p)
   cache: Dict[str, Any] = {}
   views = [RunView(w, cache) for w in workdirs]
+  for v, label in zip(views, labels):
+    v.label = label
   for v in views[1:]:
     if v.classes != views[0].classes:
       raise FigureError(f'{v.workdir} has classes {v.classes}, {views[0].workdir} has '

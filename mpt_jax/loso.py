@@ -290,6 +290,13 @@ class Experiment:
                      'that share a fold (train.folds_per_step=1); or train several folds at once '
                      '(train.folds_per_step=0)')
     smallest = min(int((data.subjects != s).sum()) for s in self.subjects)
+    if bs > smallest >= split and config.train.get('fit_batch_to_data', False):
+      bs = smallest // split * split
+      logging.warning('train.batch_size lowered from %s to %d: the smallest training fold has %d '
+                      'clips (train.fit_batch_to_data)', config.train.batch_size, bs, smallest)
+      self.config = config = config.copy_and_resolve_references()
+      with config.unlocked():
+        config.train.batch_size = bs
     if bs > smallest:
       raise RunError(f'train.batch_size {bs} is larger than the smallest training fold '
                      f'({smallest} clips); lower --config.train.batch_size')

@@ -285,3 +285,20 @@ def test_geometric_augmentation_runs_in_the_loop(data_dir, tmp_path):
   config.data.subjects = ('p01', 'p02')
   summary = loso.train_and_evaluate(config, str(tmp_path / 'aug'))
   assert len(summary['seeds']['0']['folds']) == 2
+
+
+def test_smoke_batch_fits_the_smallest_training_fold():
+  """A :smoke config on few-clip subjects lowers its batch to fit; other configs refuse."""
+  n = 5  # holding out s1 (3 clips) leaves 2 training clips
+  subjects = np.asarray(['s1', 's1', 's1', 's2', 's2'])
+  data = input_pipeline.ClipSet(np.zeros((n, 8, 32, 32, 3), np.float16), np.arange(n) % 5,
+                                np.zeros(n, np.int32), subjects, subjects, tuple('abcde'))
+  config = synthetic.get_config('smoke')
+  config.train.folds_per_step = 1
+  config.train.num_devices = 1
+  assert config.train.fit_batch_to_data and config.train.batch_size == 4
+  exp = loso.Experiment(config, data)
+  assert exp.config.train.batch_size == 2 and config.train.batch_size == 4  # the caller's is kept
+  config.train.fit_batch_to_data = False
+  with pytest.raises(loso.RunError, match='larger than the smallest training fold'):
+    loso.Experiment(config, data)
