@@ -741,6 +741,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> str:
   wd.check_usable(workdir)
   model = validate_config(config)
   wd.compare_config(config, workdir)
+  pretrained.check_backbone_source(config.model)
   if config.model.pretrained_path:  # read and check the file now, before the data loads
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                             jax.ShapeDtypeStruct((1,) + mpt_lib.input_shape(config.model),
