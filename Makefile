@@ -1,4 +1,5 @@
-# mpt_jax: `make demo` (synthetic LOSO run on CPU) and `make test` (the test suite).
+# mpt_jax: `make demo` (synthetic LOSO run on CPU), `make test` (the test suite) and `make test-fast`
+# (the suite without the tests marked slow).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Versions the test suite ran with (pip constraints); `make lock` regenerates it from $(VENV).
 LOCK := requirements-lock.txt
 
-.PHONY: venv test demo bench bench-loso gpu-wheels lock clean
+.PHONY: venv test test-fast demo bench bench-loso gpu-wheels lock clean
 
 $(STAMP): requirements.txt $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,10 @@ lock: $(STAMP)
 	@echo "$(LOCK): $$(grep -c '==' $(LOCK)) pinned packages"
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(PY) main.py --mode=prepare --config=configs/synthetic.py

@@ -10,14 +10,18 @@ Kept short on purpose; the logic lives in importable modules:
   python main.py --mode=figures --workdir=runs/smic --compare=runs/smic_lp   # Figs. 4-9
   python main.py --mode=figures --workdir=runs/casme2 --workdir=runs/samm --workdir=runs/smic
   python main.py --mode=table --table=VI --config=configs/smic.py --workdir=runs/table6
+  python main.py --mode=config --config=configs/samm.py                    # the resolved config
 
 Progress logs go to stdout; a user mistake is one line ``error: ...`` on stderr and exit code 2.
+In-process (tests, notebooks): ``main.cli(['main.py', '--mode=eval', ...])`` returns 0 or raises
+``SystemExit(2)`` after that line.
 """
 
 import json
 import os
 import re
 import sys
+import threading
 
 from mpt_jax import console  # pylint: disable=g-bad-import-order
 console.quiet_libraries(sys.argv)  # before TensorFlow/JAX are imported; --verbosity=0 for details
@@ -36,7 +40,9 @@ DEFAULT_JAX_CACHE = '~/.cache/mpt_jax/jax_cache'
 JAX_CACHE_MIN_COMPILE_SECS = 0.2
 DETERMINISTIC_GPU_FLAG = '--xla_gpu_deterministic_ops=true'
 
-MODES = ('train', 'eval', 'predict', 'prepare', 'profile', 'figures', 'table')
+MODES = ('train', 'eval', 'predict', 'prepare', 'profile', 'figures', 'table', 'config')
+# Modes that work on a finished run: without --config they read the run's own config.json.
+RUN_MODES = ('eval', 'predict', 'config')
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/samm.py or '
@@ -95,6 +101,28 @@ def _need_workdir():
   return workdirs[0]
 
 
+def _run_config(workdir):
+  """eval/predict: the run's recorded config; only keys given as ``--config.<key>=`` replace it.
+
+  A ``--config`` file's own values (e.g. ``data.data_dir`` or ``pretrained_path`` defaults) never
+  replace what the run recorded; one line says which keys the command line did replace.
+  """
+  from mpt_jax import workdir as wd  # pylint: disable=g-import-not-at-top
+  overridden = sorted(config_flags.get_override_values(FLAGS['config'])) if FLAGS.config else []
+  config = wd.load_run_config(workdir, FLAGS.config, overridden)
+  if overridden:
+    print(f'Using the config recorded in {wd.config_path(workdir)}, with '
+          + ', '.join(f'{k}={config_path_value(config, k)!r}' for k in overridden)
+          + ' from the command line')
+  return config
+
+
+def config_path_value(config, dotted):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
 def _run(mode):
   """Dispatches one mode; user mistakes raise :class:`UserError`."""
   # pylint: disable=g-import-not-at-top
@@ -119,20 +147,20 @@ def _run(mode):
     from mpt_jax import evaluate
     from mpt_jax import workdir as wd
     workdir = _need_workdir()
-    wd.load_run_config(workdir, FLAGS.config)
+    config = _run_config(workdir)
     wd.read_run_info(workdir)
     _hide_gpus_from_tensorflow()
-    print(evaluate.summary_lines(evaluate.evaluate(FLAGS.config, workdir)))
+    print(evaluate.summary_lines(evaluate.evaluate(config, workdir)))
   elif mode == 'predict':
     if not FLAGS.input:
       raise UserError('--input is required: a folder of frames or a video file')
     from mpt_jax import predict as predict_lib
     from mpt_jax import workdir as wd
     workdir = _need_workdir()
-    wd.load_run_config(workdir, FLAGS.config)
+    config = _run_config(workdir)
     wd.read_run_info(workdir)  # (predict runs no TensorFlow op: no GPU to hide from it)
     result = predict_lib.predict(workdir, FLAGS.input, FLAGS.onset, FLAGS.offset,
-                                 FLAGS.crop_face, config=FLAGS.config,
+                                 FLAGS.crop_face, config=config,
                                  align_face=FLAGS.align_face)
     print(json.dumps(result) if FLAGS.json else console.prediction_table(result))
   elif mode == 'figures':
@@ -147,6 +175,8 @@ def _run(mode):
                       f'{", ".join(list(tables.TABLES) + list(tables.MAIN_ALIASES))}')
     print(tables.run_table(FLAGS.table, _need_config(), _need_workdir(),
                            tables.parse_pretrained(FLAGS.pretrained)))
+  elif mode == 'config':
+    print(_need_config(), end='')
 
 
 def _hide_gpus_from_tensorflow():
@@ -219,10 +249,14 @@ def _drop_late_loop_errors():
 
   A damaged checkpoint fails the restore while tensorstore still reads other arrays; their
   completion callbacks then meet the closed loop and print ``RuntimeError: Event loop is closed``
-  tracebacks from a library thread, after the one-line error already said what is wrong. Only that
-  exact error is dropped; every other exception is shown as before.
+  tracebacks from a library thread (also during interpreter shutdown, after ``SystemExit(2)``),
+  after the one-line error already said what is wrong. Only that exact error is dropped; every
+  other exception is shown as before. Installing it twice changes nothing.
   """
+  if getattr(sys.excepthook, 'drops_late_loop_errors', False):
+    return
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+  threadhook = threading.excepthook
 
   def on_exception(exc_type, exc, tb):
     if not _is_closed_loop_error(exc_type, exc):
@@ -232,34 +266,69 @@ def _drop_late_loop_errors():
     if not _is_closed_loop_error(unraisable.exc_type, unraisable.exc_value):
       unraisablehook(unraisable)
 
+  def on_thread_exception(args):
+    if not _is_closed_loop_error(args.exc_type, args.exc_value):
+      threadhook(args)
+
+  on_exception.drops_late_loop_errors = True
   sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+  threading.excepthook = on_thread_exception
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  """Runs the parsed command line (``argv``: what the flags left, the program name only)."""
+  del argv  # parse_flags refuses anything left over
   _drop_late_loop_errors()
   handler = logging.get_absl_handler()
-  handler.addFilter(_QuietLibraries())
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
   # Logs (progress, warnings) on stdout; stderr carries only the one-line error of a user mistake.
-  handler.python_handler.stream = sys.stdout
+  stream, handler.python_handler.stream = handler.python_handler.stream, sys.stdout
   logging.logging.captureWarnings(True)
   try:
     configure_jax(FLAGS.config, FLAGS.jax_cache_dir)
     _run(FLAGS.mode)
   except UserError as e:
     _fail(str(e))
+  finally:
+    handler.python_handler.stream = stream
+
+
+def cli(argv) -> int:
+  """The command line, in this process: ``argv`` as ``sys.argv`` would be (program name first).
+
+  Returns:
+    0 when the command succeeded.
+
+  Raises:
+    SystemExit: with code 2 for a user mistake, after one line ``error: ...`` on stderr.
+  """
+  argv = [str(a) for a in argv]
+  saved_argv = sys.argv
+  sys.argv = argv  # ml_collections' config flag reads its --config.<key> overrides from sys.argv
+  try:
+    _forget_flags()
+    remaining = parse_flags(argv)
+    logging.use_absl_handler()  # what app.run does before main
+    main(remaining)
+  finally:
+    sys.argv = saved_argv
+  return 0
+
+
+def _forget_flags():
+  """Resets every flag to its default and drops the ``--config.<key>`` flags of an earlier parse."""
+  FLAGS.unparse_flags()
+  for name in [n for n in FLAGS if n.startswith('config.')]:
+    delattr(FLAGS, name)
 
 
 def _fail(message: str) -> None:
-  """Prints ``error: <message>`` as one line on stderr and exits with code 2."""
+  """Prints ``error: <message>`` as one line on stderr and raises ``SystemExit(2)``."""
   print('error: ' + ' '.join(str(message).split()), file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()
-  # Not sys.exit: after a failed checkpoint read, Orbax's background asyncio threads print
-  # "Event loop is closed" tracebacks during interpreter shutdown. Every record is already written
-  # atomically and the workdir lock is released, so nothing is lost by skipping the shutdown.
-  os._exit(2)  # pylint: disable=protected-access
+  raise SystemExit(2)
 
 
 def _config_argument(argv):
@@ -288,18 +357,15 @@ def _flag_value(argv, name):
 
 
 def _run_config_for_overrides(argv, config_arg):
-  """eval/predict with ``--config.<key>=...`` overrides but no ``--config``: the run's own config.
+  """eval/predict/config with a ``--workdir`` but no ``--config``: the run's own config.
 
-  The overrides then apply to the workdir's ``config.json`` (read through
+  ``--config.<key>=...`` overrides then apply to the workdir's ``config.json`` (read through
   :func:`mpt_jax.workdir.get_config`), e.g. ``--config.model.pretrained_path=/new/place.npz``.
   """
   mode = _flag_value(argv, 'mode')
-  overrides = [a for a in argv[1:] if a.startswith('--config.')]
-  if config_arg is not None or mode not in ('eval', 'predict') or not overrides:
-    return argv
   workdir = _flag_value(argv, 'workdir')
-  if not workdir:
-    _fail('--workdir is required, e.g. --workdir=runs/samm')
+  if config_arg is not None or mode not in RUN_MODES or not workdir:
+    return argv
   from mpt_jax import workdir as wd  # pylint: disable=g-import-not-at-top
   workdir = wd.resolve(workdir)
   try:
@@ -320,11 +386,15 @@ def parse_flags(argv):
       _fail(f'--config: no config file {path} (the dataset configs are in configs/, e.g. '
             '--config=configs/samm.py or configs/synthetic.py:smoke)')
   try:
-    return FLAGS(argv)
+    remaining = FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     _fail(f'cannot parse the command line ({_last_error_line(e)}). Config overrides given: '
           f'{overrides}; every key is listed in configs/common.py.')
+  if len(remaining) > 1:
+    _fail(f'unexpected argument(s) {remaining[1:]}: every argument is a --flag=value (a space '
+          'after "=" ends the flag, e.g. --config.model.pretrained_path= /w.npz)')
+  return remaining
 
 
 if __name__ == '__main__':

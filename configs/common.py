@@ -10,7 +10,7 @@ import ml_collections
 
 
 def get_model_config() -> ml_collections.ConfigDict:
-  """The model part of the config (SPEC §2-7 defaults)."""
+  """The model part of the config (docs/method.md §2-7 defaults)."""
   m = ml_collections.ConfigDict()
   m.vit = 'B_16'  # Backbone variant: 'B_16' | 'B_32' (Table IX) | 'S_16' | 'Ti_16' | 'tiny'.
   m.pretrained_path = ''  # Local ViT checkpoint (.npz or .safetensors); required unless
@@ -32,8 +32,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.adapter_reduction = 8  # r: adapter bottleneck is hidden_size / r (Table XI).
   m.tokenizer_dim = 64  # C: channels of the tokenizer's per-frame conv.
   m.tokenizer_patch = 16  # Kernel size and stride of the tokenizer's per-frame conv.
-  m.tokenizer_init = 'spread'  # Gaussian centres at init: spread (SPEC §4, (T-1)(k-0.5)/K) |
-  #                              middle (zero biases, all K at the clip's middle; comparison only).
+  m.tokenizer_init = 'spread'  # Gaussian centres at init: spread ((T-1)(k-0.5)/K, docs/method.md
+  #                              §4) | middle (zero biases, all K at the clip's middle; comparison only).
   m.training_strategy = 'mpt'  # What trains, and the architecture (Table VI): mpt | scratch |
   #                              full_finetune | linear_probe | prompt_only | adapter_only.
   m.dtype = 'float32'  # Compute dtype of the backbone, adapters and tokenizer: float32 | bfloat16
@@ -49,7 +49,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.magnification.lambda_c = 16.0  # EVM cut-off wavelength in pixels (at image_size).
   m.magnification.low_hz = 0.4  # Band-pass low cut-off (Hz).
   m.magnification.high_hz = 4.0  # Band-pass high cut-off (Hz).
-  m.magnification.fs = 30.0  # Sampling rate assumed for the resampled clip (SPEC §3).
+  m.magnification.fs = 30.0  # Sampling rate assumed for the resampled clip (docs/method.md §3).
   m.magnification.order = 1  # Butterworth order.
   m.magnification.levels = 0  # Pyramid levels incl. residual; 0 = as deep as the image allows.
   m.magnification.amplification = 'evm'  # evm (per-level schedule) | uniform (comparison only).
@@ -109,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Folds trained together by one compiled program (their trainable parameters and optimizer
   # states stacked, the frozen backbone shared): 1 = one fold after another, each data-parallel
   # over the devices; N > 1 = N folds at once, spread over the devices (rounded up to a multiple of
-  # them); 0 = auto: 1 on CPUs (all folds at once was measured no faster there, README "Speed"); on
+  # them); 0 = auto: 1 on CPUs (all folds at once was measured no faster there, docs/benchmarks.md); on
   # GPUs/TPUs every fold of a seed (of this process) at once, as far as a generous estimate of one
   # fold's step memory fits 60 % of the accelerator's memory. Larger F means larger, more
   # efficient kernels and fewer program calls per fold; the results are those of 1 (within float

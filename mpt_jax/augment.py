@@ -1,4 +1,4 @@
-"""Training augmentation drawn once per clip and applied identically to all its frames (SPEC §1).
+"""Training augmentation, drawn once per clip, applied identically to all frames (docs/method.md §1).
 
 Horizontal flip (default) and, as options, a small random rotation and a random crop resized back
 to the frame size (both off by default). The random draws are made on the host from the epoch's

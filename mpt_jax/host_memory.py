@@ -4,7 +4,7 @@ Initialising ViT-B/16 (an XLA program that draws 86 M random numbers) and compil
 step free most of what they allocate, but glibc's allocator keeps freed blocks inside its heap
 for reuse; what XLA later allocates for the step itself does not reuse them, so without a trim
 that garbage sits under the training step's peak (``benchmarks/bench_vs_peer.py`` measures the
-peak; README "Speed").
+peak; docs/benchmarks.md).
 """
 
 import ctypes

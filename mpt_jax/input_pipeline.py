@@ -1,6 +1,6 @@
 """From a prepared TFDS dataset to in-memory clips, and the fixed-shape batches of the LOSO loop.
 
-Every clip is resampled once, when the dataset is loaded (SPEC §1): T frames by linear
+Every clip is resampled once, when the dataset is loaded (docs/method.md §1): T frames by linear
 interpolation at ``linspace(0, n - 1, T)`` (short clips are up-sampled the same way), resized to
 ``image_size`` bilinearly (antialiased when shrinking), values in [0, 1], kept as float16. The whole
 protocol then sits in memory (and later on the accelerator), and a training step only receives

@@ -191,7 +191,7 @@ def resolve_folds_per_step(config: ml_collections.ConfigDict, num_folds: int,
   """The fold slots of one program call (``config.train.folds_per_step``; 0 = auto).
 
   Auto: 1 (one fold after another) on CPU devices, where training every fold at once was measured
-  no faster than sequential on a 2-core machine (README, "LOSO, sequential vs fold-parallel"): the
+  no faster than sequential on a 2-core machine (docs/benchmarks.md, bench_loso.py): the
   cores are busy either way and the stacked program only adds masked and dummy steps. On
   accelerators (GPU, TPU), where one fold's batch leaves the device mostly idle: every fold this
   process trains for a seed, as far as :func:`fold_bytes_estimate` fits :func:`memory_budget` on
@@ -234,8 +234,8 @@ def resolve_motion_cache(config: ml_collections.ConfigDict, model, num_clips: in
   (:func:`mpt_jax.train.motion_cache_bytes`, the flipped copies included) fits
   :func:`memory_budget` beside ``folds_per_step`` folds' step memory
   (:func:`fold_bytes_estimate`), on CPUs as on accelerators. On a 2-core CPU it made the demo
-  LOSO 1.67x faster and the ViT-B/16 training step a few percent faster (README, "LOSO,
-  sequential vs fold-parallel" and "Against the PyTorch peer").
+  LOSO 1.67x faster and the ViT-B/16 training step a few percent faster (docs/benchmarks.md,
+  bench_loso.py and bench_vs_peer.py).
   """
   value = config.train.get('motion_cache', 'auto')
   if value != 'auto':
@@ -748,6 +748,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> str:
   wd.check_usable(workdir)
   model = validate_config(config)
   wd.compare_config(config, workdir)
+  pretrained.check_backbone_source(config.model)
   if config.model.pretrained_path:  # read and check the file now, before the data loads
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                             jax.ShapeDtypeStruct((1,) + mpt_lib.input_shape(config.model),

@@ -1,4 +1,4 @@
-"""Micro-expression recognition metrics over the concatenated predictions of all LOSO folds (SPEC §8).
+"""MER metrics over the concatenated predictions of all LOSO folds (docs/method.md §8).
 
 As in the reference codes (STSTNet, HTNet, MEB, MOL): predictions of every fold are concatenated and
 the metrics are computed once. One definition for UF1 and UAR, on every set of predictions (a whole

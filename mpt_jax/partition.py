@@ -1,4 +1,4 @@
-"""What trains: parameter parts, per-strategy labels and the partitioned optimizer (SPEC §7).
+"""What trains: parameter parts, per-strategy labels, the partitioned optimizer (docs/method.md §7).
 
 Every parameter belongs to one *part*: ``backbone`` (patch embedding, class token, position
 embedding, encoder blocks, encoder norm), ``adapter``, ``prompt`` (the Gaussian tokenizer or VPT

@@ -228,10 +228,13 @@ def load_backbone(path: str, params: Any, num_heads: int) -> Any:
   return traverse_util.unflatten_dict(flat, sep='/')
 
 
-def init_params(model: mpt_lib.MPT, model_config, rng: jax.Array) -> Any:
-  """Initialises the model and loads the pretrained backbone when ``pretrained_path`` is set."""
+def check_backbone_source(model_config) -> None:
+  """Refuses a strategy that starts from a pretrained backbone when ``pretrained_path`` is empty.
+
+  Needs no file and no data: the training run calls it before loading anything.
+  """
   strategy = model_config.training_strategy
-  if (not model_config.pretrained_path and strategy != 'scratch'
+  if (not str(model_config.pretrained_path or '').strip() and strategy != 'scratch'
       and not model_config.get('allow_random_backbone', False)):
     raise CheckpointError(
         f'training_strategy {strategy!r} starts from a pretrained backbone, but '
@@ -239,6 +242,12 @@ def init_params(model: mpt_lib.MPT, model_config, rng: jax.Array) -> Any:
         'pass --config.model.pretrained_path=/path/to/ViT-B_16.npz (or use '
         '--config.model.training_strategy=scratch, or --config.model.allow_random_backbone=True to '
         'run on purpose with a random frozen backbone).')
+
+
+def init_params(model: mpt_lib.MPT, model_config, rng: jax.Array) -> Any:
+  """Initialises the model and loads the pretrained backbone when ``pretrained_path`` is set."""
+  check_backbone_source(model_config)
+  strategy = model_config.training_strategy
   clip = jnp.zeros((1,) + mpt_lib.input_shape(model_config), jnp.float32)
   params = jax.jit(model.init)(rng, clip)['params']
   if model_config.pretrained_path and strategy != 'scratch':

@@ -262,7 +262,7 @@ EPOCH_LOOPS = ('device', 'host')
 # XLA:CPU hands matrix products (and the elementwise work and reductions around them) to the
 # YNNPACK library by default. For float32 models that was slower and needed more memory than XLA's
 # own kernels (the ViT-B/16 MPT training step and forward); bfloat16 models keep it: their
-# products are about twice as fast there (README "Speed").
+# products are about twice as fast there (docs/benchmarks.md).
 _CPU_FLOAT32_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
@@ -357,7 +357,7 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
       ``host``, in Python, one pmapped step (or batch) per call, dispatched without waiting for
       the previous one (no host synchronisation inside the epoch either). Same arguments and
       results; ``host`` exists because XLA:CPU runs the step several times slower inside a loop
-      (README, "Speed").
+      (docs/benchmarks.md).
   """
   if motion_cache and geometric_augmentation:
     raise ValueError('the motion cache cannot serve a step with geometric augmentation')

@@ -18,7 +18,7 @@ import fcntl
 import json
 import os
 import socket
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import ml_collections
 from absl import logging
@@ -160,15 +160,18 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     write_json(config_path(workdir), json.loads(config.to_json()))
 
 
-def load_run_config(workdir: str,
-                    given: Optional[ml_collections.ConfigDict] = None) -> ml_collections.ConfigDict:
+def load_run_config(workdir: str, given: Optional[ml_collections.ConfigDict] = None,
+                    overridden: Optional[Sequence[str]] = None) -> ml_collections.ConfigDict:
   """The config of the run in ``workdir`` (for eval and predict).
 
   Args:
     workdir: the run directory.
-    given: a config from the command line (``--config`` with overrides) or None. It must equal the
-      run's config except in :data:`RESUMABLE_KEYS` (e.g. a moved ``model.pretrained_path``), and
-      is then the one used.
+    given: a config from the caller or the command line, or None. It must equal the run's config
+      except in :data:`RESUMABLE_KEYS` (e.g. a moved ``model.pretrained_path``).
+    overridden: which keys of ``given`` replace the run's recorded values (the command line's
+      ``--config.<key>=`` flags); every other key keeps the recorded value, so a config file's
+      defaults (its ``data_dir``, its ``pretrained_path``) never silently replace the run's. None:
+      ``given`` is used as it is (a caller's own, complete config).
 
   Raises:
     RunError: when the workdir holds no run or ``given`` differs in other keys.
@@ -179,10 +182,19 @@ def load_run_config(workdir: str,
   if not os.path.exists(config_path(workdir)):
     raise WorkdirError(f'{workdir} holds no run (no config.json); train first with python main.py '
                        f'--config=... --workdir={workdir}')
-  if given is not None:
-    compare_config(given, workdir)
+  recorded = ml_collections.ConfigDict(read_json(config_path(workdir)))
+  if given is None:
+    return recorded
+  compare_config(given, workdir)
+  if overridden is None:
     return given
-  return ml_collections.ConfigDict(read_json(config_path(workdir)))
+  for key in overridden:
+    *parents, leaf = key.split('.')
+    source, target = given, recorded
+    for p in parents:
+      source, target = source[p], target[p]
+    target[leaf] = source[leaf]
+  return recorded
 
 
 # ----------------------------------------------------------------------------------- run info

@@ -13,7 +13,6 @@ import tempfile
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if 'MPT_JAX_CACHE' not in os.environ:
   _cache = tempfile.mkdtemp(prefix='mpt_jax_test_cache_')

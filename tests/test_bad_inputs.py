@@ -1,10 +1,11 @@
 """Every mistake a user can make on the command line: one line on stderr, exit code 2, no traceback,
 and a workdir that is exactly as it was (checksum of every file and folder under it).
 
-The table runs ``main.py`` in a subprocess on the synthetic ``:smoke`` data, prepared once; eval and
-predict cases share one finished smoke run (with a space in its path) and copies of it that are
-damaged in one way each. The dataset-folder cases (manual_dir, sheets, JPEGs) live with the builder
-tests.
+The table runs the command line in this process (``main.cli``, which raises ``SystemExit(2)``) on
+the synthetic ``:smoke`` data, prepared once; eval and predict cases share one finished smoke run
+(with a space in its path) and copies of it that are damaged in one way each. A few cases also run
+``main.py`` in a subprocess (marked slow): the shell's argument splitting and what a real process
+prints at exit. The dataset-folder cases (manual_dir, sheets, JPEGs) live with the builder tests.
 """
 
 import hashlib
@@ -13,10 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
+import main
 from configs import synthetic
 from mpt_jax import input_pipeline
 from mpt_jax import loso
@@ -25,7 +28,7 @@ from mpt_jax import workdir as wd
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = '--config=configs/synthetic.py:smoke'
+SMOKE = f'--config={REPO}/configs/synthetic.py:smoke'
 
 
 def checksum(path):
@@ -44,7 +47,24 @@ def checksum(path):
   return h.hexdigest()
 
 
-def run_main(*args, env=None):
+@pytest.fixture
+def run_main(capsys):
+  """``run_main(*args)``: the command line in this process; its exit code, stdout and stderr."""
+
+  def run(*args):
+    capsys.readouterr()
+    try:
+      code = main.cli(['main.py', *args])
+    except SystemExit as e:
+      code = e.code
+    out = capsys.readouterr()
+    return types.SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+  return run
+
+
+def run_main_process(*args, env=None):
+  """``main.py`` in a subprocess, as a user runs it."""
   env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
   env.pop('XLA_FLAGS', None)
   return subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), *args],
@@ -174,6 +194,11 @@ CASES = [
     ('wrong value type', lambda c: train(c, new(c), '--config.train.batch_size=four'),
      'train.batch_size', 'new'),
     ('unknown mode', lambda c: ['--mode=fit', SMOKE], 'mode', None),
+    ('stray argument', lambda c: train(c, new(c), '--config.model.pretrained_path=', '/w.npz'),
+     "unexpected argument(s) ['/w.npz']", 'new'),
+    ('empty pretrained_path', lambda c: [f'--config={REPO}/configs/samm.py', f'--workdir={new(c)}',
+                                         f'--config.data.data_dir={c["empty_data"]}'],
+     'config.model.pretrained_path is empty', 'new'),
     ('missing --workdir', lambda c: [SMOKE], '--workdir is required', None),
     ('num_epochs 0', lambda c: train(c, new(c), '--config.train.num_epochs=0'),
      'config.train.num_epochs is 0', 'new'),
@@ -192,7 +217,7 @@ CASES = [
         f'--config.model.pretrained_path={c["npz_nan"]}'), 'training_strategy scratch', 'new'),
     ('batch larger than the data', lambda c: train(c, new(c), '--config.train.batch_size=64'),
      'batch_size 64 is larger', 'new'),
-    ('unprepared dataset', lambda c: ['--config=configs/samm.py:smoke', f'--workdir={new(c)}',
+    ('unprepared dataset', lambda c: [f'--config={REPO}/configs/samm.py:smoke', f'--workdir={new(c)}',
                                       f'--config.data.data_dir={c["empty_data"]}'],
      'Prepare it first', 'new'),
     # Pretrained files.
@@ -268,7 +293,7 @@ def assert_one_line_error(r, fragment):
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c[0] for c in CASES])
-def test_bad_input(ctx, case):
+def test_bad_input(ctx, case, run_main):
   _, args, fragment, guarded = case
   path = new(ctx) if guarded == 'new' else ctx.get(guarded) if guarded else None
   before = checksum(path) if path else None
@@ -278,7 +303,25 @@ def test_bad_input(ctx, case):
     assert checksum(path) == before, f'{path} changed'
 
 
-def test_second_run_on_a_locked_workdir_is_refused(ctx):
+# As a user runs them: the shell splits the stray argument; a failed checkpoint read leaves Orbax
+# threads that would print "Event loop is closed" tracebacks while the process exits.
+PROCESS_CASES = ('stray argument', 'unknown mode', 'eval with a truncated checkpoint',
+                 'predict with a truncated checkpoint')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', [c for c in CASES if c[0] in PROCESS_CASES],
+                         ids=[c[0] for c in CASES if c[0] in PROCESS_CASES])
+def test_bad_input_in_a_process(ctx, case):
+  _, args, fragment, guarded = case
+  path = ctx.get(guarded) if guarded not in (None, 'new') else None
+  before = checksum(path) if path else None
+  assert_one_line_error(run_main_process(*args(ctx)), fragment)
+  if path:
+    assert checksum(path) == before, f'{path} changed'
+
+
+def test_second_run_on_a_locked_workdir_is_refused(ctx, run_main):
   path = ctx['finished']
   before = checksum(path)
   with wd.Lock(path):
@@ -300,7 +343,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(ctx, tmp_path):
   assert not os.path.exists(os.path.join(path, wd.LOCK_NAME))
 
 
-def test_non_finite_loss_stops_the_fold_and_writes_no_result(ctx):
+def test_non_finite_loss_stops_the_fold_and_writes_no_result(ctx, run_main):
   workdir = os.path.join(ctx['root'], 'nan run')
   r = run_main(*train(ctx, workdir, '--config.train.learning_rate=3e38',
                       '--config.train.num_epochs=2'))  # Adam steps of 3e38 overflow the logits
@@ -311,7 +354,7 @@ def test_non_finite_loss_stops_the_fold_and_writes_no_result(ctx):
   assert not os.path.exists(os.path.join(workdir, wd.LOCK_NAME))
 
 
-def test_eval_and_predict_write_nothing_and_honour_overrides(ctx):
+def test_eval_and_predict_write_nothing_and_honour_overrides(ctx, run_main):
   path = ctx['finished']
   before = checksum(path)
   r = run_main('--mode=predict', f'--workdir={path}', f'--input={ctx["clip"]}', '--json')
@@ -327,12 +370,12 @@ def test_eval_and_predict_write_nothing_and_honour_overrides(ctx):
   assert checksum(path) == before  # eval created no checkpoint folder either
 
 
-def test_tilde_workdir_is_expanded(ctx, tmp_path):
+def test_tilde_workdir_is_expanded(ctx, tmp_path, run_main, monkeypatch):
   home = tmp_path / 'home'
   home.mkdir()
   os.symlink(ctx['finished'], home / 'run')
-  r = run_main('--mode=predict', '--workdir=~/run', f'--input={ctx["clip"]}',
-               env={'HOME': str(home)})
+  monkeypatch.setenv('HOME', str(home))
+  r = run_main('--mode=predict', '--workdir=~/run', f'--input={ctx["clip"]}')
   assert r.returncode == 0, r.stderr[-2000:]
 
 

@@ -76,9 +76,7 @@ def test_just_logging_writer_without_clu_writes_no_file(tmp_path, monkeypatch):
 def test_plain_clipset_subject_order_needs_no_tfds():
   """``ClipSet.subject_list`` must not need TensorFlow: the GPU image has none."""
   code = textwrap.dedent(f"""
-      import sys
-      sys.path.insert(0, 'benchmarks')
-      import bench_loso
+      from benchmarks import bench_loso
       bench_loso.hide_modules({HIDDEN!r}.split(','))
       import numpy as np
       from mpt_jax import input_pipeline
@@ -144,8 +142,7 @@ def test_bench_epoch_loop_times_both_loops():
 
 
 def test_bench_loso_check_same_compares_predictions_and_probabilities():
-  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-  import bench_loso  # pylint: disable=g-import-not-at-top
+  from benchmarks import bench_loso  # pylint: disable=g-import-not-at-top
   a = {'seed_0/s1': {'predictions': [0, 1], 'probabilities': [[0.6, 0.4], [0.2, 0.8]],
                      'train_loss': [1.0, 0.5]}}
   b = json.loads(json.dumps(a))
@@ -194,8 +191,7 @@ def test_gpu_check_tiny_prints_one_json_line_with_every_part():
 
 
 def test_peak_table():
-  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-  import gpu_check  # pylint: disable=g-import-not-at-top
+  from benchmarks import gpu_check  # pylint: disable=g-import-not-at-top
   assert gpu_check.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989.0
   assert gpu_check.peak_tflops('NVIDIA H100 PCIe', 'bfloat16') == 756.0
   assert gpu_check.peak_tflops('NVIDIA H200', 'float32') == 494.5

@@ -44,7 +44,7 @@ def test_casme2_scan_exact(tmp_path, subject_as_text):
   assert c.apex_index == 3 and c.fps == 200.0 and c.action_units == '12'
   assert [os.path.basename(p) for p in c.frames][:2] == ['reg_img46.jpg', 'reg_img47.jpg']
   assert got[('sub04', 'EP12_01f')].apex == 265  # '/' -> midpoint
-  # Apex 71 after offset 70, frame 71 on disk: kept, the offset moves to it (issue 7 item 2).
+  # Apex 71 after offset 70, frame 71 on disk: kept, the offset moves to it.
   e = got[('sub12', 'EP09_06')]
   assert (e.onset, e.apex, e.offset, e.frame_numbers) == (66, 71, 71, list(range(66, 72)))
   assert e.apex_index == 5
@@ -59,7 +59,7 @@ def test_casme2_scan_exact(tmp_path, subject_as_text):
   assert len(_find(report, 'outside onset..offset 10..15')) == 1
   assert [i['action'] for i in _find(report, 'no folder')] == ['skipped']
   assert [i['where'] for i in _find(report, 'has no row')] == ['sub03/EP07_04']
-  # The fear row is not part of the 5-class protocol: dropped, and said so (issue 7 item 6).
+  # The fear row is not part of the 5-class protocol: dropped, and said so.
   assert [(i['where'], i['action']) for i in _find(report, "emotion 'fear'")] == [
       ('CASME2-coding-20140508.xlsx row 5 (sub02/EP04_02)', 'skipped (not in the protocol)')]
   assert len(report.issues) == 7
@@ -267,9 +267,9 @@ def test_prepare_synthetic_small(tmp_path):
   assert 0 <= e['apex_index'] < len(e['frames'])
 
 
-# ------------------------------------------------------------- issue 7 (data) and issue 11 items
+# ------------------------------------------------------------------ annotation and layout quirks
 def test_apex_before_onset_on_disk_moves_onset(tmp_path):
-  """Issue 7 item 2, mirrored: an apex before the onset whose frame is in the clip folder."""
+  """Mirrored: an apex before the onset whose frame is in the clip folder."""
   row = (9, 'EP05_05', 20, 18, 24, 12, 'happiness', range(18, 25))
   root = fixtures.write_casme2(str(tmp_path), extra_rows=[row])
   clips, report = casme2.scan(root, OLD_SHEET)
@@ -280,7 +280,7 @@ def test_apex_before_onset_on_disk_moves_onset(tmp_path):
 
 
 def test_cropped_and_selected_are_decided_below_manual_dir(tmp_path):
-  """Issue 7 item 3: words in the path above manual_dir do not choose the frame variant."""
+  """Words in the path above manual_dir do not choose the frame variant."""
   manual = str(tmp_path / 'my_cropped_data')
   base = fixtures.write_smic(manual)  # SMIC_all_cropped/HS/...
   for subj, emo, clip, first, count in fixtures.SMIC_CLIPS:
@@ -321,7 +321,7 @@ def _sheet_files(tmp_path):
 
 
 def test_damaged_sheets_are_one_clear_error(tmp_path, capfd):
-  """Issue 7 item 4: damaged or misnamed sheets name the file; xlrd prints nothing."""
+  """Damaged or misnamed sheets name the file; xlrd prints nothing."""
   for name, data in _sheet_files(tmp_path).items():
     path = tmp_path / name
     path.write_bytes(data)
@@ -355,7 +355,7 @@ def test_legacy_xls_sheet_and_worksheet_choice(tmp_path):
 
 
 def test_samm_sheet_choice(tmp_path):
-  """Issue 7 item 5: ._ files ignored, the released name preferred, ambiguity refused."""
+  """._ files ignored, the released name preferred, ambiguity refused."""
   root = fixtures.write_samm(str(tmp_path), nested=False)
   (tmp_path / 'SAMM' / '._SAMM_Micro_FACS_Codes_v2.xlsx').write_bytes(b'\x00\x05\x16\x07 mac')
   wb, ws = fixtures.samm_workbook()  # another version that sorts first, no data rows
@@ -377,7 +377,7 @@ def test_samm_sheet_choice(tmp_path):
 
 
 def test_emotion_aliases_and_dropped_rows_reported(tmp_path):
-  """Issue 7 item 6: 'Other'/'others', 'Happy' map onto the sheet's spelling; unknown reported."""
+  """'Other'/'others', 'Happy' map onto the sheet's spelling; unknown reported."""
   rows = [(8, 'EP01_01', 5, 6, 8, 4, 'Other', range(5, 9)),
           (8, 'EP01_02', 5, 6, 8, 4, 'Happy ', range(5, 9)),
           (8, 'EP01_03', 5, 6, 8, 4, 'contempt', range(5, 9))]
@@ -396,7 +396,7 @@ def test_emotion_aliases_and_dropped_rows_reported(tmp_path):
 
 
 def test_drop_slash_apex_counts_on_the_published_casme2_counts(tmp_path):
-  """Issue 7 item 7: the README counts, on fixtures with the published per-class counts."""
+  """The README counts, on fixtures with the published per-class counts."""
   counts = {}
   for sheet, config in (('20140508', '5class_20140508'), ('20190701', '5class')):
     root = fixtures.write_casme2_release(str(tmp_path / sheet), sheet)
@@ -437,7 +437,7 @@ def test_drop_slash_apex_config_prepares_its_own_variant(tmp_path):
 
 
 def test_casme3_same_onset_twice_in_one_video(tmp_path):
-  """Issue 7 item 8: distinct names, reported; an exact repeat of a row is skipped."""
+  """Distinct names, reported; an exact repeat of a row is skipped."""
   extra = [('spNO.1', 'j', 28, 31, 35, '12', 'I', 'surprise'),   # same onset as row 3, other ME
            ('spNO.1', 'j', 28, 30, 33, '24', 'VII', 'happy')]    # an exact repeat of row 3
   root = fixtures.write_casme3(str(tmp_path), extra_rows=extra)
@@ -456,7 +456,7 @@ def test_casme3_same_onset_twice_in_one_video(tmp_path):
 
 
 def test_casme2_config_names_its_sheet(tmp_path):
-  """Issue 7 item 10: '5class' is the 20190701 sheet; never silently the other one."""
+  """'5class' is the 20190701 sheet; never silently the other one."""
   root = fixtures.write_casme2(str(tmp_path))  # only CASME2-coding-20140508.xlsx
   with pytest.raises(common.DatasetLayoutError,
                      match='no coding sheet CASME2-coding-20190701.xlsx .* read by '
@@ -471,7 +471,7 @@ def test_casme2_config_names_its_sheet(tmp_path):
 
 
 def test_record_checked_on_reuse_and_rebuild(tmp_path):
-  """Issue 7 item 10 / issue 11 item 3: the prepared data's sources are recorded and checked."""
+  """The prepared data's sources are recorded and checked."""
   manual = fixtures.write_casme2(str(tmp_path / 'a'))
   cfg = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', manual)
   first = prepare.prepare(cfg)
@@ -524,7 +524,7 @@ def test_record_checked_on_reuse_and_rebuild(tmp_path):
 
 
 def test_manual_dir_that_is_a_file(tmp_path):
-  """Issue 11 item 9: a file given as manual_dir is called a file, not "does not exist"."""
+  """A file given as manual_dir is called a file, not "does not exist"."""
   f = tmp_path / 'SAMM.zip'
   f.write_bytes(b'PK\x03\x04')
   with pytest.raises(common.DatasetLayoutError, match='is a file, not a folder'):

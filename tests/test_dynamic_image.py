@@ -1,4 +1,4 @@
-"""Dynamic image (SPEC §2): Bilen's coefficients, constant clips, input modalities."""
+"""Dynamic image (docs/method.md §2): Bilen's coefficients, constant clips, input modalities."""
 
 import jax
 import jax.numpy as jnp
@@ -7,13 +7,13 @@ import pytest
 
 from mpt_jax.models import dynamic_image
 
-SPEC_T16 = [-25.4724, -10.4724, -3.9724, -0.3057, 1.9443, 3.3443, 4.1776, 4.6062, 4.7312,
+BILEN_T16 = [-25.4724, -10.4724, -3.9724, -0.3057, 1.9443, 3.3443, 4.1776, 4.6062, 4.7312,
             4.6201, 4.3201, 3.8655, 3.2822, 2.5899, 1.8042, 0.9375]
 
 
 def test_coefficients_match_spec_and_bilen_matlab():
   c = dynamic_image.rank_pool_coefficients(16)
-  np.testing.assert_allclose(c, SPEC_T16, atol=1e-4)
+  np.testing.assert_allclose(c, BILEN_T16, atol=1e-4)
   assert abs(c.sum()) < 1e-9
   # The MATLAB loop of vl_nnarpooltemporal.m: fw(i) = sum((2*(i:N)-N-1) ./ (i:N)).
   for n in (2, 5, 9, 16):

@@ -358,7 +358,7 @@ def test_auto_folds_per_step(setup):
   config.model.num_frames = 16
   config.train.batch_size = 16
   per_fold = loso.fold_bytes_estimate(config)
-  assert 4 * 2**30 < per_fold < 7 * 2**30  # a measured step peaks at 5.7 GiB (issue 9)
+  assert 4 * 2**30 < per_fold < 7 * 2**30  # a measured step peaks at 5.7 GiB
 
 
 def test_motion_cache_gives_the_results_of_computing_in_the_step(setup):

@@ -1,4 +1,4 @@
-"""Motion magnification (SPEC §3): pyramid, Butterworth, EVM schedule, band selectivity."""
+"""Motion magnification (docs/method.md §3): pyramid, Butterworth, EVM schedule, band-pass."""
 
 import cv2
 import jax
@@ -33,8 +33,8 @@ def test_steady_state_means_constant_input_gives_zero():
 
 
 def _pyr_up_reference(img, shape):
-  """SPEC §3's up-sampling in plain numpy: zero insertion into 2n samples, the binomial kernel times 2
-  per axis under a reflect-101 border, cropped to ``shape`` (what ``cv2.pyrUp`` computes)."""
+  """docs/method.md §3's up-sampling in plain numpy: zero insertion into 2n samples, the binomial
+  kernel times 2 per axis under a reflect-101 border, cropped to ``shape`` (what ``cv2.pyrUp`` computes)."""
   k = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 8.0
   out = np.asarray(img, np.float64)
   for axis, size in ((0, shape[0]), (1, shape[1])):

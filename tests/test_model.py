@@ -47,7 +47,7 @@ def test_default_b16_counts_exact():
     ({'prompt_type': 'none', 'adapter_type': 'shared'}, 12 * BRANCH + 3845),
     ({'prompt_type': 'vpt_shallow'}, 3 * 12 * BRANCH + 5 * 768 + 3845),
     ({'prompt_type': 'vpt_deep'}, 3 * 12 * BRANCH + 12 * 5 * 768 + 3845),
-    # The paper's VPT-Deep 5.8 M: about 50 prompts per block (README, parameter counts).
+    # The paper's VPT-Deep 5.8 M: about 50 prompts per block (docs/method.md §7).
     ({'prompt_type': 'vpt_deep', 'num_prompts': 50}, 5_804_165),
     ({'adapter_reduction': 4}, 3 * 12 * (768 * 192 * 2 + 192 + 768) + 109_386 + 3845),
     ({'num_prompts': 10}, 3 * 12 * BRANCH + 109_386 + 2 * (1024 * 5 + 5) + 3845),
@@ -224,7 +224,7 @@ def test_freezing_and_every_trainable_leaf_moves():
     dead = k.startswith(last + 'motion/') or k.startswith(last + 'patch/')
     moved = not np.array_equal(np.asarray(fb[k]), np.asarray(fa[k]))
     # The head reads only the class token, so the last block's motion and patch branches never get
-    # a gradient (SPEC §6); everything else trains.
+    # a gradient (docs/method.md §6); everything else trains.
     assert moved != dead, (k, moved)
   assert config.model.training_strategy == 'mpt'
 
@@ -266,7 +266,7 @@ def test_unknown_options_raise():
 
 
 # ---------------------------------------------------------------------------------------------
-# Token routing (item 20 of issue 7): which adapter branch sees which tokens, where the prompts go.
+# Token routing: which adapter branch sees which tokens, where the prompts go.
 
 def _gelu_tanh(x):
   return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))

@@ -22,7 +22,6 @@ def _child(process_id: int, num_processes: int, port: int, data_dir: str, workdi
            log: str) -> None:
   """One process of the run; records every file it writes into ``log``."""
   os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
-  sys.path.insert(0, REPO)
   import jax  # pylint: disable=g-import-not-at-top
   if num_processes > 1:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -68,7 +67,8 @@ def _launch(n, data_dir, workdir, tmp_path):
   port = _free_port()
   env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
-  procs = [subprocess.Popen([sys.executable, __file__, str(i), str(n), str(port), data_dir,
+  procs = [subprocess.Popen([sys.executable, '-m', 'tests.test_multihost', str(i), str(n),
+                             str(port), data_dir,
                              workdir, str(tmp_path / f'log{n}_{i}.json')],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True) for i in range(n)]

@@ -1,4 +1,4 @@
-"""Bad inputs to ``main.py --mode=prepare``, run as a user would (issue 11).
+"""Bad inputs to ``main.py --mode=prepare``, run as a user would.
 
 Each case runs ``main.py`` in a subprocess on a ``:smoke`` config and a fixture folder, and asserts
 what the user sees: exit code 2, exactly one ``error:`` line on stderr holding the expected
@@ -145,7 +145,7 @@ def test_bad_prepare_input_is_one_clear_line(results, case):
 
 
 def test_reuse_is_said_plainly(tmp_path):
-  """Issue 11 item 3: prepare again without manual_dir prints where the data came from."""
+  """Prepare again without manual_dir prints where the data came from."""
   manual = fixtures.write_samm(str(tmp_path / 'manual'))
   env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='3')
   base = [sys.executable, 'main.py', '--mode=prepare', '--config=configs/samm.py:smoke',

@@ -141,7 +141,7 @@ def test_frozen_random_backbone_needs_explicit_consent():
 
 
 # ---------------------------------------------------------------------------------------------
-# The released files' real key names and shapes (item 22 of issue 7), written from the documented
+# The released files' real key names and shapes, written from the documented
 # layouts, not from our model's tree:
 # * ViT-B_16.npz, ImageNet-21k (google-research/vision_transformer): the Flax tree of
 #   vit_jax/models_vit.py flattened with '/', pre-Linen numbering inside the blocks, the class token

@@ -1,4 +1,4 @@
-"""Every dataset config's ``:smoke`` data prepares from the fixtures and loads (issue 7 item 1)."""
+"""Every dataset config's ``:smoke`` data prepares from the fixtures and loads."""
 
 import importlib
 

@@ -1,4 +1,4 @@
-"""Temporal Gaussian tokenizer (SPEC §4)."""
+"""Temporal Gaussian tokenizer (docs/method.md §4)."""
 
 import jax
 import jax.numpy as jnp
@@ -38,14 +38,14 @@ def test_tokenizer_bounds_and_shapes():
 
 
 # ---------------------------------------------------------------------------------------------
-# SPEC §4 written out in plain numpy, on the Flax parameters (item 21 of issue 7).
+# docs/method.md §4 written out in plain numpy, on the Flax parameters.
 
 def _gelu_tanh(x):
   return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
 def _numpy_tokenizer(params, motion, patch, min_sigma=0.5):
-  """``p_k = W_o (sum_t w_k(t) f_t) + b_o`` exactly as SPEC §4 writes it, loops and all."""
+  """``p_k = W_o (sum_t w_k(t) f_t) + b_o`` as docs/method.md §4 writes it, loops and all."""
   p = {k: {n: np.asarray(v, np.float64) for n, v in d.items()} for k, d in params.items()}
   motion = np.asarray(motion, np.float64)
   b, t_count, h, w, _ = motion.shape
@@ -87,7 +87,7 @@ def test_tokenizer_matches_numpy_spec():
 
 
 # ---------------------------------------------------------------------------------------------
-# Symmetry breaking at initialisation (issue 12, SPEC §4).
+# Symmetry breaking at initialisation (docs/method.md §4).
 
 def _neighbour_gaps(mu):
   s = np.sort(np.asarray(mu), axis=-1)

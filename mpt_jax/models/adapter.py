@@ -1,4 +1,4 @@
-"""The group adapter (SPEC §6, eqs. 13-16).
+"""The group adapter (docs/method.md §6, eqs. 13-16).
 
 A Pfeiffer-style bottleneck adapter sits on the MLP output of every encoder block, before the MLP's
 residual add. MPT's "group adapter" keeps one bottleneck branch per token group: the class token,

@@ -1,4 +1,4 @@
-"""The RGB branch input: Bilen's approximate rank pooling ("dynamic image", SPEC §2).
+"""The RGB branch input: Bilen's approximate rank pooling ("dynamic image", docs/method.md §2).
 
 ``DI = sum_t alpha_t I_t`` with ``alpha_t = 2(T - t + 1) - (T + 1)(H_T - H_{t-1})`` (t = 1..T,
 harmonic numbers H, H_0 = 0), the closed form of ``fw(i) = sum((2*(i:N)-N-1) ./ (i:N))`` in

@@ -1,4 +1,4 @@
-"""Eulerian motion magnification and extraction (SPEC §3, paper eqs. 4-7).
+"""Eulerian motion magnification and extraction (docs/method.md §3, paper eqs. 4-7).
 
 Everything here runs inside the jitted model:
 

@@ -2,13 +2,13 @@
 
 Forward pass for a batch of clips (B, T, H, W, 3) in [0, 1] (all inside one jitted function):
 
-1. RGB branch (SPEC §2): the dynamic image (or another input modality), min-max to [0, 1], the
-   backbone's input normalisation, the ``embedding`` conv and the ``cls`` token.
-2. Motion branch (SPEC §3-4): Eulerian magnification extracts the motion sequence ``M`` and the
-   temporal Gaussian tokenizer turns it into K prompt tokens.
+1. RGB branch (docs/method.md §2): the dynamic image (or another input modality), min-max to
+   [0, 1], the backbone's input normalisation, the ``embedding`` conv and the ``cls`` token.
+2. Motion branch (docs/method.md §3-4): Eulerian magnification extracts the motion sequence
+   ``M`` and the temporal Gaussian tokenizer turns it into K prompt tokens.
 3. Sequence ``[cls + pos_0, p_1..p_K, patches + pos_1..N]`` through the encoder, whose every block
-   carries a group adapter (SPEC §5-6).
-4. ``head`` on the final class token (SPEC §7).
+   carries a group adapter (docs/method.md §5-6).
+4. ``head`` on the final class token (docs/method.md §7).
 
 Steps 1-2 before the backbone (the RGB-branch image and the magnified motion) depend on no
 parameter, so they can be computed once per clip and fed back (the motion cache)::
@@ -77,7 +77,7 @@ class MPT(nn.Module):
     adapter_reduction: r.
     tokenizer_dim: C of the tokenizer's per-frame conv.
     tokenizer_patch: kernel size and stride of that conv.
-    tokenizer_init: ``spread`` (SPEC §4) | ``middle`` (symmetric start, comparison only).
+    tokenizer_init: ``spread`` (docs/method.md §4) | ``middle`` (symmetric start, comparison only).
     magnifier: the (parameter-free) motion extractor.
     backbone_family: ``vit`` (in21k ViT) or ``clip`` (:mod:`mpt_jax.models.clip`).
     dtype: ``float32`` | ``bfloat16``: compute dtype of the backbone's, adapters' and tokenizer's

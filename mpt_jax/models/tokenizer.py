@@ -1,4 +1,4 @@
-"""Temporal Gaussian tokenization of the motion sequence (SPEC §4, paper eqs. 8-12).
+"""Temporal Gaussian tokenization of the motion sequence (docs/method.md §4, paper eqs. 8-12).
 
 Per frame ``f_t = mean_xy(GELU(Conv16x16/16(M_t; 3 -> C)))``. From the concatenation ``F`` of all
 frames' features two small heads give, for every prompt k, a centre ``mu_k = (T-1) sigmoid(.)`` (bounded
@@ -7,8 +7,8 @@ to the clip) and a width ``sigma_k = softplus(.) + 0.5`` (at least half a frame)
 projection ``W_o`` lifts the pooled feature to a D-dim motion prompt token. These bounds and the
 normalisation are our choices (the paper does not give them); they are tested explicitly.
 
-Symmetry breaking (SPEC §4): with zero biases every centre would start at the clip's middle (``F`` is
-small at initialisation), the K tokens would be identical and, as the prompts carry no position
+Symmetry breaking (docs/method.md §4): with zero biases every centre would start at the clip's
+middle (``F`` is small at initialisation), the K tokens would be identical and, as the prompts carry no position
 embedding and share ``W_o`` and the adapter's motion branch, so would their gradients: K = 5 would
 behave like K = 1. The centre biases therefore start at ``logit((k - 0.5) / K)``, so that
 ``mu_k = (T-1)(k - 0.5)/K`` (evenly spread), and the width biases at ``softplus^-1(T/(2K) - 0.5)``,
@@ -34,7 +34,7 @@ def gaussian_weights(mu: jnp.ndarray, sigma: jnp.ndarray, num_frames: int) -> jn
 
 
 def initial_centres(num_frames: int, num_tokens: int) -> np.ndarray:
-  """The K evenly spread starting centres ``(T-1)(k - 0.5)/K``, k = 1..K (SPEC §4)."""
+  """The K evenly spread starting centres ``(T-1)(k - 0.5)/K``, k = 1..K (docs/method.md §4)."""
   return (num_frames - 1) * (np.arange(1, num_tokens + 1) - 0.5) / num_tokens
 
 
@@ -72,7 +72,7 @@ class PatchConv(nn.Module):
   rounding. On the whole motion sequence (16 frames of 224 x 224 per clip) XLA:CPU ran the
   convolution through a library kernel whose scratch buffers are outside XLA's own memory
   planning, which raised the training step's peak memory; cutting the frames into patch rows
-  and multiplying keeps everything in XLA's planning (README "Speed").
+  and multiplying keeps everything in XLA's planning (docs/benchmarks.md).
 
   Attributes:
     features: F, output channels.
@@ -109,8 +109,8 @@ class GaussianTokenizer(nn.Module):
     feature_dim: C, the channels of the per-frame conv.
     patch_size: the conv's kernel size and stride.
     min_sigma: lower bound of the Gaussian widths (in frames).
-    centre_init: ``spread`` (SPEC §4: centres evenly spread, width T/(2K)) or ``middle`` (zero biases:
-      every centre at the clip's middle; the symmetric start, kept for comparison only).
+    centre_init: ``spread`` (docs/method.md §4: centres evenly spread, width T/(2K)) or
+      ``middle`` (zero biases: every centre at the clip's middle; the symmetric start, kept for comparison only).
     dtype: compute dtype of the per-frame conv and the output projection (float32 results); the
       centre and width heads and the Gaussian pooling stay float32.
   """
