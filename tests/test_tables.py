@@ -123,6 +123,7 @@ def _md_row(md, row_id):
   return [c.strip() for c in line.strip().strip('|').split('|')]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('table', ['X', 'VI'])
 def test_table_prints_the_papers_rows_beside_ours(smoke_config, tmp_path_factory, table):
   workdir = str(tmp_path_factory.mktemp('table') / table)
@@ -156,6 +157,7 @@ def test_table_prints_the_papers_rows_beside_ours(smoke_config, tmp_path_factory
     assert _md_row(md, 'mpt')[9].endswith(' / 18.7')
 
 
+@pytest.mark.slow
 def test_main_table_lists_the_papers_methods_and_fig5_and_resume(smoke_config, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('table') / 'fig5')
   md = tables.run_table('fig5:K_0,K_5', smoke_config, workdir)
