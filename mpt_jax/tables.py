@@ -152,9 +152,13 @@ def main_tables(arg: str, dataset: str) -> List[str]:
 def _paper_for(name: str, row_id: str, paper_tables: Sequence[str],
                dataset: str) -> Optional[Dict[str, Any]]:
   """The paper's numbers for one of our rows (its MPT row for ``main`` and ``V``)."""
-  if name in ('main', 'V'):
-    return paper_results.paper_row(paper_tables[0], 'MPT', dataset) if paper_tables else None
-  return paper_results.paper_row(name, row_id)
+  if name not in ('main', 'V'):
+    return paper_results.paper_row(name, row_id)
+  if not paper_tables:
+    return None
+  row = paper_results.paper_row(paper_tables[0], 'MPT', dataset)
+  cost = paper_results.paper_row('V', 'MPT')  # the same model's #Tparas and GFLOPs (Table V)
+  return {**row, 'tparas_m': cost['tparas_m'], 'gflops': cost['gflops']}
 
 
 def row_config(config: ml_collections.ConfigDict, overrides: Dict[str, Any],
@@ -297,7 +301,7 @@ def format_markdown(result: Dict[str, Any]) -> str:
            'multiply-accumulates per clip (what the paper calls GFLOPs). #Tparas in millions.']
   if result['table'] not in ('main',):
     paper_ds = paper_results.DATASETS['smic']['name']
-    lines.append(f'Paper: {paper_results.SOURCE}, on {paper_ds}'
+    lines.append(f'Paper: {paper_results.PAPER[result["table"]]["source"]}, on {paper_ds}'
                  + ('' if result['dataset'] == 'smic' else
                     f' (this run is on {result["dataset"]}: compare with care)') + '.')
   if result.get('note'):
@@ -310,7 +314,7 @@ def format_markdown(result: Dict[str, Any]) -> str:
       lines += [f'| {p["label"]} | {p["tparas_m"]} | {p["gflops"]} | {_pct(p["acc"])} | '
                 f'{_pct(p["f1"])} |' for p in pt['rows']]
       lines.append(f'| **MPT, mpt_jax (ours)** | {ours["tparas"] / 1e6:.3f} | '
-                   f'{ours["gmacs"]:.2f} (GMACs) | {_ours(ours["accuracy"])} | '
+                   f'{ours["gmacs"]:.3g} (GMACs) | {_ours(ours["accuracy"])} | '
                    f'{_ours(ours["f1"])} |')
     else:
       lines += ['| method | Acc | F1 |', '|---|---|---|']
@@ -338,7 +342,7 @@ def format_markdown(result: Dict[str, Any]) -> str:
                    if r.get('oracle') else '-')
     cells += [_pair(f'{r["tparas"] / 1e6:.3f}', p.get('tparas_m'), 3 if (p.get('tparas_m') or 1) < 0.1
                     else 1),
-              _pair(f'{r["gmacs"]:.2f}', p.get('gflops'), 1)]
+              _pair(f'{r["gmacs"]:.3g}', p.get('gflops'), 1)]
     lines.append('| ' + ' | '.join(cells) + ' |')
   if result['table'] == 'fig5':
     lines += ['', 'Rows whose paper value is "n/a": the paper draws them only as bars (see above).']
