@@ -59,6 +59,7 @@ REGIONS = {
     'mouth': (0.0, 1.12, 1.2, 0.5),
 }
 NOSE = (0.0, 0.55, 0.3, 0.3)  # the head-motion reference
+FLOW_PAD = 8  # pixels of context around the regions' bounding box where the flow is computed
 # Farneback settings (pyramid scale, levels, window, iterations, poly_n, poly_sigma): small
 # motions on a ~128 px face need few levels; 3 iterations.
 FARNEBACK = (0.5, 2, 15, 3, 7, 1.5)
@@ -146,7 +147,15 @@ def lag_scores(frames: np.ndarray, k: int, step: int = 1, workers: int = 0,
   """
   n, size = frames.shape[0], frames.shape[1]
   boxes = region_boxes(size, margin)
-  static = (boxes['nose'],) + tuple(boxes[r] for r in REGIONS)
+  # The flow is computed on the part of the face the regions cover (plus FLOW_PAD pixels): about
+  # 40 % of the aligned square, so 2.5x fewer pixels.
+  y0 = max(0, min(b[0] for b in boxes.values()) - FLOW_PAD)
+  y1 = min(size, max(b[1] for b in boxes.values()) + FLOW_PAD)
+  x0 = max(0, min(b[2] for b in boxes.values()) - FLOW_PAD)
+  x1 = min(size, max(b[3] for b in boxes.values()) + FLOW_PAD)
+  frames = frames[:, y0:y1, x0:x1]
+  static = tuple((a - y0, b - y0, c - x0, d - x0) for a, b, c, d in
+                 [boxes['nose']] + [boxes[r] for r in REGIONS])
   out = np.zeros((n, len(REGIONS)), np.float32)
   times = np.arange(k, n - k, step)
   if k < 1 or times.size == 0:
@@ -161,7 +170,7 @@ def lag_scores(frames: np.ndarray, k: int, step: int = 1, workers: int = 0,
     for c0 in range(0, times.size, CHUNK):
       ts = times[c0:c0 + CHUNK]
       flows = list(pool.map(pair, ts))
-      fa = np.zeros((CHUNK, size, size, 2), np.float32)
+      fa = np.zeros((CHUNK, y1 - y0, x1 - x0, 2), np.float32)
       fb = np.zeros_like(fa)
       fa[:len(ts)] = [f[0] for f in flows]
       fb[:len(ts)] = [f[1] for f in flows]
