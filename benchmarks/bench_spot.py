@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from mpt_jax.spotting import params  # pylint: disable=g-import-not-at-top
 from mpt_jax.spotting import planted_video  # pylint: disable=g-import-not-at-top
 from mpt_jax.spotting import spotter  # pylint: disable=g-import-not-at-top
 
@@ -43,12 +44,12 @@ def main():
   parser.add_argument('--workers', type=int, default=0, help='optical-flow threads (0 = all)')
   args = parser.parse_args()
   n = int(args.seconds * planted_video.FPS)
-  params = spotter.PRESETS['casme2_longvideo']
+  preset = params.PRESETS['casme2_longvideo']
   warm, _ = planted_video.video(120, args.size)
-  spotter.spot(warm, np.arange(1, 121), params, args.workers)
+  spotter.spot(warm, np.arange(1, 121), preset, args.workers)
   frames, events = planted_video.video(n, args.size)
   t0 = time.perf_counter()
-  res = spotter.spot(frames, np.arange(1, n + 1), params, args.workers)
+  res = spotter.spot(frames, np.arange(1, n + 1), preset, args.workers)
   dt = time.perf_counter() - t0
   fps = n / dt
   print(json.dumps({'frames': n, 'size': args.size, 'seconds': round(dt, 2),

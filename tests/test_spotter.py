@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mpt_jax.spotting import metrics as sm
+from mpt_jax.spotting import params
 from mpt_jax.spotting import planted_video as pv
 from mpt_jax.spotting import spotter
 
@@ -92,10 +93,10 @@ def test_overlapping_micro_and_macro_candidates():
 
 
 def test_working_stride_and_presets():
-  assert spotter.working_stride(200) == 7 and spotter.working_stride(30) == 1
-  assert spotter.working_stride(60) == 2
-  assert spotter.params_for('samm_longvideo', 200).me_max == 105
-  own = spotter.params_for('my_video', 60.0)
+  assert params.working_stride(200) == 7 and params.working_stride(30) == 1
+  assert params.working_stride(60) == 2
+  assert params.params_for('samm_longvideo', 200).me_max == 105
+  own = params.params_for('my_video', 60.0)
   assert (own.me_min, own.me_max) == (14, 32)
 
 
@@ -109,7 +110,7 @@ def planted():
 def test_planted_expressions_are_found(planted):
   frames, events = planted
   assert {e.type for e in events} == {'me', 'mae'}
-  res = spotter.spot(frames, np.arange(1, len(frames) + 1), spotter.PRESETS['casme2_longvideo'])
+  res = spotter.spot(frames, np.arange(1, len(frames) + 1), params.PRESETS['casme2_longvideo'])
   c = sm.spotting_counts({'v': pv.ground_truth(events)}, {'v': res.intervals})
   assert c['me'].f1 >= 0.5 and c['overall'].f1 >= 0.5, sm.format_table(c)
   assert res.score_me.shape == (len(frames),) and res.threshold_me > 0
@@ -122,7 +123,7 @@ def test_intervals_in_source_frame_numbers(planted):
   typed by SAMM-LV's lengths (ME 47-105 source frames)."""
   frames, events = planted
   nums = 1 + 7 * np.arange(len(frames))
-  res = spotter.spot(frames, nums, spotter.PRESETS['samm_longvideo'])
+  res = spotter.spot(frames, nums, params.PRESETS['samm_longvideo'])
   assert res.intervals
   for iv in res.intervals:
     assert iv.onset in nums and iv.offset in nums

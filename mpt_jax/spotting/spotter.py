@@ -47,8 +47,8 @@ from scipy import signal as sp_signal
 
 from mpt_jax import face_align
 from mpt_jax.spotting import metrics
+from mpt_jax.spotting import params as params_lib
 
-WORKING_FPS = 30.0
 CHUNK = 64  # flow fields per call of the jitted pooling (fixed shape: one compilation)
 # Regions relative to the eye midpoint, in inter-ocular distances: (dx, dy, width, height).
 REGIONS = {
@@ -63,43 +63,6 @@ FLOW_PAD = 8  # pixels of context around the regions' bounding box where the flo
 # Farneback settings (pyramid scale, levels, window, iterations, poly_n, poly_sigma): small
 # motions on a ~128 px face need few levels; 3 iterations.
 FARNEBACK = (0.5, 2, 15, 3, 7, 1.5)
-
-
-@dataclasses.dataclass(frozen=True)
-class SpotterParams:
-  """Per-dataset settings (lags in working-rate frames, lengths in source frames)."""
-  k_me: int = 6  # micro lag: about half the mean ME length (CAS(ME)^2: 6 at 30 fps)
-  k_mae: int = 18  # macro lag (CAS(ME)^2: 18 at 30 fps)
-  p: float = 0.55  # threshold T = mean + p (max - mean) of each video's score (SoftNet/MEAN)
-  me_min: int = 7  # shortest ME, source frames (shorter intervals are dropped)
-  me_max: int = 16  # longest ME, source frames (longer intervals are MaE)
-  valley_ratio: float = 0.33  # interval edge: valley + ratio (peak - valley) (OF-FD)
-
-
-# Lags from MTSN's published settings (k_micro / k_macro: 6 / 18 on CAS(ME)^2 at 30 fps, 37 / 111
-# on SAMM-LV at 200 fps, i.e. 5 / 16 after the stride of 7); lengths from the MEGC2020 baseline's
-# filter (CAS(ME)^2 ME 7-16 frames, SAMM-LV 47-105); p as SoftNet and MEAN threshold their scores.
-PRESETS = {
-    'casme2_longvideo': SpotterParams(k_me=6, k_mae=18, p=0.55, me_min=7, me_max=16),
-    'samm_longvideo': SpotterParams(k_me=5, k_mae=16, p=0.55, me_min=47, me_max=105),
-    # CAS(ME)^3 part A, 30 fps: its MEs are defined by onset -> apex <= 8 frames; lengths as CAS(ME)^2.
-    'casme3_longvideo': SpotterParams(k_me=6, k_mae=18, p=0.55, me_min=7, me_max=16),
-}
-
-
-def params_for(dataset: str, source_fps: float) -> SpotterParams:
-  """The preset of a dataset, or (a video of its own) CAS(ME)^2's lengths scaled to its fps."""
-  if dataset in PRESETS:
-    return PRESETS[dataset]
-  scale = float(source_fps) / WORKING_FPS
-  base = PRESETS['casme2_longvideo']
-  return dataclasses.replace(base, me_min=max(2, int(round(base.me_min * scale))),
-                             me_max=int(round(base.me_max * scale)))
-
-
-def working_stride(source_fps: float, target: float = WORKING_FPS) -> int:
-  """Every how many source frames one is kept for a working rate near ``target`` (200 -> 7)."""
-  return max(1, int(round(float(source_fps) / target)))
 
 
 def region_boxes(size: int, margin: float = face_align.DEFAULT_MARGIN
@@ -246,7 +209,7 @@ class SpotResult:
   frame_numbers: np.ndarray
 
 
-def spot(frames: np.ndarray, frame_numbers: Sequence[int], params: SpotterParams,
+def spot(frames: np.ndarray, frame_numbers: Sequence[int], params: params_lib.SpotterParams,
          workers: int = 0) -> SpotResult:
   """Spots MaE and ME intervals in one aligned video.
 
@@ -254,7 +217,7 @@ def spot(frames: np.ndarray, frame_numbers: Sequence[int], params: SpotterParams
     frames: (n, S, S) uint8 grayscale (or (n, S, S, 3)/(n, S, S, 1), converted), at the working
       rate, aligned with one transform.
     frame_numbers: the source frame number of each frame (intervals are reported in these).
-    params: the dataset's :class:`SpotterParams`.
+    params: the dataset's :class:`mpt_jax.spotting.params.SpotterParams`.
     workers: threads computing optical flow (0 = every core).
   """
   frames = np.asarray(frames)
