@@ -151,3 +151,82 @@ def write_samm_longvideo(root: str, short_sheet: bool = True) -> str:
     fixtures.write_frames(os.path.join(base, 'SAMM_longvideos', v), range(1, SAMM_FRAMES + 1),
                           v + '_{:0' + str(digits) + 'd}.jpg', mode='L')
   return base
+
+
+# ------------------------------------------------------------- planted expressions, real layout
+def write_casme2_planted(root: str, n: int = 420, seed: int = 1):
+  """``root/CASME_sq`` with one subject's video of a face with planted expressions (the spotter
+  can find them), its rows in the workbook; returns ``(base, frames, events)``."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  from mpt_jax.spotting import planted_video  # pylint: disable=g-import-not-at-top
+  base = os.path.join(root, 'CASME_sq')
+  events = planted_video.default_events(n, seed=seed, me_every=80)
+  frames = planted_video.render(n, events, 128, seed=seed)
+  wb = openpyxl.Workbook()
+  ws = wb.active
+  ws.title = 'CASFEcode_final'
+  for k, e in enumerate(events, start=1):
+    ws.append([1, f'disgust1_{k}', e.onset, e.apex, e.offset, '12', 'positive',
+               'micro-expression' if e.type == 'me' else 'macro-expression', 'happiness'])
+  wb.create_sheet('naming rule1').append([15, 's15', 1])
+  wb.create_sheet('naming rule2').append(['0101', 'disgust1'])
+  os.makedirs(base, exist_ok=True)
+  wb.save(os.path.join(base, 'CAS(ME)^2code_final.xlsx'))
+  folder = os.path.join(base, 'rawpic', 's15', '15_0101disgustingteeth')
+  os.makedirs(folder, exist_ok=True)
+  for i, f in enumerate(frames, start=1):
+    cv2.imwrite(os.path.join(folder, f'img{i:03d}.jpg'), f, [cv2.IMWRITE_JPEG_QUALITY, 95])
+  return base, frames, events
+
+
+# ------------------------------------------------------------------------------ CAS(ME)^3 part A
+CASME3_SUBJECTS = [f'spNO.{n}' for n in range(1, 11)]
+CASME3_VIDEOS = ('a', 'J')  # an uppercase Filename occurs in the release
+CASME3_FRAMES = [n for n in range(9, 33) if n != 20]  # 1..8 and 20 missing, as in most videos
+CASME3_EMOTIONS = ['disgust', 'surprise', 'others', 'fear', 'anger', 'sad', 'happy']
+
+
+def write_casme3_longvideo(root: str) -> str:
+  """``root/CASME3``: the part A workbook (.xls, numbers as text; 3,346 Macro- + 860
+  Micro-expression rows, 841 eye blinks), the ME label sheet and 20 videos of 23 frames."""
+  import xlwt  # pylint: disable=g-import-not-at-top
+  base = os.path.join(root, 'CASME3')
+  book = xlwt.Workbook()
+  ws = book.add_sheet('AU+Emotion')
+  for col, name in enumerate(['Subject', 'Filename', 'Onset', 'Apex', 'Offset', 'AU',
+                              'Expression type', 'Objective class']):
+    ws.write(0, col, name)
+  labels = []
+  for i in range(3346 + 860):
+    subj, vid, j = CASME3_SUBJECTS[i % 10], CASME3_VIDEOS[(i % 20) // 10], i // 20
+    onset = 9 + j % 11
+    apex, offset = onset + 2, onset + (4 + j // 11 if i < 860 else 10)  # MEs unique per video
+    if i == 5:
+      apex = offset + 2  # apex after the offset
+    kind = 'Micro-expression' if i < 860 else 'Macro-expression'
+    for col, v in enumerate([subj, vid, str(onset), str(apex), str(offset), '4', kind, 'III']):
+      ws.write(i + 1, col, v)
+    if i < 860:
+      labels.append([subj, vid, onset, apex, offset, '4', 'III', CASME3_EMOTIONS[i % 7]])
+  blink = book.add_sheet('eye blink')
+  for col, name in enumerate(['Subject', 'Filename', 'Onset', 'Offset']):
+    blink.write(0, col, name)
+  for i in range(841):
+    for col, v in enumerate([CASME3_SUBJECTS[i % 10], CASME3_VIDEOS[i % 2], str(10 + i % 9),
+                             str(12 + i % 9)]):
+      blink.write(i + 1, col, v)
+  os.makedirs(os.path.join(base, 'annotation', 'partA'), exist_ok=True)
+  book.save(os.path.join(base, 'annotation', 'partA', 'CAS(ME)3_part_A_v2.xls'))
+  wb = openpyxl.Workbook()
+  ws = wb.active
+  ws.title = 'label'
+  ws.append(['Subject', 'Filename', 'Onset', 'Apex', 'Offset', 'AU', 'Objective class',
+             'emotion'])
+  for r in labels[:-1]:  # the last ME's label row is missing: it is stored without emotion
+    ws.append(r)
+  wb.save(os.path.join(base, 'annotation', 'cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx'))
+  for subj in CASME3_SUBJECTS:
+    for vid in CASME3_VIDEOS:
+      fixtures.write_frames(os.path.join(base, 'part_A', subj, vid, 'color'), CASME3_FRAMES,
+                            '{}.jpg')
+  return base

@@ -159,3 +159,26 @@ def test_intervals_past_the_video_are_clipped_or_skipped():
   assert longvideo.check_expression(report, 'r2', longvideo.Expression(120, 125, 130, 'me'), 1,
                                     100) is None
   assert [i['action'] for i in report.issues] == ['clipped to 90..100', 'skipped']
+
+
+def test_casme3_counts_blinks_and_frames_by_name(tmp_path):
+  from tfds_builders import casme3_longvideo  # pylint: disable=g-import-not-at-top
+  root = lf.write_casme3_longvideo(str(tmp_path))
+  videos, report = casme3_longvideo.scan(root)
+  exprs = [e for v in videos for e in v.expressions]
+  assert collections.Counter(e.type for e in exprs) == {'mae': 3346, 'me': 860}
+  assert len(videos) == 20 and {v.subject for v in videos} == set(lf.CASME3_SUBJECTS)
+  assert sum(len(v.negatives) for v in videos) == 841
+  v = next(v for v in videos if v.video == 'J')
+  assert v.frame_numbers == lf.CASME3_FRAMES  # indexed by name: 9.., 20 missing
+  assert len(_issues(report, 'the first frame is 9')) == 20
+  assert len(_issues(report, '1 missing frame(s) in 9..32: 20')) == 20
+  me = [e for e in exprs if e.type == 'me']
+  assert sum(1 for e in me if not e.emotion) == 1
+  # 859 labelled MEs cycle through the 7 emotions: 4 of them negative
+  detail = collections.Counter(e.emotion_detail for e in me if e.emotion)
+  assert sum(detail.values()) == 859 and set(detail) == set(lf.CASME3_EMOTIONS)
+  coarse = collections.Counter(e.emotion for e in me if e.emotion)
+  assert coarse['negative'] == sum(detail[k] for k in ('disgust', 'fear', 'anger', 'sad'))
+  assert coarse['positive'] == detail['happy'] and coarse['surprise'] == detail['surprise']
+  assert len(_issues(report, 'outside onset..offset')) == 1

@@ -93,7 +93,8 @@ def test_mdmd_published_counts_on_casme2():
 
 
 def test_mean_published_spotting_f1():
-  """MEAN on CAS(ME)^2 ME: TP 17, FP 206, FN 40 -> F1 0.1214; (STRS 0.0809 = 0.1214 x its analysis F1 0.6667)."""
+  """MEAN on CAS(ME)^2 ME: TP 17, FP 206, FN 40 -> F1 0.1214 (its STRS 0.0809 = 0.1214 x its
+  analysis F1 0.6667)."""
   assert round(sm.Counts(17, 206, 40).f1, 4) == 0.1214
 
 
@@ -110,17 +111,15 @@ def test_analysis_hand_case():
 
 
 def test_uar_is_mean_recall_not_the_reference_codes_mean_precision():
-  pairs = [('negative', 'negative'), ('negative', 'positive'), ('positive', 'positive')]
-  a = sm.analysis_scores(pairs)
-  mean_precision = np.mean([1.0, 0.5, 0.0])   # negative 1/1, positive 1/2, surprise 0
-  mean_recall = np.mean([0.5, 1.0, 0.0])      # negative 1/2, positive 1/1, surprise 0
-  assert a['uar'] == pytest.approx(mean_recall)
-  # This case has equal means by symmetry; an asymmetric one tells them apart:
+  # negative: P 1/1, R 1/2; positive: P 1/2, R 1/1 (equal means by symmetry); surprise never occurs
+  a = sm.analysis_scores([('negative', 'negative'), ('negative', 'positive'),
+                          ('positive', 'positive')])
+  assert a['uar'] == pytest.approx(np.mean([0.5, 1.0]))
+  # an asymmetric case tells them apart: negative P 0/0 R 0/2; positive P 1/3 R 1/1
   b = sm.analysis_scores([('negative', 'positive'), ('negative', 'positive'),
                           ('positive', 'positive')])
-  assert b['uar'] == pytest.approx(np.mean([0.0, 1.0, 0.0]))          # recall: 1/3
-  assert b['uar'] != pytest.approx(np.mean([0.0, 1 / 3, 0.0]))         # the buggy mean precision
-  del mean_precision
+  assert b['uar'] == pytest.approx(np.mean([0.0, 1.0]))          # mean recall: 1/2
+  assert b['uar'] != pytest.approx(np.mean([0.0, 1 / 3]))         # the buggy mean precision
 
 
 def _reference_fn_loop(pairs, emotion):
@@ -149,9 +148,12 @@ def test_strs_only_on_spotted_tps_with_a_3_class_truth():
   s = r['spotting']
   assert (s['tp'], s['fp'], s['fn']) == (2, 1, 1)
   assert r['analysis']['pairs'] == 1
-  # one right 'negative': negative P=R=1, others 0 -> P̄ = R̄ = 1/3, F1 1/3.
-  assert r['analysis']['f1'] == pytest.approx(1 / 3)
-  assert r['strs'] == pytest.approx(s['f1'] / 3)
+  # one right 'negative', the only class that occurs: analysis F1 1.
+  assert r['analysis']['f1'] == pytest.approx(1.0)
+  assert r['strs'] == pytest.approx(s['f1'])
+  # a wrong class on it: negative P 0/0, R 0/1; surprise P 0/1, R 0/0 -> F1 0.
+  pred['v'][0] = I(10, 20, 'me', emotion='surprise')
+  assert sm.strs(gt, pred)['strs'] == 0.0
   assert s['f1'] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
 
 

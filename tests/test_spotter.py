@@ -134,3 +134,17 @@ def test_intervals_in_source_frame_numbers(planted):
   gt = [sm.Interval(int(nums[e.onset - 1]), int(nums[e.offset - 1]), e.type) for e in events]
   c = sm.spotting_counts({'v': gt}, {'v': res.intervals})
   assert c['me'].tp >= 2, sm.format_table(c)
+
+
+def test_bench_spot_prints_one_json_line():
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, 'benchmarks/bench_spot.py', '--seconds=5', '--size=64'],
+                     cwd=root, capture_output=True, text=True, timeout=300, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = [l for l in r.stdout.splitlines() if l.strip()]
+  out = json.loads(lines[-1])
+  assert out['frames'] == 150 and out['frames_per_s'] > 0 and out['cpu']

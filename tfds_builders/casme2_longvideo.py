@@ -71,7 +71,8 @@ def sources(manual_dir: str, config: Casme2LongConfig) -> Dict[str, str]:
   cropped = config.frames == 'cropped'
   roots = common.find_dirs(manual_dir, lambda p: _is_frame_root(p, cropped))
   if not roots:
-    layout = 's15/15_0101.../img_1.jpg' if cropped else 'rawpic/s15/15_0101disgustingteeth/img001.jpg'
+    layout = ('s15/15_0101.../img_1.jpg' if cropped
+              else 'rawpic/s15/15_0101disgustingteeth/img001.jpg')
     other = ('; the rawpic/ frames are read by the default builder config' if cropped and
              common.find_dirs(manual_dir, lambda p: _is_frame_root(p, False)) else '')
     raise common.DatasetLayoutError(f'casme2_longvideo: no frame folders like {layout} under '
@@ -111,7 +112,8 @@ def scan(manual_dir: str, config: Casme2LongConfig) -> Tuple[List[longvideo.Vide
   src = sources(manual_dir, config)
   book, root = src['sheet'], src['frames']
   report.source = {'sheet': os.path.relpath(book, manual_dir),
-                   'frames': os.path.relpath(root, manual_dir) or '.', 'frame_variant': config.frames}
+                   'frames': os.path.relpath(root, manual_dir) or '.',
+                   'frame_variant': config.frames}
   subjects, codes = naming_rules(book)
   videos: Dict[Tuple[str, str], longvideo.Video] = {}
   for subject in [d for d in common.subdirs(root) if re.fullmatch(r's\d+', d)]:

@@ -113,6 +113,9 @@ def add_video_frames(report: common.Report, where: str, folder: str, fps: float
         dedup.append((n, p))
     frames = dedup
     nums = [n for n, _ in frames]
+  if nums[0] > 1:
+    report.add(where, f'the first frame is {nums[0]} (frames 1..{nums[0] - 1} are missing)',
+               'kept (frames are indexed by their file names)')
   missing = (nums[-1] - nums[0] + 1) - len(nums)
   if missing:
     gaps = sorted(set(range(nums[0], nums[-1] + 1)) - set(nums))

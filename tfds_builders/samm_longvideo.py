@@ -117,7 +117,7 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
   base = os.path.basename(sheet)
   for rownum, r in rows:
     where = f'{base} row {rownum}'
-    cell = lambda name, r=r: r[cols[name]] if cols[name] < len(r) else None  # pylint: disable=cell-var-from-loop
+    cell = lambda name, r=r: r[cols[name]] if cols[name] < len(r) else None  # pylint: disable=all
     name = common.cell_text(cell('Filename'))
     parts = name.split('_')
     if len(parts) < 3 or not all(p.isdigit() for p in parts):

@@ -1,5 +1,5 @@
 """The MEGC spotting metric and the spot-then-recognise score (STRS), implemented from their
-definitions (docs/method.md, "Spotting").
+definitions (MEGC 2020 interval spotting; STRS of MEGC 2024/2025).
 
 Intervals are closed frame ranges ``[onset, offset]`` (both ends count). A predicted interval
 matches a ground-truth interval of the same type (``mae`` or ``me``) in the same video when
@@ -17,7 +17,8 @@ counts. P = TP / (TP + FP), R = TP / (TP + FN), F1 = 2PR / (P + R) (0 where a de
 STRS (MEGC 2024/2025) = spotting F1 x analysis F1. The analysis is scored on the spotting TPs whose
 ground-truth emotion is one of the classes (default negative / positive / surprise): per class c,
 TP_c = pairs predicted c with truth c, FP_c = predicted c with truth not c, FN_c = truth c predicted
-not c; P̄ and R̄ are the means over the classes of P_c and R_c, and analysis F1 = 2 P̄ R̄ / (P̄ + R̄).
+not c; P̄ and R̄ are the means of P_c and R_c over the classes that occur (as truth or prediction)
+among those pairs, and analysis F1 = 2 P̄ R̄ / (P̄ + R̄).
 We also give UF1 (mean per-class F1) and UAR (mean per-class *recall*).
 
 Deliberate differences from the public STRS reference script, which we do not reproduce: its
@@ -151,11 +152,15 @@ def analysis_scores(pairs: Sequence[Tuple[str, str]], classes: Sequence[str] = S
   """Analysis metrics of ``(truth, predicted)`` emotion pairs, truths within ``classes``.
 
   Returns per-class counts and the means: ``precision`` (P̄), ``recall`` (R̄), ``f1``
-  (2 P̄ R̄ / (P̄ + R̄)), ``uf1`` (mean per-class F1) and ``uar`` (mean per-class recall).
+  (2 P̄ R̄ / (P̄ + R̄)), ``uf1`` (mean per-class F1) and ``uar`` (mean per-class recall). The means
+  run over the classes that occur among the pairs (as truth or prediction), as the reference
+  script averages over the emotions that occur: a class that never occurs has no precision or
+  recall.
   """
   per_class = {}
   ps, rs, fs = [], [], []
-  for c in classes:
+  present = [c for c in classes if any(c in pair for pair in pairs)]
+  for c in present:
     k = Counts(sum(1 for t, p in pairs if t == c and p == c),
                sum(1 for t, p in pairs if p == c and t != c),
                sum(1 for t, p in pairs if t == c and p != c))
@@ -163,6 +168,9 @@ def analysis_scores(pairs: Sequence[Tuple[str, str]], classes: Sequence[str] = S
     ps.append(k.precision)
     rs.append(k.recall)
     fs.append(k.f1)
+  if not present:
+    return {'precision': 0.0, 'recall': 0.0, 'f1': 0.0, 'uf1': 0.0, 'uar': 0.0, 'pairs': 0,
+            'per_class': {}}
   p, r = float(np.mean(ps)), float(np.mean(rs))
   return {'precision': p, 'recall': r, 'f1': 2 * p * r / (p + r) if p + r else 0.0,
           'uf1': float(np.mean(fs)), 'uar': r, 'pairs': len(pairs), 'per_class': per_class}

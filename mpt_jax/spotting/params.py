@@ -25,7 +25,7 @@ class SpotterParams:
 PRESETS = {
     'casme2_longvideo': SpotterParams(k_me=6, k_mae=18, p=0.55, me_min=7, me_max=16),
     'samm_longvideo': SpotterParams(k_me=5, k_mae=16, p=0.55, me_min=47, me_max=105),
-    # CAS(ME)^3 part A, 30 fps: its MEs are defined by onset -> apex <= 8 frames; lengths as CAS(ME)^2.
+    # CAS(ME)^3 part A, 30 fps (its MEs are defined by onset -> apex <= 8 frames): as CAS(ME)^2.
     'casme3_longvideo': SpotterParams(k_me=6, k_mae=18, p=0.55, me_min=7, me_max=16),
 }
 
