@@ -222,6 +222,9 @@ def spotting_config(name: str, builder_config: str = '') -> ml_collections.Confi
   config.spot.k_me = preset.k_me  # Micro lag in working-rate (~30 fps) frames: flow t-k -> t.
   config.spot.k_mae = preset.k_mae  # Macro lag in working-rate frames.
   config.spot.p = preset.p  # Threshold T = mean + p (max - mean) of each video's score.
+  # Thresholds to choose p from per held-out subject, on the other subjects' videos only (LOSO);
+  # empty = the fixed p above.
+  config.spot.p_grid = ()
   config.spot.me_min = preset.me_min  # Shortest ME in source frames (shorter: dropped).
   config.spot.me_max = preset.me_max  # Longest ME in source frames (longer: MaE).
   config.spot.valley_ratio = preset.valley_ratio  # Interval edge: valley + ratio (peak - valley).

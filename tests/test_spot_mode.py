@@ -154,3 +154,40 @@ def test_spot_then_recognise_uses_the_fold_without_the_subject(prepared_planted,
   assert {iv.emotion for ivs in subs.values() for iv in ivs if iv.type == 'me'} == {'positive'}
   assert {iv.emotion for ivs in subs.values() for iv in ivs if iv.type == 'mae'} <= {''}
   assert '## Spot, then recognise (STRS)' in open(os.path.join(workdir, 'report.md')).read()
+
+
+def _signal_video(true_peaks, decoy_peaks, n=200):
+  from mpt_jax.spotting import spotter  # pylint: disable=g-import-not-at-top
+  t = np.arange(n, dtype=np.float64)
+  s = np.zeros(n)
+  for p in true_peaks:
+    s += np.exp(-(t - p) ** 2 / 4)
+  for p in decoy_peaks:
+    s += 0.4 * np.exp(-(t - p) ** 2 / 4)
+  return spotter.SpotResult([], s, np.zeros(n), 0.0, 0.0, np.arange(1, n + 1))
+
+
+def test_threshold_chosen_on_the_other_subjects_only():
+  from mpt_jax.spotting import params  # pylint: disable=g-import-not-at-top
+  me = lambda p: sm.Interval(p + 1 - 6, p + 1 + 6, 'me')  # pylint: disable=unnecessary-lambda-assignment
+  signals, truth, subject_of = {}, {}, {}
+  for s in ('a', 'b', 'c'):
+    signals[(s, 'v')] = _signal_video([40, 120], [80, 160])
+    truth[(s, 'v')] = [me(40), me(120)]  # the 0.4 decoys are not expressions
+    subject_of[(s, 'v')] = s
+  grid = (0.1, 0.5, 0.9)
+  preset = params.PRESETS['casme2_longvideo']
+  chosen = spot_run.choose_p_loso(signals, truth, subject_of, preset, grid)
+  assert chosen == {'a': 0.5, 'b': 0.5, 'c': 0.5}  # p 0.1 spots the decoys too; ties: smaller
+  # subject a's own truth says the decoys are expressions: its threshold does not move, the
+  # others' (chosen with a's videos among their training videos) may
+  for v in ('v', 'w', 'x'):
+    signals[('a', v)] = _signal_video([40, 120], [80, 160])
+    truth[('a', v)] = [me(40), me(80), me(120), me(160)]
+    subject_of[('a', v)] = 'a'
+  again = spot_run.choose_p_loso(signals, truth, subject_of, preset, grid)
+  assert again['a'] == 0.5
+  assert again['b'] == again['c'] == 0.1  # a's three videos now dominate b's and c's training
+  with pytest.raises(spot_run.SpotError, match='at least 2 subjects'):
+    spot_run.choose_p_loso({('a', 'v'): signals[('a', 'v')]}, truth, {('a', 'v'): 'a'}, preset,
+                           grid)

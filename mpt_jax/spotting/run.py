@@ -146,6 +146,28 @@ def recognise_intervals(recogniser, video, intervals: Sequence[metrics.Interval]
   return out, folds
 
 
+def choose_p_loso(signals, truth, subject_of, params, grid: Sequence[float]) -> Dict[str, float]:
+  """``{subject: p}``: for each subject, the threshold of ``grid`` with the best overall F1 (MEGC
+  counts pooled) over the *other* subjects' videos (ties: the smaller p). The held-out subject's
+  own videos never influence its threshold."""
+  from mpt_jax.spotting import spotter  # pylint: disable=g-import-not-at-top
+  subjects = sorted(set(subject_of.values()))
+  if len(subjects) < 2:
+    raise SpotError('config.spot.p_grid chooses the threshold on the other subjects\' videos: '
+                    f'it needs at least 2 subjects, the data has {subjects}')
+  spotted = {p: {key: spotter.intervals_from_scores(res.score_me, res.score_mae,
+                                                    res.frame_numbers,
+                                                    dataclasses.replace(params, p=p)).intervals
+                 for key, res in signals.items()} for p in grid}
+  out = {}
+  for held_out in subjects:
+    train = [k for k in signals if subject_of[k] != held_out]
+    f1 = [metrics.spotting_counts({k: truth[k] for k in train},
+                                  {k: spotted[p][k] for k in train})['overall'].f1 for p in grid]
+    out[held_out] = float(grid[int(np.argmax(f1))])
+  return out
+
+
 def spot_dataset(config, workdir: str, recognise: str = '', recogniser=None) -> str:
   """Spots every video of the configured long-video dataset; returns the report's summary text.
 
@@ -163,28 +185,38 @@ def spot_dataset(config, workdir: str, recognise: str = '', recogniser=None) -> 
   params = spotter_params(config)
   workdir = wd.resolve(workdir)
   os.makedirs(os.path.join(workdir, 'timelines'), exist_ok=True)
-  truth, preds, signals, per_video, folds_used = {}, {}, {}, [], {}
+  truth, signals, subject_of, folds_used = {}, {}, {}, {}
   t0 = time.perf_counter()
   frames_done = 0
   for video in dataset.iter_videos(config, tuple(config.data.subjects)):
     res = spotter.spot(video.frames, video.frame_numbers, params, int(config.spot.workers))
-    spotted = res.intervals
-    if recogniser is not None:
-      spotted, folds = recognise_intervals(recogniser, video, spotted)
-      folds_used[video.subject] = folds
-    truth[video.key], preds[video.key] = video.intervals, spotted
-    signals[video.key] = res
-    c = metrics.spotting_counts({0: video.intervals}, {0: res.intervals})['overall']
-    per_video.append({'subject': video.subject, 'video': video.video,
-                      'frames': int(len(video.frame_numbers)), 'truth': len(video.intervals),
+    truth[video.key], signals[video.key], subject_of[video.key] = video.intervals, res, video.subject
+    frames_done += len(video.frame_numbers)
+    logging.info('%s/%s: %d frames, %d annotated, %d spotted', video.subject, video.video,
+                 len(video.frame_numbers), len(video.intervals), len(res.intervals))
+  if not signals:
+    raise SpotError(f'{config.data.name}: no video to spot in')
+  grid = tuple(float(p) for p in config.spot.get('p_grid', ()))
+  chosen_p = {}
+  if grid:  # the threshold of each subject's videos chosen on the other subjects' videos
+    chosen_p = choose_p_loso(signals, truth, subject_of, params, grid)
+    for key, res in signals.items():
+      signals[key] = spotter.intervals_from_scores(
+          res.score_me, res.score_mae, res.frame_numbers,
+          dataclasses.replace(params, p=chosen_p[subject_of[key]]))
+  preds = {key: res.intervals for key, res in signals.items()}
+  if recogniser is not None:  # a second pass over the frames: the spotted MEs classified
+    for video in dataset.iter_videos(config, tuple(config.data.subjects)):
+      preds[video.key], folds_used[video.subject] = recognise_intervals(recogniser, video,
+                                                                        preds[video.key])
+  seconds = time.perf_counter() - t0
+  per_video = []
+  for (subject, name), res in signals.items():
+    c = metrics.spotting_counts({0: truth[(subject, name)]}, {0: res.intervals})['overall']
+    per_video.append({'subject': subject, 'video': name,
+                      'frames': int(len(res.frame_numbers)), 'truth': len(truth[(subject, name)]),
                       'spotted': len(res.intervals), 'tp': c.tp, 'fp': c.fp, 'fn': c.fn,
                       'f1': c.f1})
-    frames_done += len(video.frame_numbers)
-    logging.info('%s/%s: %d frames, %d annotated, %d spotted (%d TP)', video.subject, video.video,
-                 len(video.frame_numbers), len(video.intervals), len(res.intervals), c.tp)
-  seconds = time.perf_counter() - t0
-  if not per_video:
-    raise SpotError(f'{config.data.name}: no video to spot in')
   counts = metrics.spotting_counts(truth, preds)
   rows = [(s, v, iv.onset, iv.offset, iv.type, iv.emotion) for (s, v), ivs in sorted(preds.items())
           for iv in ivs]
@@ -196,6 +228,7 @@ def spot_dataset(config, workdir: str, recognise: str = '', recogniser=None) -> 
       for (s, v), ivs in sorted(preds.items()) for iv in ivs])
   summary = {'dataset': config.data.name, 'videos': len(per_video), 'frames': frames_done,
              'seconds': round(seconds, 2), 'spotter': dataclasses.asdict(params),
+             'p_per_subject': chosen_p,
              'metrics': {k: v.as_dict() for k, v in counts.items()}, 'per_video': per_video}
   if recogniser is not None:
     summary['str'] = metrics.strs(truth, preds)
@@ -228,9 +261,12 @@ def spot_dataset(config, workdir: str, recognise: str = '', recogniser=None) -> 
 
 
 def _report_md(config, params, counts, per_video, pngs, seconds, frames, str_result=None) -> str:
+  grid = tuple(config.spot.get('p_grid', ()))
+  how = ('each subject\'s threshold p chosen from ' + str(list(grid)) + ' on the other subjects\' '
+         'videos (never its own)' if grid else 'nothing trained or tuned on these videos')
   lines = [f'# Spotting: {config.data.name}', '',
-           'Training-free optical-flow spotter (nothing trained or tuned on these videos; settings '
-           f'from the literature): {dataclasses.asdict(params)}.', '',
+           f'Training-free optical-flow spotter ({how}; settings from the literature): '
+           f'{dataclasses.asdict(params)}.', '',
            '## MEGC metric (IoU >= 0.5, counts pooled over the dataset)', '',
            metrics.format_table(counts), '',
            f'{len(per_video)} videos, {frames} stored frames, {seconds:.1f} s '

@@ -232,6 +232,14 @@ def spot(frames: np.ndarray, frame_numbers: Sequence[int], params: params_lib.Sp
   s_me = smooth(lag_scores(frames, params.k_me, 1, workers).max(axis=1), params.k_me // 2 + 1)
   s_mae = smooth(lag_scores(frames, params.k_mae, ratio, workers).max(axis=1),
                  params.k_mae // 2 + 1)
+  return intervals_from_scores(s_me, s_mae, nums, params)
+
+
+def intervals_from_scores(s_me: np.ndarray, s_mae: np.ndarray, frame_numbers: Sequence[int],
+                          params: params_lib.SpotterParams) -> SpotResult:
+  """Steps 5-7 on a video's smoothed micro- and macro-lag scores (cheap: a threshold ``p`` can be
+  chosen by trying several on scores computed once)."""
+  nums = np.asarray(frame_numbers, np.int64)
   cands_me, t_me = peaks_to_intervals(s_me, params.k_me, params.p, params.valley_ratio)
   cands_mae, t_mae = peaks_to_intervals(s_mae, params.k_mae, params.p, params.valley_ratio)
   keep_me, keep_mae = resolve_overlaps(cands_me, cands_mae)
