@@ -276,7 +276,9 @@ def _report_md(config, params, counts, per_video, pngs, seconds, frames, str_res
     lines += ['## Spot, then recognise (STRS)', '',
               f"Recogniser: {str_result['recogniser']['run']} (classes "
               f"{str_result['recogniser']['classes']}, mapped to negative / positive / surprise); "
-              'each video\'s MEs are classified by the fold model trained without its subject.',
+              'each video\'s MEs are classified by the fold model trained without its subject, or '
+              'by every fold where the run never saw the subject (folds used: '
+              f"{str_result['recogniser']['folds_per_subject']}).",
               '', f"STRS = {str_result['strs']:.4f} = ME spotting F1 "
               f"{str_result['spotting']['f1']:.4f} x analysis F1 {a['f1']:.4f} (P̄ "
               f"{a['precision']:.4f}, R̄ {a['recall']:.4f}, UF1 {a['uf1']:.4f}, UAR "
