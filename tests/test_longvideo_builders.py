@@ -182,3 +182,18 @@ def test_casme3_counts_blinks_and_frames_by_name(tmp_path):
   assert coarse['negative'] == sum(detail[k] for k in ('disgust', 'fear', 'anger', 'sad'))
   assert coarse['positive'] == detail['happy'] and coarse['surprise'] == detail['surprise']
   assert len(_issues(report, 'outside onset..offset')) == 1
+
+
+@pytest.mark.parametrize('name', ['casme2_longvideo', 'samm_longvideo', 'casme3_longvideo'])
+def test_configs_name_their_builder_and_preset(name, tmp_path):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from mpt_jax.spotting import params  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f'configs.{name}').get_config()
+  config.data.data_dir = str(tmp_path)
+  assert prepare.builder_for(config.data).name == name
+  preset = params.PRESETS[name]
+  assert (config.spot.k_me, config.spot.k_mae, config.spot.p, config.spot.me_min,
+          config.spot.me_max) == (preset.k_me, preset.k_mae, preset.p, preset.me_min,
+                                  preset.me_max)
+  with pytest.raises(ValueError, match='Unknown config argument'):
+    importlib.import_module(f'configs.{name}').get_config('smoke')
