@@ -11,6 +11,9 @@ Kept short on purpose; the logic lives in importable modules:
   python main.py --mode=figures --workdir=runs/casme2 --workdir=runs/samm --workdir=runs/smic
   python main.py --mode=table --table=VI --config=configs/smic.py --workdir=runs/table6
   python main.py --mode=config --config=configs/samm.py                    # the resolved config
+  python main.py --mode=spot --config=configs/casme2_longvideo.py --workdir=runs/spot_casme2
+  python main.py --mode=spot --workdir=runs/samm --input=/path/to/long_video.mp4
+  python main.py --mode=spot --config=configs/samm_longvideo.py --recognise=runs/samm --workdir=W
 
 Progress logs go to stdout; a user mistake is one line ``error: ...`` on stderr and exit code 2.
 In-process (tests, notebooks): ``main.cli(['main.py', '--mode=eval', ...])`` returns 0 or raises
@@ -40,7 +43,7 @@ DEFAULT_JAX_CACHE = '~/.cache/mpt_jax/jax_cache'
 JAX_CACHE_MIN_COMPILE_SECS = 0.2
 DETERMINISTIC_GPU_FLAG = '--xla_gpu_deterministic_ops=true'
 
-MODES = ('train', 'eval', 'predict', 'prepare', 'profile', 'figures', 'table', 'config')
+MODES = ('train', 'eval', 'predict', 'prepare', 'profile', 'figures', 'table', 'config', 'spot')
 # Modes that work on a finished run: without --config they read the run's own config.json.
 RUN_MODES = ('eval', 'predict', 'config')
 
@@ -51,7 +54,13 @@ flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_multi_string('workdir', None, 'Run directory (checkpoints, logs, results); '
                           '--mode=figures takes it several times (e.g. the CASME II, SAMM and '
                           'SMIC runs for Fig. 4 side by side).')
-flags.DEFINE_string('input', None, 'predict: a folder of frames or a video file.')
+flags.DEFINE_string('input', None, 'predict, spot: a folder of frames or a video file.')
+flags.DEFINE_string('output', '', 'spot --input: folder for the results (default: the input\'s '
+                    'path without extension + "_spots").')
+flags.DEFINE_string('recognise', '', 'spot over a dataset: a trained recognition run; each '
+                    'spotted ME is classified by the fold that never saw its subject (STRS).')
+flags.DEFINE_float('fps', None, 'spot --input: frame rate of a frame folder (a video file says '
+                   'its own).')
 flags.DEFINE_integer('onset', None, 'predict: first frame (index in the sorted frames).')
 flags.DEFINE_integer('offset', None, 'predict: last frame (index in the sorted frames).')
 flags.DEFINE_bool('crop_face', False, 'predict: detect and crop the face (OpenCV Haar cascade).')
@@ -163,6 +172,15 @@ def _run(mode):
                                  FLAGS.crop_face, config=config,
                                  align_face=FLAGS.align_face)
     print(json.dumps(result) if FLAGS.json else console.prediction_table(result))
+  elif mode == 'spot':
+    from mpt_jax.spotting import run as spot_run
+    workdir = _need_workdir()
+    if FLAGS.input:  # one video, classified by the trained run in --workdir
+      print(spot_run.spot_input(workdir, FLAGS.input, FLAGS.output, FLAGS.fps))
+    else:  # a prepared long-video dataset, scored with the MEGC metric
+      config = _need_config()
+      _hide_gpus_from_tensorflow()
+      print(spot_run.spot_dataset(config, workdir, FLAGS.recognise))
   elif mode == 'figures':
     from mpt_jax import figures
     for path in figures.write_figures(_need_workdirs() + list(FLAGS.compare),

@@ -196,3 +196,42 @@ def dataset_config(name: str, num_classes: int, builder_config: str, arg=None,
     apply_smoke(config)
     config.data.subjects = tuple(smoke_subjects)
   return config
+
+
+def spotting_config(name: str, builder_config: str = '') -> ml_collections.ConfigDict:
+  """A long-video (spotting) dataset config: data preparation and the training-free spotter.
+
+  ``config.spot`` starts from the dataset's preset (``mpt_jax/spotting/params.py``: lags from
+  MTSN's published settings, lengths from the MEGC2020 baseline's filter).
+  """
+  from mpt_jax.spotting import params  # pylint: disable=g-import-not-at-top
+  preset = params.PRESETS[name]
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Unused by the training-free spotter (kept for the tools that read it).
+  config.data = ml_collections.ConfigDict()
+  config.data.name = name  # TFDS dataset name (registered by tfds_builders).
+  config.data.builder_config = builder_config  # TFDS builder config, '' = the default.
+  # Where prepared TFDS datasets live: $TFDS_DATA_DIR when set, else ~/tensorflow_datasets.
+  config.data.data_dir = os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  config.data.manual_dir = ''  # The dataset folder as unpacked (used by --mode=prepare).
+  config.data.rebuild = False  # --mode=prepare: prepare again over data made from other sources.
+  config.data.align = 'auto'  # Face alignment at preparation, one transform per video: auto (align
+  #                             unless the release is face-cropped) | always | never.
+  config.data.align_margin = 0.2  # Face box fraction added on every side of an aligned face.
+  config.data.skip_bad_frames = False  # Unreadable frame: False = stop naming the file; True =
+  #                                      skip it and list it in the report.
+  config.data.prepare_workers = 0  # Processes decoding/aligning/encoding videos; 0 = all cores.
+  config.data.subjects = ()  # Spot only in these subjects' videos (empty = every subject).
+  config.spot = ml_collections.ConfigDict()
+  config.spot.k_me = preset.k_me  # Micro lag in working-rate (~30 fps) frames: flow t-k -> t.
+  config.spot.k_mae = preset.k_mae  # Macro lag in working-rate frames.
+  config.spot.p = preset.p  # Threshold T = mean + p (max - mean) of each video's score.
+  # Thresholds to choose p from per held-out subject, on the other subjects' videos only (LOSO);
+  # empty = the fixed p above.
+  config.spot.p_grid = ()
+  config.spot.me_min = preset.me_min  # Shortest ME in source frames (shorter: dropped).
+  config.spot.me_max = preset.me_max  # Longest ME in source frames (longer: MaE).
+  config.spot.valley_ratio = preset.valley_ratio  # Interval edge: valley + ratio (peak - valley).
+  config.spot.workers = 0  # Optical-flow threads; 0 = every core.
+  config.spot.timelines = 3  # report.md: timelines of this many worst and best videos.
+  return config

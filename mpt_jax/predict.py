@@ -132,6 +132,101 @@ def preprocess(frames: List[np.ndarray], config, stored_size: int, onset=None, o
                                      int(config.model.image_size)), how
 
 
+class Recogniser:
+  """The finished folds of a trained LOSO run (its first seed), ready to classify clips.
+
+  Opens the run read-only (it writes nothing into the workdir). :meth:`probabilities` restores each
+  fold's checkpoint once and applies it to every clip given, so classifying many clips (the
+  intervals spotted in a long video) costs one restore per fold.
+  """
+
+  def __init__(self, workdir: str, config=None):
+    self.workdir = wd.resolve(workdir)
+    self.config = wd.load_run_config(self.workdir, config)
+    self.info = wd.read_run_info(self.workdir)
+    self.classes = list(self.info['classes'])
+    self.seed = int(self.config.seed)
+    self.subjects = self.info['subjects']
+    self.finished = wd.finished_subjects(self.workdir, self.seed, self.subjects)
+    if not self.finished:
+      raise wd.RunError(f'{self.workdir}: no fold has finished training yet (0 of '
+                        f'{len(self.subjects)}); resume training with the same command first')
+    from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
+    self.stored_size = BUILDERS[self.config.data.name].FRAME_SIZE
+    self.num_frames = int(self.config.model.num_frames)
+
+  def preprocess(self, frames: List[np.ndarray], onset=None, offset=None, crop_face=False,
+                 align_face=False) -> Tuple[np.ndarray, str]:
+    """:func:`preprocess` with this run's config and stored frame size."""
+    return preprocess(frames, self.config, self.stored_size, onset, offset, crop_face, align_face)
+
+  def probabilities(self, clips: np.ndarray, folds: Optional[List[str]] = None
+                    ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """``(mean over the folds (N, C), {subject: (N, C)})`` softmax of (N, T, S, S, 3) clips.
+
+    ``folds``: the held-out subjects whose fold models are used (default: every finished fold);
+    each must have finished training.
+    """
+    folds = list(self.finished) if folds is None else list(folds)
+    unfinished = [f for f in folds if f not in self.finished]
+    if unfinished:
+      raise wd.RunError(f'{self.workdir}: fold(s) {unfinished} of seed {self.seed} have not '
+                        'finished training; resume training with the same command first')
+    config = self.config
+    model = mpt_lib.build_model(config.model, len(self.classes))
+    params = pretrained.init_params(model, config.model, jax.random.PRNGKey(self.seed))
+    wd.check_init_fingerprint(self.info, self.seed, partition.tree_fingerprint(params),
+                              self.workdir)
+    strategy = config.model.training_strategy
+    trainable, frozen = partition.split_params(params, strategy)
+    tx = partition.make_optimizer(config.train, params, strategy, 1)
+    apply = jax.jit(lambda p, x, a: jax.nn.softmax(model.apply({'params': p}, x, a)))
+    clips = np.asarray(clips)
+    batch = max(1, int(config.train.eval_batch_size))
+    apex_at = input_pipeline.middle_apex(self.num_frames)
+    per_fold = {}
+    for subject in folds:
+      try:
+        ckpt = train_lib.FoldCheckpointer(wd.checkpoint_dir(self.workdir, self.seed, subject),
+                                          read_only=True)
+        try:
+          _, state = ckpt.restore(train_lib.create_state(trainable, frozen, tx), strategy)
+        finally:
+          ckpt.close()
+      except train_lib.CheckpointDamagedError as e:
+        raise train_lib.CheckpointDamagedError(
+            f'Fold {subject} (seed {self.seed}) cannot be used for prediction: {e}') from e
+      out = []
+      for b in range(0, len(clips), batch):
+        x = jnp.asarray(clips[b:b + batch], jnp.float32)
+        apex = jnp.full((x.shape[0],), apex_at, jnp.int32)
+        out.append(np.asarray(apply(state.params, x, apex)))
+      per_fold[subject] = np.concatenate(out, axis=0)
+    if len(folds) == len(self.finished) < len(self.subjects):
+      logging.warning('Using the %d of %d folds that finished training', len(self.finished),
+                      len(self.subjects))
+    return np.mean(list(per_fold.values()), axis=0), per_fold
+
+
+# More frames than this without --onset/--offset is a recording, not one expression.
+LONG_INPUT_FRAMES = 600
+
+
+def count_frames(path: str) -> int:
+  """Frames of a frame folder or a video file, without decoding them (0 if unknown)."""
+  path = wd.resolve(path)
+  if os.path.isdir(path):
+    from tfds_builders import common  # pylint: disable=g-import-not-at-top
+    return len(common.list_frames(path))
+  if not os.path.isfile(path):
+    return 0
+  import cv2  # pylint: disable=g-import-not-at-top
+  cap = cv2.VideoCapture(path)
+  n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
+  cap.release()
+  return max(n, 0)
+
+
 def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False,
             config=None, align_face=False) -> Dict[str, Any]:
   """Class probabilities for one clip from the run in ``workdir``.
@@ -146,48 +241,22 @@ def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False,
     config: the config from the command line (its resumable keys, e.g. a moved pretrained file,
       are used), or None for the workdir's own config.
   """
-  workdir = wd.resolve(workdir)
-  config = wd.load_run_config(workdir, config)
-  info = wd.read_run_info(workdir)
-  classes = info['classes']
-  seed = int(config.seed)
-  subjects = info['subjects']
-  finished = wd.finished_subjects(workdir, seed, subjects)
-  if not finished:
-    raise wd.RunError(f'{workdir}: no fold has finished training yet (0 of {len(subjects)}); '
-                      'resume training with the same command first')
+  if onset is None and offset is None:
+    n = count_frames(path)
+    if n > LONG_INPUT_FRAMES:
+      raise PredictError(
+          f'{path} has {n} frames: a long recording, not one expression (predict squeezes its '
+          'whole input into the model\'s few frames). Find and classify the expressions in it '
+          f'with --mode=spot --workdir={workdir} --input={path}, or give --onset/--offset')
+  recogniser = Recogniser(workdir, config)
   frames = read_frames(path)
-  from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
-  stored = BUILDERS[config.data.name].FRAME_SIZE
-  clip, face = preprocess(frames, config, stored, onset, offset, crop_face, align_face)
-  model = mpt_lib.build_model(config.model, len(classes))
-  params = pretrained.init_params(model, config.model, jax.random.PRNGKey(seed))
-  wd.check_init_fingerprint(info, seed, partition.tree_fingerprint(params), workdir)
-  strategy = config.model.training_strategy
-  trainable, frozen = partition.split_params(params, strategy)
-  tx = partition.make_optimizer(config.train, params, strategy, 1)
-  apply = jax.jit(lambda p, x, a: jax.nn.softmax(model.apply({'params': p}, x, a)))
-  x = jnp.asarray(clip[None], jnp.float32)
-  apex = jnp.asarray([input_pipeline.middle_apex(int(config.model.num_frames))], jnp.int32)
-  per_fold = {}
-  for subject in finished:
-    try:
-      ckpt = train_lib.FoldCheckpointer(wd.checkpoint_dir(workdir, seed, subject), read_only=True)
-      try:
-        _, state = ckpt.restore(train_lib.create_state(trainable, frozen, tx), strategy)
-      finally:
-        ckpt.close()
-    except train_lib.CheckpointDamagedError as e:
-      raise train_lib.CheckpointDamagedError(
-          f'Fold {subject} (seed {seed}) cannot be used for prediction: {e}') from e
-    per_fold[subject] = np.asarray(apply(state.params, x, apex))[0]
-  if len(finished) < len(subjects):
-    logging.warning('Using the %d of %d folds that finished training', len(finished),
-                    len(subjects))
-  mean = np.mean(list(per_fold.values()), axis=0)
+  clip, face = recogniser.preprocess(frames, onset, offset, crop_face, align_face)
+  mean, per_fold = recogniser.probabilities(clip[None])
+  mean = mean[0]
+  classes = recogniser.classes
   return {'input': path, 'frames_used': [0 if onset is None else onset, offset],
           'face': face or 'none', 'prediction': classes[int(mean.argmax())],
           'probabilities': {c: round(float(p), 6) for c, p in zip(classes, mean)},
-          'folds': len(per_fold), 'folds_total': len(subjects),
-          'per_fold': {s: {c: round(float(p), 6) for c, p in zip(classes, v)}
+          'folds': len(per_fold), 'folds_total': len(recogniser.subjects),
+          'per_fold': {s: {c: round(float(p), 6) for c, p in zip(classes, v[0])}
                        for s, v in per_fold.items()}}

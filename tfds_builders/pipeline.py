@@ -98,10 +98,14 @@ def _workers_skip_main_module():
       sys.modules['__main__'] = main
 
 
-def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
-                 ) -> Iterator[Dict[str, Any]]:
+def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int,
+                 fn=clip_frames.process_clip) -> Iterator[Dict[str, Any]]:
   """Runs every task (in a pool when ``workers`` > 1), yielding the results in task order as they
   are ready, so the caller (TFDS writing the examples) works while the pool still runs.
+
+  ``fn``: the unit of work (a module-level function of one task, importable by a spawned worker
+  without TensorFlow): :func:`clip_frames.process_clip`, or the long-video builders'
+  ``mpt_jax.spotting.video_frames.process_video``.
 
   The pool gets one clip per message (a clip is 10-150 frames: messages are a negligible part of
   its time) and sends back the clip's PNG bytes; at most ``CLIPS_AHEAD_PER_WORKER * workers``
@@ -113,7 +117,7 @@ def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
   step = max(1, total // 10)
   if workers <= 1:
     for i, task in enumerate(tasks, start=1):
-      yield clip_frames.process_clip(task)
+      yield fn(task)
       if i % step == 0 or i == total:
         logging.info('Prepared %d/%d clips (1 worker)', i, total)
     return
@@ -135,7 +139,7 @@ def stream_clips(tasks: Sequence[clip_frames.ClipTask], workers: int
 
   def submit(n):
     for task in itertools.islice(todo, n):
-      pending.append(pool.submit(clip_frames.process_clip, task))
+      pending.append(pool.submit(fn, task))
 
   finished = False
   try:

@@ -244,9 +244,13 @@ def format_report(report: Dict[str, Any]) -> str:
                    '--config.data.manual_dir=...')
     else:
       lines.append(f"{status['status'].capitalize()} {status['data_dir']} from {made}.")
-  lines += [f"{report.get('dataset')}: {report.get('num_clips')} clips, "
-            f"{report.get('num_subjects')} subjects",
-            'per class: ' + ', '.join(f'{k} {v}' for k, v in report.get('per_class', {}).items())]
+  if 'num_videos' in report:  # a long-video (spotting) dataset
+    from tfds_builders import longvideo  # pylint: disable=g-import-not-at-top
+    lines += longvideo.format_summary(report)
+  else:
+    lines += [f"{report.get('dataset')}: {report.get('num_clips')} clips, "
+              f"{report.get('num_subjects')} subjects",
+              'per class: ' + ', '.join(f'{k} {v}' for k, v in report.get('per_class', {}).items())]
   if report.get('source'):
     lines.append('source: ' + json.dumps(report['source']))
   per_subject = report.get('per_subject', {})
