@@ -153,11 +153,16 @@ def test_samm_prepares_at_the_working_rate(samm_root, tmp_path):
 def test_intervals_past_the_video_are_clipped_or_skipped():
   from tfds_builders import common, longvideo  # pylint: disable=g-import-not-at-top
   report = common.Report('x')
-  e = longvideo.Expression(90, 99, 110, 'mae')
-  got = longvideo.check_expression(report, 'r1', e, 1, 100)
+  video = longvideo.Video('d', 's', 'v', 30.0, [], list(range(1, 101)), 1)
+  longvideo.add_expression(report, 'r1', video, longvideo.Expression(90, 99, 110, 'mae'))
+  got, = video.expressions
   assert (got.onset, got.apex, got.offset) == (90, 99, 100)
-  assert longvideo.check_expression(report, 'r2', longvideo.Expression(120, 125, 130, 'me'), 1,
-                                    100) is None
+  longvideo.add_expression(report, 'r2', video, longvideo.Expression(120, 125, 130, 'me'))
+  assert len(video.expressions) == 1
+  # A strided video (SAMM-LV: every 7th frame stored) covers its last stored frame's 7 frames.
+  strided = longvideo.Video('d', 's', 'v', 200.0, [], list(range(1, 701, 7)), 7)
+  longvideo.add_expression(report, 'r3', strided, longvideo.Expression(690, 695, 700, 'me'))
+  assert [(e.onset, e.offset) for e in strided.expressions] == [(690, 700)]
   assert [i['action'] for i in report.issues] == ['clipped to 90..100', 'skipped']
 
 

@@ -174,14 +174,8 @@ def scan(manual_dir: str, config: Casme2LongConfig) -> Tuple[List[longvideo.Vide
                              emotion=longvideo.coarse_emotion(r[6]),
                              emotion_detail=common.cell_text(r[8]).lower(),
                              action_units=common.cell_text(r[5]), name=expr_id)
-    e = longvideo.check_expression(report, where, e, video.frame_numbers[0],
-                                   video.frame_numbers[-1] + video.stride - 1)
-    if e is not None:
-      video.expressions.append(e)
-  for v in videos.values():
-    if not v.expressions:
-      report.add(v.key, 'no expression annotated', 'kept (a video without expressions)')
-  return list(videos.values()), report
+    longvideo.add_expression(report, where, video, e)
+  return longvideo.finish_scan(videos, report)
 
 
 class Casme2Longvideo(longvideo.LongVideoBuilder):

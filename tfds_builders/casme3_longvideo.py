@@ -123,10 +123,7 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
                              emotion_detail=detail.lower(),
                              action_units=common.cell_text(r[c['AU']]),
                              name=f'{vid}_{onset}')
-    e = longvideo.check_expression(report, where, e, video.frame_numbers[0],
-                                   video.frame_numbers[-1])
-    if e is not None:
-      video.expressions.append(e)
+    longvideo.add_expression(report, where, video, e)
   rows, c = _rows(sheet, 'eye blink', ('Subject', 'Filename', 'Onset', 'Offset'))
   for rownum, r in rows:
     video = videos.get((common.cell_text(r[c['Subject']]), common.cell_text(r[c['Filename']])))
@@ -135,10 +132,7 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
       report.add(f'{base}:eye blink row {rownum}', 'no such video or not an interval', 'skipped')
       continue
     video.negatives.append((onset, offset))
-  for v in videos.values():
-    if not v.expressions:
-      report.add(v.key, 'no expression annotated', 'kept (a video without expressions)')
-  return list(videos.values()), report
+  return longvideo.finish_scan(videos, report)
 
 
 class Casme3Longvideo(longvideo.LongVideoBuilder):

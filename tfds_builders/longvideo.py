@@ -127,19 +127,29 @@ def add_video_frames(report: common.Report, where: str, folder: str, fps: float
   return [n for n, _ in kept], [p for _, p in kept], stride
 
 
-def check_expression(report: common.Report, where: str, e: Expression, first: int, last: int
-                     ) -> Optional[Expression]:
-  """The expression if it lies within the video's frames ``first..last``; else None (reported)."""
+def add_expression(report: common.Report, where: str, video: 'Video', e: Expression) -> None:
+  """Adds ``e`` to ``video`` if it lies within the video's frames (clipped to them if it reaches
+  past an end); an interval wholly outside is skipped. Both are reported."""
+  first, last = video.frame_numbers[0], video.frame_numbers[-1] + video.stride - 1
   if e.offset < first or e.onset > last:
     report.add(where, f'interval {e.onset}..{e.offset} outside the video\'s frames {first}..{last}',
                'skipped')
-    return None
+    return
   if e.onset < first or e.offset > last:
     lo, hi = max(e.onset, first), min(e.offset, last)
     report.add(where, f'interval {e.onset}..{e.offset} reaches past the video\'s frames '
                f'{first}..{last}', f'clipped to {lo}..{hi}')
     e = dataclasses.replace(e, onset=lo, offset=hi, apex=min(max(e.apex, lo), hi))
-  return e
+  video.expressions.append(e)
+
+
+def finish_scan(videos: Dict[Any, 'Video'], report: common.Report
+                ) -> Tuple[List['Video'], common.Report]:
+  """A scan's result: every video (those without an expression reported, and kept)."""
+  for v in videos.values():
+    if not v.expressions:
+      report.add(v.key, 'no expression annotated', 'kept (a video without expressions)')
+  return list(videos.values()), report
 
 
 def summary(report: common.Report, videos: Sequence[Video]) -> Dict[str, Any]:

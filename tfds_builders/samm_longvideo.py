@@ -159,14 +159,8 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
     e = longvideo.Expression(onset, apex, offset, kind, emotion=longvideo.coarse_emotion(detail),
                              emotion_detail=detail.lower(),
                              action_units=common.cell_text(cell('Action Units')), name=name)
-    e = longvideo.check_expression(report, where, e, video.frame_numbers[0],
-                                   video.frame_numbers[-1] + video.stride - 1)
-    if e is not None:
-      video.expressions.append(e)
-  for v in videos.values():
-    if not v.expressions:
-      report.add(v.key, 'no expression annotated', 'kept (a video without expressions)')
-  return list(videos.values()), report
+    longvideo.add_expression(report, where, video, e)
+  return longvideo.finish_scan(videos, report)
 
 
 class SammLongvideo(longvideo.LongVideoBuilder):
