@@ -202,3 +202,13 @@ def test_configs_name_their_builder_and_preset(name, tmp_path):
                                   preset.me_max)
   with pytest.raises(ValueError, match='Unknown config argument'):
     importlib.import_module(f'configs.{name}').get_config('smoke')
+
+
+def test_duplicate_frame_numbers_keep_the_first_file():
+  from tfds_builders import common  # pylint: disable=g-import-not-at-top
+  report = common.Report('x')
+  frames = [(1, 'a/img1.jpg'), (1, 'a/img001.jpg'), (2, 'a/img2.jpg')]
+  assert common.first_of_each_number(report, 'v', frames) == [(1, 'a/img1.jpg'), (2, 'a/img2.jpg')]
+  assert [i['action'] for i in report.issues] == ['kept the first file of each number']
+  assert common.first_of_each_number(report, 'v', frames[1:]) == frames[1:]
+  assert len(report.issues) == 1

@@ -127,6 +127,19 @@ def natural_key(s: str):
   return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
 
 
+def first_of_each_number(report: Report, where: str, frames: List[Tuple[int, str]]
+                         ) -> List[Tuple[int, str]]:
+  """``(number, path)`` frames with one file per number (the first; duplicates are reported)."""
+  seen, kept = set(), []
+  for n, p in frames:
+    if n not in seen:
+      seen.add(n)
+      kept.append((n, p))
+  if len(kept) != len(frames):
+    report.add(where, 'duplicate frame numbers', 'kept the first file of each number')
+  return kept
+
+
 def select_frames(report: Report, where: str, folder: str, onset: int, offset: int,
                   min_frames: int = 2, long_video: bool = False,
                   frames: Optional[List[Tuple[int, str]]] = None
@@ -147,17 +160,9 @@ def select_frames(report: Report, where: str, folder: str, onset: int, offset: i
   if outside and not long_video:
     report.add(where, f'{outside} frame file(s) outside onset..offset {onset}..{offset}',
                'ignored those frames')
+  inside = first_of_each_number(report, where, inside)
   nums = [n for n, _ in inside]
   expected = offset - onset + 1
-  if len(set(nums)) != len(nums):
-    report.add(where, 'duplicate frame numbers', 'kept the first file of each number')
-    seen, dedup = set(), []
-    for n, p in inside:
-      if n not in seen:
-        seen.add(n)
-        dedup.append((n, p))
-    inside = dedup
-    nums = [n for n, _ in inside]
   if len(nums) < expected and len(nums) >= min_frames:
     missing = sorted(set(range(onset, offset + 1)) - set(nums))
     shown = ', '.join(map(str, missing[:8])) + (' ...' if len(missing) > 8 else '')

@@ -103,16 +103,8 @@ def add_video_frames(report: common.Report, where: str, folder: str, fps: float
   if not frames:
     report.add(where, f'folder {folder} has no image files', 'skipped')
     return None
+  frames = common.first_of_each_number(report, where, frames)
   nums = [n for n, _ in frames]
-  if len(set(nums)) != len(nums):
-    report.add(where, 'duplicate frame numbers', 'kept the first file of each number')
-    seen, dedup = set(), []
-    for n, p in frames:
-      if n not in seen:
-        seen.add(n)
-        dedup.append((n, p))
-    frames = dedup
-    nums = [n for n, _ in frames]
   if nums[0] > 1:
     report.add(where, f'the first frame is {nums[0]} (frames 1..{nums[0] - 1} are missing)',
                'kept (frames are indexed by their file names)')
