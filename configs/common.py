@@ -44,6 +44,12 @@ def get_model_config() -> ml_collections.ConfigDict:
   #                                every token (profile counts the paper's full architecture).
   m.remat = False  # Recompute every encoder block in the backward pass: less memory, about one
   #                  more forward of time (for strategies that train the whole backbone).
+  m.attention = 'auto'  # Attention kernel of every block: auto | lean | xla | cudnn. lean: the
+  #                      memory-lean softmax attention (keeps no attention matrix for the backward
+  #                      pass; the CPU form); xla: jax.nn.dot_product_attention (XLA's fused form);
+  #                      cudnn: its cuDNN flash attention (NVIDIA GPUs, dtype bfloat16 only); auto:
+  #                      lean on CPUs, cudnn on Ampere-or-later NVIDIA GPUs with bfloat16, xla on
+  #                      other accelerators. Same results within float rounding.
   m.magnification = ml_collections.ConfigDict()
   m.magnification.alpha = 20.0  # Amplification factor alpha (Table X).
   m.magnification.lambda_c = 16.0  # EVM cut-off wavelength in pixels (at image_size).

@@ -29,6 +29,7 @@ Parameter tree (top level): ``embedding``, ``cls``, ``Transformer`` (the checkpo
 from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -85,6 +86,9 @@ class MPT(nn.Module):
     remat: recompute every encoder block in the backward pass (less memory, more time).
     cls_only_last: the last block computes the class token alone (exact; False runs it on every
       token, for comparisons).
+    attention: the blocks' attention form, ``lean`` | ``xla`` | ``cudnn``
+      (:func:`mpt_jax.models.vit.attention_product`; :func:`build_model` resolves
+      ``config.model.attention``, ``auto`` included, for the device).
   """
   num_classes: int
   patch_size: int = 16
@@ -107,6 +111,7 @@ class MPT(nn.Module):
   dtype: str = 'float32'
   remat: bool = False
   cls_only_last: bool = True
+  attention: str = 'lean'
 
   @property
   def effective_prompts(self) -> int:
@@ -194,7 +199,7 @@ class MPT(nn.Module):
     enc = family.Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.adapter_type,
                          self.adapter_reduction, k, dtype=dtype,
                          cls_only_last=self.cls_only_last, remat=self.remat,
-                         name='Transformer')(x, prompts, deep)
+                         attention=self.attention, name='Transformer')(x, prompts, deep)
     features = enc[:, 0].astype(jnp.float32)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
                       name='head')(features)
@@ -215,12 +220,15 @@ def build_magnifier(model_config: ml_collections.ConfigDict) -> magnification.Ma
       chroma_attenuation=float(m.chroma_attenuation))
 
 
-def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MPT:
+def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
+                device: Optional[jax.Device] = None) -> MPT:
   """Builds :class:`MPT` from ``config.model`` (backbone variant, prompts, adapters, motion).
 
   The prompt and adapter types are those of :func:`mpt_jax.partition.resolve_architecture`: what
   the training strategy implies unless the config sets them explicitly (a contradiction raises
-  :class:`mpt_jax.partition.StrategyError`).
+  :class:`mpt_jax.partition.StrategyError`). ``config.model.attention`` is resolved for
+  ``device`` (default: this process's first local device) by
+  :func:`mpt_jax.models.vit.resolve_attention`.
   """
   prompt_type, adapter_type = partition.resolve_architecture(model_config)
   is_clip = clip_lib.is_clip(model_config.vit)
@@ -241,6 +249,11 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
   dtype = model_config.get('dtype', 'float32')
   if dtype not in vit.DTYPES:
     raise errors.UserError(f'config.model.dtype must be one of {vit.DTYPES}, got {dtype!r}')
+  device = device or jax.local_devices()[0]
+  try:
+    attention = vit.resolve_attention(model_config.get('attention', 'auto'), dtype, device)
+  except ValueError as e:
+    raise errors.UserError(str(e)) from e
   tokenizer_init = model_config.get('tokenizer_init', 'spread')
   if tokenizer_init not in ('spread', 'middle'):
     raise errors.UserError(f"config.model.tokenizer_init must be 'spread' or 'middle', got "
@@ -260,7 +273,7 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
       tokenizer_init=tokenizer_init, magnifier=build_magnifier(model_config),
       backbone_family='clip' if is_clip else 'vit', dtype=dtype,
       remat=bool(model_config.get('remat', False)),
-      cls_only_last=bool(model_config.get('cls_only_last_block', True)))
+      cls_only_last=bool(model_config.get('cls_only_last_block', True)), attention=attention)
 
 
 def input_shape(model_config: ml_collections.ConfigDict) -> Tuple[int, ...]:
