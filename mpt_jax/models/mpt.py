@@ -26,6 +26,7 @@ Parameter tree (top level): ``embedding``, ``cls``, ``Transformer`` (the checkpo
 ``encoderblock_i/adapter``), ``tokenizer`` or ``prompt``/``deep_prompt``, and ``head``.
 """
 
+import re
 from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
@@ -226,9 +227,10 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
 
   The prompt and adapter types are those of :func:`mpt_jax.partition.resolve_architecture`: what
   the training strategy implies unless the config sets them explicitly (a contradiction raises
-  :class:`mpt_jax.partition.StrategyError`). ``config.model.attention`` is resolved for
-  ``device`` (default: this process's first local device) by
-  :func:`mpt_jax.models.vit.resolve_attention`.
+  :class:`mpt_jax.partition.StrategyError`). ``config.model.dtype`` and ``config.model.attention``
+  (``auto`` included) are resolved for ``device`` (default: this process's first local device) by
+  :func:`mpt_jax.models.vit.resolve_dtype` and :func:`mpt_jax.models.vit.resolve_attention`; the
+  model's ``dtype`` and ``attention`` say what was chosen.
   """
   prompt_type, adapter_type = partition.resolve_architecture(model_config)
   is_clip = clip_lib.is_clip(model_config.vit)
@@ -246,10 +248,12 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
     override = model_config.get(f'vit_{key}', None)
     if override:
       backbone[key] = override
-  dtype = model_config.get('dtype', 'float32')
-  if dtype not in vit.DTYPES:
-    raise errors.UserError(f'config.model.dtype must be one of {vit.DTYPES}, got {dtype!r}')
   device = device or jax.local_devices()[0]
+  try:
+    dtype = vit.resolve_dtype(model_config.get('dtype', 'float32'),
+                              bool(model_config.get('bfloat16_keeps_accuracy', False)), device)
+  except ValueError as e:
+    raise errors.UserError(str(e)) from e
   try:
     attention = vit.resolve_attention(model_config.get('attention', 'auto'), dtype, device)
   except ValueError as e:
@@ -274,6 +278,25 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
       backbone_family='clip' if is_clip else 'vit', dtype=dtype,
       remat=bool(model_config.get('remat', False)),
       cls_only_last=bool(model_config.get('cls_only_last_block', True)), attention=attention)
+
+
+# The leaves that the blocks' products cast to the compute dtype (Flax's Dense and DenseGeneral
+# with ``dtype`` promote kernel and bias to it): the attention projections and the MLP.
+_PRODUCT_LEAF = re.compile(r'^Transformer/encoderblock_\d+/(MultiHeadDotProductAttention_1/'
+                           r'(query|key|value|out)|MlpBlock_3/Dense_[01])/(kernel|bias)$')
+
+
+def frozen_for_compute(frozen: Dict[str, Any], dtype: str) -> Dict[str, Any]:
+  """The flat frozen leaves as the training step reads them: with ``dtype`` ``bfloat16`` the
+  backbone's product kernels and biases (the attention projections and the MLP, what the blocks
+  cast to bfloat16 in every call) cast once, here, instead of in every step; the other leaves
+  (LayerNorms, embeddings, the patch conv) stay float32. The step's results are the same bits
+  (the cast is the same rounding), and the frozen backbone takes half the memory. ``float32``:
+  ``frozen`` itself."""
+  if dtype == 'float32':
+    return frozen
+  target = vit.compute_dtype(dtype)
+  return {k: (jnp.asarray(v, target) if _PRODUCT_LEAF.match(k) else v) for k, v in frozen.items()}
 
 
 def input_shape(model_config: ml_collections.ConfigDict) -> Tuple[int, ...]:

@@ -65,6 +65,58 @@ class AddPositionEmbs(nn.Module):
 
 ACTIVATIONS = ('gelu_tanh', 'quick_gelu')
 DTYPES = ('float32', 'bfloat16')
+# ``config.model.dtype``: a compute dtype, or ``auto`` (:func:`resolve_dtype`).
+DTYPE_CHOICES = ('auto',) + DTYPES
+# /proc/cpuinfo flags of CPUs with bfloat16 products in hardware (Intel AMX, AVX512-BF16; the
+# latter also on AMD Zen 4 and later).
+CPU_BF16_FLAGS = ('amx_bf16', 'avx512_bf16')
+
+
+def cpu_flags(path: str = '/proc/cpuinfo') -> frozenset:
+  """The CPU feature flags of ``/proc/cpuinfo`` (empty where the file is missing, as on macOS)."""
+  try:
+    with open(path) as f:
+      for line in f:
+        if line.startswith('flags'):
+          return frozenset(line.split(':', 1)[1].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+def hardware_has_bfloat16(device, flags: Optional[frozenset] = None) -> bool:
+  """Whether ``device`` multiplies bfloat16 in hardware: NVIDIA GPUs from Ampere (compute
+  capability 8.0) on, TPUs, and CPUs with one of :data:`CPU_BF16_FLAGS` (``flags``, default
+  :func:`cpu_flags`). Elsewhere XLA emulates bfloat16 products, no faster than float32."""
+  if device.platform == 'tpu':
+    return True
+  if device.platform == 'gpu':
+    try:
+      major = float(str(getattr(device, 'compute_capability', '0')).split('.', 1)[0])
+    except ValueError:
+      major = 0
+    return major >= 8
+  if device.platform == 'cpu':
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in CPU_BF16_FLAGS)
+  return False
+
+
+def resolve_dtype(name: str, bfloat16_keeps_accuracy: bool, device,
+                  flags: Optional[frozenset] = None) -> str:
+  """The compute dtype of ``config.model.dtype`` on ``device``.
+
+  ``float32`` and ``bfloat16`` are kept as they are. ``auto`` is ``bfloat16`` where the hardware
+  multiplies it (:func:`hardware_has_bfloat16`) AND ``config.model.bfloat16_keeps_accuracy`` says
+  that bfloat16 keeps MPT's accuracy, ``float32`` otherwise.
+  """
+  if name not in DTYPE_CHOICES:
+    raise ValueError(f'config.model.dtype must be one of {DTYPE_CHOICES}, got {name!r}')
+  if name != 'auto':
+    return name
+  if bfloat16_keeps_accuracy and hardware_has_bfloat16(device, flags):
+    return 'bfloat16'
+  return 'float32'
 
 
 def compute_dtype(name: str) -> Any:
