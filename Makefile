@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(PY) main.py --config=configs/synthetic.py --workdir=runs/synthetic_demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_model.py
+	$(PY) -m benchmarks.bench_model
 
 # The `make demo` LOSO (synthetic faces, 8 subjects x 5 classes x 4 clips, 64 px, small ViT,
 # 30 epochs), sequential vs all 8 folds in one step, back to back; one JSON line.
