@@ -313,23 +313,29 @@ def profile(call: Callable[[], Any], trace_dir: str, top: int = 15) -> Dict[str,
 
 # ---------------------------------------------------------------------------- child processes
 def run_child(argv: Sequence[str], timeout: Optional[float] = None,
-              env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-  """Runs ``argv + ['--_out=FILE']`` from the repository root in a fresh process and returns the
-  JSON object the child wrote to FILE (:func:`write_result`); on a timeout, a crash or no result,
-  ``{'error': one line}``."""
+              env: Optional[Dict[str, str]] = None,
+              out_path: Optional[str] = None) -> Dict[str, Any]:
+  """Runs ``argv + ['--_out=FILE']`` from the repository root in a fresh process with a time
+  limit. Without ``out_path``: FILE is temporary and the JSON object the child wrote there
+  (:func:`write_result`) is returned. With ``out_path`` (a child that writes what it measured as
+  it goes, e.g. JSON lines, read by the caller even after a timeout): ``{}``. On a timeout, a crash
+  or no result: ``{'error': one line}``."""
   with tempfile.TemporaryDirectory(prefix='bench_') as tmp:
-    out = os.path.join(tmp, 'result.json')
+    out = out_path or os.path.join(tmp, 'result.json')
     try:
       proc = subprocess.run(list(argv) + [f'--_out={out}'], cwd=ROOT, capture_output=True,
                             text=True, timeout=timeout, check=False,
                             env=None if env is None else {**os.environ, **env})
     except subprocess.TimeoutExpired:
-      return {'error': f'did not finish within {timeout:.0f} s'}
+      return {'error': f'stopped at its {timeout:.0f} s limit'}
+    tail = [l for l in (proc.stderr or '').strip().splitlines() if l.strip()][-1:]
+    failed = {'error': f'exited with code {proc.returncode}: {tail[0] if tail else "(no output)"}'}
+    if out_path is not None:
+      return failed if proc.returncode else {}
     if os.path.exists(out):
       with open(out) as f:
         return json.load(f)
-    tail = [l for l in (proc.stderr or '').strip().splitlines() if l.strip()][-1:]
-    return {'error': f'exited with code {proc.returncode}: {tail[0] if tail else "(no output)"}'}
+    return failed
 
 
 def write_result(path: str, result: Dict[str, Any]) -> None:
