@@ -224,7 +224,7 @@ def main(argv=None):
   head, entries, steps_status = run_steps(args, timeout=STEPS_SHARE * args.budget_s)
   steps = {}
   for e in entries:
-    steps.setdefault(e.pop('dtype'), {})[f"F{e.pop('F')}"] = e
+    steps.setdefault(e['dtype'], {})[f"F{e.pop('F')}"] = e
   remaining = args.budget_s - (time.time() - t0) - 5
   loso = run_loso(args, sizes, max(10.0, remaining))
   bf16_mfu = [e['mfu'] for e in steps.get('bfloat16', {}).values() if e.get('mfu') is not None]
