@@ -70,29 +70,27 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
   config's value; an unknown key, a bad value or a missing file is a :class:`BenchError`)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  path = spec.partition(':')[0]
-  if not os.path.isfile(path if os.path.isabs(path) else os.path.join(ROOT, path)):
+  path, colon, arg = spec.partition(':')
+  full = path if os.path.isabs(path) else os.path.join(ROOT, path)
+  if not os.path.isfile(full):
     raise BenchError(f'--config: no config file {path}')
   for item in overrides:
     if '=' not in item:
       raise BenchError(f'--set {item!r}: expected key=value, e.g. train.num_epochs=3')
-  argv = ['bench', f'--config={spec}'] + [f'--config.{item}' for item in overrides]
+  argv = ['bench', f'--config={full}{colon}{arg}'] + [f'--config.{item}' for item in overrides]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, 'the config', flag_values=values,
                                   lock_config=True, sys_argv=argv)
-  cwd = os.getcwd()
-  os.chdir(ROOT)  # a relative config path is relative to the repository
   try:
     values(argv)
-  except (AttributeError, KeyError) as e:
+  except (AttributeError, KeyError) as e:  # an override of a key the config does not have
     key = str(e).strip('"\'')
-    bad = next((i for i in overrides if i.split('=', 1)[0].split('.')[-1] == key), overrides)
-    raise BenchError(f'--set {bad!r}: config has no key '
-                     f'{bad.split("=", 1)[0] if isinstance(bad, str) else key!r}') from e
+    item = next((i for i in overrides if i.split('=', 1)[0].split('.')[-1] == key), None)
+    if item is None:
+      raise BenchError(f'--set: config has no key {key!r}') from e
+    raise BenchError(f'--set {item!r}: config has no key {item.split("=", 1)[0]!r}') from e
   except flags.Error as e:
     raise BenchError(' '.join(str(e).split())) from e
-  finally:
-    os.chdir(cwd)
   return values.config
 
 
@@ -158,9 +156,10 @@ class RunnerPrograms:
     self.config = config = config.copy_and_resolve_references()
     batch = int(config.train.batch_size)
     subjects = max(2, folds)
-    # Every training fold holds steps * batch clips (subjects - 1 others' clips); the held-out
-    # subject eval_clips_per_fold or more.
-    per_subject = max(-(-steps * batch // (subjects - 1)), eval_clips_per_fold, 1)
+    # Every training fold (the subjects - 1 others' clips) fills ``steps`` batches, the last one
+    # at least partly (the runner's steps per epoch); the held-out subject has
+    # eval_clips_per_fold clips or more.
+    per_subject = max(steps * batch // (subjects - 1), eval_clips_per_fold, 1)
     config.train.folds_per_step = folds
     data = random_clipset(subjects, subjects * per_subject, int(config.model.num_frames),
                           int(config.model.image_size), int(config.data.get('num_classes', 5) or 5))
