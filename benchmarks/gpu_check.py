@@ -95,7 +95,10 @@ def measure_step(sizes, dtype: str, folds: int, min_time_s: float, trace_dir: st
     peak = peak_tflops(device.device_kind, dtype) if device.platform == 'gpu' else None
     entry.update({'gflop_per_step': float(f'{flops / 1e9:.6g}'), 'tflops': round(tflops, 4),
                   'peak_tflops': peak, 'mfu': round(tflops / peak, 4) if peak else None})
-  entry['profile'] = common.profile(programs.train_epoch, trace_dir)
+  try:  # a profiler that cannot start (e.g. no CUPTI) costs the table, not the timing
+    entry['profile'] = common.profile(programs.train_epoch, trace_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    entry['profile'] = {'error': f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'}
   mem = common.device_peak_mib()
   if mem is not None:
     entry['device_peak_mib'] = mem
