@@ -41,12 +41,12 @@ demo: $(STAMP)
 	$(PY) main.py --config=configs/synthetic.py --workdir=runs/synthetic_demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_model.py
+	$(PY) -m benchmarks.bench_model
 
 # The `make demo` LOSO (synthetic faces, 8 subjects x 5 classes x 4 clips, 64 px, small ViT,
 # 30 epochs), sequential vs all 8 folds in one step, back to back; one JSON line.
 bench-loso: $(STAMP)
-	$(PY) benchmarks/bench_loso.py --config=configs/synthetic.py --data=faces --subjects=8 \
+	$(PY) -m benchmarks.bench_loso --config=configs/synthetic.py --data=faces --subjects=8 \
 	  --clips=160 --folds_per_step=1,all --check_same
 
 # The one package benchmarks/gpu_check.sh needs that the GPU image lacks (pure Python), as a

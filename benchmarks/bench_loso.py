@@ -1,7 +1,7 @@
 """A complete LOSO run, sequential vs fold-parallel, back to back: one JSON line.
 
 Usage:
-  python benchmarks/bench_loso.py [--config=configs/synthetic.py[:arg]] [--set=train.num_epochs=3]
+  python -m benchmarks.bench_loso [--config=configs/synthetic.py[:arg]] [--set=train.num_epochs=3]
       [--data=random|faces|prepared] [--subjects=8] [--clips=160] [--frames=T] [--image_size=S]
       [--vit=V] [--folds_per_step=1,all] [--check_same] [--without=tensorflow,clu]
 
@@ -18,9 +18,8 @@ in-memory data in a fresh subprocess (so its peak RSS is its own) with a fresh w
 * ``peak_rss_mib``: the subprocess's ``ru_maxrss``; ``device_peak_mib``: the accelerator's peak
   allocation where the backend reports one (GPUs), else null.
 
-``--folds_per_step=1`` is today's sequential loop; ``F > 1`` trains F folds in one vmapped step and
-needs ``config.train.folds_per_step``; a checkout without that key reports the variant as an error
-(one line, no traceback, exit code 2) instead of silently running it sequentially. ``--check_same``
+``--folds_per_step=1`` is the sequential loop; ``F > 1`` trains F folds in one vmapped step.
+``--check_same``
 compares every fold's predictions (exactly) and probabilities (``--atol``) between variants.
 
 Data (``--data``): ``random`` (default) makes uniform-noise clips in memory, fine for speed but
@@ -34,119 +33,23 @@ main.py's persistent compilation cache in every variant (none by default: cold c
 """
 
 import argparse
-import ast
 import collections
-import importlib.machinery
-import importlib.util
 import json
 import os
 import resource
-import shutil
-import subprocess
 import sys
 import tempfile
+import shutil
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from benchmarks import common
+from benchmarks.common import BenchError, device_peak_mib, hide_modules  # pylint: disable=unused-import
 
-
-class BenchError(Exception):
-  """A benchmark argument or environment that cannot work (one line, exit code 2)."""
-
-
-# ------------------------------------------------------------------------------ hidden modules
-def hide_modules(names):
-  """Makes ``import name`` (and ``importlib.util.find_spec``) fail as if ``names`` were absent."""
-  names = tuple(n for n in names if n)
-  if not names:
-    return
-
-  class _Hidden:
-    """Wraps one meta path finder; finds nothing under the hidden top-level names."""
-
-    def __init__(self, finder):
-      self._finder = finder
-
-    def find_spec(self, name, path=None, target=None):
-      if name.split('.')[0] in names:
-        return None
-      find = getattr(self._finder, 'find_spec', None)
-      return find(name, path, target) if find else None
-
-    def __getattr__(self, attr):
-      return getattr(self._finder, attr)
-
-  sys.meta_path[:] = [f if isinstance(f, _Hidden) else _Hidden(f) for f in sys.meta_path]
-  for mod in list(sys.modules):
-    if mod.split('.')[0] in names:
-      del sys.modules[mod]
-
-
-# --------------------------------------------------------------------------------- the config
-def load_config(spec: str):
-  """``path/to/config.py[:arg]`` -> its ``get_config(arg)`` (as ml_collections' config flag does)."""
-  path, _, arg = spec.partition(':')
-  full = path if os.path.isabs(path) else os.path.join(ROOT, path)
-  if not os.path.isfile(full):
-    raise BenchError(f'--config: no config file {path}')
-  loader = importlib.machinery.SourceFileLoader('_bench_config', full)
-  module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-  loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def _parse_value(text: str, old):
-  if isinstance(old, bool):
-    if text.lower() in ('true', '1', 'yes'):
-      return True
-    if text.lower() in ('false', '0', 'no'):
-      return False
-    raise BenchError(f'{text!r} is not a boolean')
-  if isinstance(old, str):
-    return text
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError) as e:
-    raise BenchError(f'cannot read {text!r} as a value') from e
-  if isinstance(old, float) and isinstance(value, int):
-    value = float(value)
-  return value
-
-
-def apply_overrides(config, overrides):
-  """Applies ``key.path=value`` overrides; only keys that exist (typed like the current value)."""
-  for item in overrides:
-    key, sep, text = item.partition('=')
-    if not sep:
-      raise BenchError(f'--set {item!r}: expected key=value, e.g. train.num_epochs=3')
-    node, parts = config, key.strip().split('.')
-    for part in parts[:-1]:
-      if part not in node:
-        raise BenchError(f'--set {item!r}: config has no key {key!r}')
-      node = node[part]
-    if parts[-1] not in node:
-      raise BenchError(f'--set {item!r}: config has no key {key!r}')
-    try:
-      node[parts[-1]] = _parse_value(text.strip(), node[parts[-1]])
-    except (TypeError, ValueError) as e:
-      raise BenchError(f'--set {item!r}: {e}') from e
-  return config
-
-
-def has_folds_per_step(config) -> bool:
-  return 'folds_per_step' in config.train
+ROOT = common.ROOT
 
 
 def set_folds_per_step(config, folds: int) -> None:
-  """Sets ``config.train.folds_per_step``; refuses F != 1 where the key does not exist."""
-  if has_folds_per_step(config):
-    config.train.folds_per_step = int(folds)
-  elif int(folds) != 1:
-    raise BenchError(f'folds_per_step={folds}: config.train.folds_per_step does not exist in this '
-                     'checkout (fold-parallel training is not merged yet); only the sequential '
-                     'loop (folds_per_step=1) can be measured')
+  config.train.folds_per_step = int(folds)
 
 
 # ------------------------------------------------------------------------------------ the data
@@ -156,23 +59,7 @@ def make_clipset(clips, labels, apex, subjects, names, classes):
   return input_pipeline.ClipSet(clips, labels, apex, subjects, names, classes)
 
 
-def random_data(num_subjects, num_clips, frames, size, num_classes, seed=0):
-  """Uniform-noise clips (float16 in [0, 1]), subjects round-robin, classes cyclic."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  if num_subjects < 2 or num_clips < num_subjects:
-    raise BenchError(f'--subjects={num_subjects} --clips={num_clips}: LOSO needs at least 2 '
-                     'subjects and a clip per subject')
-  rng = np.random.default_rng(seed)
-  clips = np.empty((num_clips, frames, size, size, 3), np.float16)
-  for i in range(num_clips):  # one clip at a time: no float64 copy of the whole protocol
-    clips[i] = rng.random((frames, size, size, 3), np.float32)
-  idx = np.arange(num_clips)
-  subjects = np.asarray([f's{i % num_subjects + 1:02d}' for i in idx])
-  labels = ((idx // num_subjects) % num_classes).astype(np.int32)
-  names = np.asarray([f'bench/{s}/clip{i:04d}' for s, i in zip(subjects, idx)])
-  classes = tuple(f'class{c}' for c in range(num_classes))
-  return make_clipset(clips, labels, np.full(num_clips, (frames - 1) // 2, np.int32), subjects,
-                      names, classes)
+random_data = common.random_clipset
 
 
 def faces_data(num_subjects, num_clips, frames, size):
@@ -200,8 +87,7 @@ def faces_data(num_subjects, num_clips, frames, size):
 
 def build_config(args):
   """The config of ``args`` (the same in every variant's subprocess)."""
-  config = load_config(args.config)
-  apply_overrides(config, args.set)
+  config = common.load_config(args.config, args.set)
   if args.vit:
     config.model.vit = args.vit
   if args.frames:
@@ -254,17 +140,6 @@ class CompileClock:
   @property
   def backend_compiles(self):
     return self.counts[self.EVENTS[-1]]
-
-
-def device_peak_mib():
-  import jax  # pylint: disable=g-import-not-at-top
-  try:
-    stats = jax.local_devices()[0].memory_stats()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if not stats or 'peak_bytes_in_use' not in stats:
-    return None
-  return round(stats['peak_bytes_in_use'] / 2**20, 1)
 
 
 def read_folds(workdir):
@@ -354,10 +229,10 @@ def compare(a, b, atol):
           'max_prob_diff': prob, 'max_train_loss_diff': loss, 'within_atol': prob <= atol}
 
 
-def child_argv(args, folds, out_path):
-  argv = [sys.executable, os.path.abspath(__file__), f'--config={args.config}',
-          f'--data={args.data}', f'--subjects={args.subjects}', f'--clips={args.clips}',
-          f'--_variant={folds}', f'--_out={out_path}']
+def child_argv(args, folds):
+  argv = common.module_argv('bench_loso', f'--config={args.config}', f'--data={args.data}',
+                            f'--subjects={args.subjects}', f'--clips={args.clips}',
+                            f'--_variant={folds}')
   argv += [f'--set={s}' for s in args.set]
   for name in ('frames', 'image_size', 'vit', 'without', 'workdir_root', 'compile_cache'):
     value = getattr(args, name)
@@ -370,23 +245,10 @@ def child_argv(args, folds, out_path):
 
 def run_child(args, folds, timeout=None):
   """One variant in a fresh subprocess; returns its result dict (``error`` on failure)."""
-  tmp = tempfile.mkdtemp(prefix='bench_loso_')
-  out = os.path.join(tmp, 'result.json')
-  try:
-    try:
-      proc = subprocess.run(child_argv(args, folds, out), cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-      return {'folds_per_step': folds, 'error': f'did not finish within {timeout:.0f} s'}
-    if os.path.exists(out):
-      with open(out) as f:
-        return json.load(f)
-    tail = [l for l in (proc.stderr or '').strip().splitlines() if l.strip()][-1:]
-    return {'folds_per_step': folds,
-            'error': f'the variant exited with code {proc.returncode}: '
-                     f'{tail[0] if tail else "(no output)"}'}
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  result = common.run_child(child_argv(args, folds), timeout=timeout)
+  if 'error' in result and 'folds_per_step' not in result:
+    result = {'folds_per_step': folds, 'error': f"the variant {result['error']}"}
+  return result
 
 
 def parse_args(argv=None):
@@ -435,8 +297,7 @@ def child_main(args):
       result = {'folds_per_step': args._variant, 'error': str(e)}  # pylint: disable=protected-access
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
-  with open(args._out, 'w') as f:  # pylint: disable=protected-access
-    json.dump(result, f)
+  common.write_result(args._out, result)  # pylint: disable=protected-access
 
 
 def main(argv=None):
@@ -446,24 +307,13 @@ def main(argv=None):
     child_main(args)
     return 0
   try:
-    config = load_config(args.config)  # fail fast on a bad config or override
-    apply_overrides(config, args.set)
+    config = common.load_config(args.config, args.set)  # fail fast on a bad config or override
   except BenchError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  errors_early = {}
-  for folds in args.folds:
-    try:
-      set_folds_per_step(config, folds)
-    except BenchError as e:
-      errors_early[folds] = {'folds_per_step': folds, 'error': str(e)}
+  del config
   t0 = time.time()
-  results = []
-  for folds in args.folds:
-    if folds in errors_early:
-      results.append(errors_early[folds])
-      continue
-    results.append(run_child(args, folds, timeout=args.timeout or None))
+  results = [run_child(args, folds, timeout=args.timeout or None) for folds in args.folds]
   line = {'bench': 'loso', 'config': args.config, 'set': args.set, 'data': args.data,
           'subjects': args.subjects, 'clips': args.clips if args.data != 'prepared' else None,
           'wall_s': round(time.time() - t0, 2)}

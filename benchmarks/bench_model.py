@@ -1,128 +1,127 @@
-"""Speed of the jitted MPT forward and training step, and the motion branch's share.
+"""Speed of the runner's own training step and held-out evaluation, per batch size and config variant.
 
-Usage: python benchmarks/bench_model.py [--vit=B_16] [--batches=1,8,16] [--repeats=3]
+Usage::
 
-Measures clips/s of (a) the plain ViT forward (no prompts, no adapters), (b) the full MPT forward,
-(c) the dynamic image + magnification + tokenizer alone, and (d) one MPT training step (Adam, frozen
-backbone through optax.multi_transform), each after a warm-up call that compiles, with the MPT
-forward's achieved GFLOP/s (XLA's flop count); and, first, the GFLOP/s of one plain product of the
-ViT-B/16 MLP's size in float32 and with bfloat16 operands: the ceiling those rates are measured
-against. Prints one JSON line per product and per batch size. Numbers depend on the machine; the
-README records the ones measured here.
+  python -m benchmarks.bench_model [--config=configs/casme2.py] [--batches=1,8,16] [--steps=2]
+      [--rounds=3] [--set=model.dtype=bfloat16 ...]
+      [--variant=xla:model.attention=xla --variant=lean:model.attention=lean ...]
+
+Builds the runner's programs (:class:`benchmarks.common.RunnerPrograms`: ``loso.Experiment`` on
+random clips, a random frozen backbone, the config's defaults otherwise: ViT-B/16, 224 px,
+T = 16) for every variant (``NAME:key=value,key=value``, applied after ``--set``; without
+``--variant`` the config alone), then times them interleaved: each round runs one training epoch
+of ``--steps`` steps and one evaluation of a batch for every variant in turn, so that a noisy
+machine slows all of them alike. Per batch and variant: ``step_ms`` (median over the rounds of
+the epoch's time over its steps), ``train_clips_per_s``, ``eval_clips_per_s``, ``first_epoch_s``
+(compilation included), ``gflop_per_step`` and ``step_gflop_per_s`` (XLA's flop count of the
+runner's one-step program). First, the rate of one plain product of the ViT-B/16 MLP's size
+(float32 and bfloat16 operands), the ceiling of those rates. Prints one JSON line.
 """
 
 import argparse
-import json
 import os
+import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common
 
-import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp
-import optax
-
-from configs import common
-from mpt_jax import partition
-from mpt_jax import train as train_lib
-from mpt_jax.models import dynamic_image
-from mpt_jax.models import mpt as mpt_lib
-from mpt_jax.models import tokenizer as tok_lib
+DEFAULT_SETS = ('model.allow_random_backbone=True',)  # a random frozen backbone
 
 
-def _time(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))  # compile + warm-up
-  best = float('inf')
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - t)
-  return best
-
-
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument('--vit', default='B_16')
-  parser.add_argument('--batches', default='1,8,16')
-  parser.add_argument('--repeats', type=int, default=3)
-  args = parser.parse_args()
-  config = common.get_config()
-  config.model.vit = args.vit
-  model = mpt_lib.build_model(config.model, 5)
-  plain_cfg = common.get_config()
-  plain_cfg.model.vit = args.vit
-  plain_cfg.model.prompt_type = 'none'
-  plain_cfg.model.adapter_type = 'none'
-  plain = mpt_lib.build_model(plain_cfg.model, 5)
-  shape = mpt_lib.input_shape(config.model)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1,) + shape))['params']
-  plain_params = jax.jit(plain.init)(jax.random.PRNGKey(0), jnp.zeros((1,) + shape))['params']
-  tx = partition.make_optimizer(config.train, params, 'mpt', 1)
-  opt_state = tx.init(params)
-  magnifier = mpt_lib.build_magnifier(config.model)
-
-  # Compiled with the runner's options (train.compiler_options: float32 on CPU without YNNPACK).
-  options = train_lib.compiler_options(config.model.dtype, jax.devices())
-  fwd = train_lib.CompiledAhead(jax.jit(lambda p, x: model.apply({'params': p}, x)), options)
-  plain_fwd = train_lib.CompiledAhead(jax.jit(lambda p, x: plain.apply({'params': p}, x)), options)
-
-  tok = tok_lib.GaussianTokenizer(int(config.model.num_prompts), model.hidden_size,
-                                  int(config.model.tokenizer_dim), int(config.model.tokenizer_patch))
-  motion_fn = train_lib.CompiledAhead(jax.jit(lambda tp, x: (
-      dynamic_image.dynamic_image(x), tok.apply({'params': tp}, magnifier(x))[0])), options)
-
-  def train_step(p, o, x, y):
-    def loss_fn(pp):
-      return optax.softmax_cross_entropy_with_integer_labels(model.apply({'params': pp}, x), y).mean()
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    u, o = tx.update(g, o, p)
-    return optax.apply_updates(p, u), o, loss
-
-  def flops(fn, *a):
-    cost = jax.jit(fn).lower(*a).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost['flops'])
-
-  x1 = jnp.zeros((1,) + shape)
-  step_flops = flops(train_step, params, opt_state, x1, jnp.zeros((1,), jnp.int32))
-  fwd_flops = flops(lambda p, x: model.apply({'params': p}, x), params, x1)
-  train_step = train_lib.CompiledAhead(jax.jit(train_step), options)
-  print(json.dumps({'device': str(jax.devices()[0]), 'backend': jax.default_backend(),
-                    'vit': args.vit, 'cpu_count': os.cpu_count(),
-                    'compiled_gflops_forward_per_clip': round(fwd_flops / 1e9, 2),
-                    'compiled_gflops_train_step_per_clip': round(step_flops / 1e9, 2),
-                    'train_step_over_forward_flops': round(step_flops / fwd_flops, 3)}))
-  # This machine's product rate, the ceiling of the ViT's work: one ViT-B/16 MLP product at batch
-  # 16 ((16 x 202) x 768 times 768 x 3072), float32 and bfloat16 operands accumulated in float32.
+def product_rates(repeats: int = 5):
+  """GFLOP/s of one ViT-B/16 MLP product at batch 16 ((16 x 202) x 768 times 768 x 3072) with
+  float32 and with bfloat16 operands (float32 accumulation), compiled with the runner's options."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mpt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   m, k, n = 16 * 202, 768, 3072
+  out = {}
   for name, dtype in (('float32', jnp.float32), ('bfloat16', jnp.bfloat16)):
     a = jax.random.normal(jax.random.PRNGKey(1), (m, k)).astype(dtype)
     w = jax.random.normal(jax.random.PRNGKey(2), (k, n)).astype(dtype)
     prod = train_lib.CompiledAhead(jax.jit(lambda u, v: jnp.dot(
         u, v, preferred_element_type=jnp.float32)), train_lib.compiler_options(name, jax.devices()))
-    t = _time(prod, a, w, repeats=max(args.repeats, 5))
-    print(json.dumps({'product': f'({m} x {k}) x ({k} x {n})', 'operands': name,
-                      'gflop_per_s': round(2 * m * k * n / t / 1e9, 1)}), flush=True)
-  for b in [int(s) for s in args.batches.split(',')]:
-    x = jax.random.uniform(jax.random.PRNGKey(b), (b,) + shape)
-    y = jnp.zeros((b,), jnp.int32)
-    t_plain = _time(plain_fwd, plain_params, x, repeats=args.repeats)
-    t_fwd = _time(fwd, params, x, repeats=args.repeats)
-    t_motion = _time(motion_fn, params['tokenizer'], x, repeats=args.repeats)
-    t_step = _time(train_step, params, opt_state, x, y, repeats=args.repeats)
-    print(json.dumps({
-        'batch': b,
-        'plain_vit_forward_clips_per_s': round(b / t_plain, 3),
-        'mpt_forward_clips_per_s': round(b / t_fwd, 3),
-        'mpt_forward_gflop_per_s': round(fwd_flops * b / t_fwd / 1e9, 1),
-        'mpt_train_step_clips_per_s': round(b / t_step, 3),
-        'motion_branch_s': round(t_motion, 4),
-        'motion_branch_share_of_forward': round(t_motion / t_fwd, 3),
-        'forward_overhead_vs_plain_vit': round(t_fwd / t_plain - 1.0, 3),
-        'train_step_over_forward': round(t_step / t_fwd, 3),
-    }), flush=True)
+    t = common.time_calls(lambda: jax.block_until_ready(prod(a, w)), repeats=repeats)  # pylint: disable=cell-var-from-loop
+    out[name] = round(2 * m * k * n / t['min_s'] / 1e9, 1)
+  return out
+
+
+def parse_variants(specs):
+  variants = [('config', [])]
+  if specs:
+    variants = []
+    for spec in specs:
+      name, _, items = spec.partition(':')
+      if not name:
+        raise common.BenchError(f'--variant {spec!r}: expected NAME:key=value,key=value')
+      variants.append((name, [x for x in items.split(',') if x]))
+  return variants
+
+
+def measure(args):
+  import jax  # pylint: disable=g-import-not-at-top
+  variants = parse_variants(args.variant)
+  line = {'bench': 'model', 'config': args.config, 'set': args.set, 'device': common.device_label(),
+          'cpu_count': os.cpu_count(), 'steps': args.steps, 'rounds': args.rounds,
+          'product_gflop_per_s': product_rates(), 'batches': {}}
+  for batch in [int(b) for b in args.batches.split(',') if b]:
+    programs = {}
+    for name, items in variants:
+      config = common.load_config(args.config, list(DEFAULT_SETS) + args.set + items + [
+          f'train.batch_size={batch}', f'train.eval_batch_size={batch}'])
+      p = common.RunnerPrograms(config, folds=1, steps=args.steps, eval_clips_per_fold=batch)
+      t = time.perf_counter()
+      p.train_epoch()
+      first = time.perf_counter() - t
+      p.evaluate()
+      flops = p.step_flops()
+      programs[name] = (p, first, flops, {'train': [], 'eval': []})
+    for _ in range(args.rounds):
+      for name, (p, _, _, times) in programs.items():
+        t = time.perf_counter()
+        p.train_epoch()
+        times['train'].append((time.perf_counter() - t) / p.steps)
+        t = time.perf_counter()
+        jax.block_until_ready(p.evaluate())
+        times['eval'].append(time.perf_counter() - t)
+    row = {}
+    for name, (p, first, flops, times) in programs.items():
+      step_s, eval_s = statistics.median(times['train']), statistics.median(times['eval'])
+      row[name] = {**p.describe(), 'step_ms': round(1000 * step_s, 2),
+                   'step_ms_each': [round(1000 * x, 2) for x in times['train']],
+                   'train_clips_per_s': round(batch / step_s, 3),
+                   'eval_clips_per_s': round(batch / eval_s, 3),
+                   'first_epoch_s': round(first, 2),
+                   'gflop_per_step': float(f'{flops / 1e9:.4g}') if flops else None,
+                   'step_gflop_per_s': float(f'{flops / step_s / 1e9:.4g}') if flops else None}
+    line['batches'][str(batch)] = row
+    del programs
+  return line
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  p.add_argument('--config', default='configs/casme2.py', help='config file[:arg]')
+  p.add_argument('--batches', default='1,8,16', help='batch sizes, comma-separated')
+  p.add_argument('--steps', type=int, default=2, help='steps per timed training epoch')
+  p.add_argument('--rounds', type=int, default=3, help='timed rounds (interleaved over variants)')
+  p.add_argument('--set', action='append', default=[],
+                 help='config override key=value for every variant (repeatable)')
+  p.add_argument('--variant', action='append', default=[],
+                 help='NAME:key=value,key=value: a configuration timed beside the others')
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  try:
+    common.emit(measure(args))
+  except common.BenchError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The one-shot GPU check of issue 9 (benchmarks/gpu_check.py says what it measures); prints one
-# JSON line on stdout, within 8 minutes on one GPU.
+# The one-shot GPU check (benchmarks/gpu_check.py says what it measures: the runner's own step in
+# float32 and bfloat16 for F = 1, 8, 26 with a profile of two steps, and a whole in-memory LOSO);
+# prints one JSON line on stdout, within 8 minutes on one GPU.
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root, on a machine with a GPU
-#   bash benchmarks/gpu_check.sh --tiny     # the same code at tiny sizes, on CPU, in under a minute
+#   bash benchmarks/gpu_check.sh --tiny     # the same code at tiny sizes, on CPU, in under 2 minutes
 #
 # TF-free: the GPU image this is made for has JAX (CUDA), flax, optax, orbax, scipy, OpenCV,
 # matplotlib and tensorboard but no tensorflow, tensorflow-datasets, clu or ml-collections. The
@@ -16,7 +17,8 @@
 #   run(command='bash benchmarks/gpu_check.sh', carry=['.whl'], timeout_s=600)
 #
 # Environment: PYTHON (default python3), GPU_CHECK_SITE (where the wheel is installed, default a
-# temporary folder). Every argument is passed on to benchmarks/gpu_check.py.
+# temporary folder). Every argument is passed on to benchmarks/gpu_check.py (e.g.
+# --profile_md=$OUT/profile.md writes the kernel tables as markdown).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
@@ -34,4 +36,4 @@ if ! "$PY" -c 'import ml_collections' 2>/dev/null; then
     --target "$site" "${wheels[@]}" >&2
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-exec "$PY" benchmarks/gpu_check.py "$@"
+exec "$PY" -m benchmarks.gpu_check "$@"

@@ -36,14 +36,28 @@ def get_model_config() -> ml_collections.ConfigDict:
   #                              §4) | middle (zero biases, all K at the clip's middle; comparison only).
   m.training_strategy = 'mpt'  # What trains, and the architecture (Table VI): mpt | scratch |
   #                              full_finetune | linear_probe | prompt_only | adapter_only.
-  m.dtype = 'float32'  # Compute dtype of the backbone, adapters and tokenizer: float32 | bfloat16
-  #                     (bfloat16 products, float32 accumulation; parameters, optimizer, dynamic
-  #                     image, magnification, logits and loss stay float32).
+  m.dtype = 'auto'  # Compute dtype of the backbone, adapters and tokenizer: auto | float32 |
+  #                  bfloat16 (bfloat16 products, float32 accumulation; parameters, optimizer,
+  #                  dynamic image, magnification, logits and loss stay float32; the frozen
+  #                  backbone's product weights are cast to bfloat16 once per run). auto:
+  #                  bfloat16 where the hardware multiplies it (NVIDIA GPUs from Ampere on, TPUs,
+  #                  CPUs with AMX-BF16 or AVX512-BF16) and bfloat16_keeps_accuracy is True,
+  #                  float32 otherwise.
   m.cls_only_last_block = True  # The last encoder block computes the class token alone (the head
   #                                reads nothing else): exact, ~7 % fewer flops. False runs it on
   #                                every token (profile counts the paper's full architecture).
   m.remat = False  # Recompute every encoder block in the backward pass: less memory, about one
   #                  more forward of time (for strategies that train the whole backbone).
+  m.bfloat16_keeps_accuracy = False  # Whether dtype 'auto' may choose bfloat16: flip to True
+  #                                    once the accuracy study shows that bfloat16 keeps MPT's
+  #                                    LOSO accuracy within seed noise (until then auto is float32
+  #                                    everywhere).
+  m.attention = 'auto'  # Attention kernel of every block: auto | lean | xla | cudnn. lean: the
+  #                      memory-lean softmax attention (keeps no attention matrix for the backward
+  #                      pass; the CPU form); xla: jax.nn.dot_product_attention (XLA's fused form);
+  #                      cudnn: its cuDNN flash attention (NVIDIA GPUs, dtype bfloat16 only); auto:
+  #                      lean on CPUs, cudnn on Ampere-or-later NVIDIA GPUs with bfloat16, xla on
+  #                      other accelerators. Same results within float rounding.
   m.magnification = ml_collections.ConfigDict()
   m.magnification.alpha = 20.0  # Amplification factor alpha (Table X).
   m.magnification.lambda_c = 16.0  # EVM cut-off wavelength in pixels (at image_size).

@@ -343,7 +343,9 @@ class Experiment:
           self.model, self.tx_trainable, self.layout, self.devices,
           geometric_augmentation=self.geometric, motion_cache=self.motion_cache,
           epoch_loop=self.epoch_loop)
-    self.frozen_on_device = train_lib.replicate(self.frozen, self.devices)  # pylint: disable=attribute-defined-outside-init
+    # bfloat16 models: the backbone's product weights cast once here, not in every step.
+    self.frozen_on_device = train_lib.replicate(  # pylint: disable=attribute-defined-outside-init
+        mpt_lib.frozen_for_compute(self.frozen, self.model.dtype), self.devices)
     # The whole initial tree: a changed pretrained file or init is refused on resume, whatever
     # the strategy trains.
     self.init_fingerprint = partition.tree_fingerprint(params)  # pylint: disable=attribute-defined-outside-init
@@ -423,7 +425,8 @@ class Experiment:
     if set(frozen) == set(self.frozen) and all(v is self.frozen[k] for k, v in frozen.items()):
       frozen_on_device = self.frozen_on_device
     else:
-      frozen_on_device = train_lib.replicate(frozen, self.devices)
+      frozen_on_device = train_lib.replicate(
+          mpt_lib.frozen_for_compute(frozen, self.model.dtype), self.devices)
     idx, mask = self.eval_arrays([indices], layout)
     return self.evaluate_folds(p_eval, layout, layout.state_to_device(stacked, self.devices),
                                frozen_on_device, idx, mask)[0]
@@ -825,7 +828,8 @@ def _run(config, workdir, data, exp, protocol) -> Dict[str, Any]:
       info.pop('backbone_fingerprint', None)  # older runs: frozen leaves only
       info.update({'devices': [str(d) for d in exp.devices], 'jax': jax.__version__,
                    'processes': jax.process_count(), 'folds_per_step': exp.layout.folds,
-                   'motion_cache': exp.motion_cache,
+                   'motion_cache': exp.motion_cache, 'model_dtype': exp.model.dtype,
+                   'attention': exp.model.attention,
                    'python': platform.python_version(), 'subjects': exp.subjects,
                    'num_clips': len(data), 'classes': list(data.classes), 'protocol': protocol,
                    'trainable_params': partition.count_trainable(

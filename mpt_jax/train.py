@@ -314,6 +314,10 @@ class CompiledAhead:
         del self._options[k]
       return lowered.compile(compiler_options=self._options or None)
 
+  def lower(self, *args):
+    """The program lowered for ``args`` (not compiled): e.g. for XLA's cost analysis."""
+    return self._program.lower(*args)
+
   def __call__(self, *args):
     key = self._signature(args)
     program = self._compiled.get(key)
@@ -458,6 +462,7 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
     logits = [p_batch(params, frozen, data, idx[:, b]) for b in range(idx.shape[1])]
     return np.stack([np.asarray(x) for x in logits], 1)
 
+  host_train_epoch.step_program = p_step  # one step, for benchmarks' cost analysis
   return host_train_epoch, host_evaluate
 
 

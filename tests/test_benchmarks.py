@@ -76,8 +76,8 @@ def test_just_logging_writer_without_clu_writes_no_file(tmp_path, monkeypatch):
 def test_plain_clipset_subject_order_needs_no_tfds():
   """``ClipSet.subject_list`` must not need TensorFlow: the GPU image has none."""
   code = textwrap.dedent(f"""
-      from benchmarks import bench_loso
-      bench_loso.hide_modules({HIDDEN!r}.split(','))
+      from benchmarks import common
+      common.hide_modules({HIDDEN!r}.split(','))
       import numpy as np
       from mpt_jax import input_pipeline
       n = np.asarray(['s10', 's2', 's1'])
@@ -94,14 +94,12 @@ def test_plain_clipset_subject_order_needs_no_tfds():
 
 
 # -------------------------------------------------------------------------------- bench_loso
-def test_bench_loso_runs_sequential_and_handles_fold_parallel(tmp_path):
-  """A tiny LOSO without TF/TFDS/clu; F = 3 runs where folds_per_step exists, else one clear line."""
-  from configs import common  # pylint: disable=g-import-not-at-top
-  parallel = 'folds_per_step' in common.get_config().train
-  proc = _run([sys.executable, 'benchmarks/bench_loso.py', '--config=configs/synthetic.py:smoke',
+def test_bench_loso_runs_sequential_and_fold_parallel(tmp_path):
+  """A tiny LOSO without TF/TFDS/clu, one fold after another and three at once, same results."""
+  proc = _run([sys.executable, '-m', 'benchmarks.bench_loso', '--config=configs/synthetic.py:smoke',
                '--set=train.num_epochs=1', '--subjects=3', '--clips=9', '--folds_per_step=1,3',
-               f'--without={HIDDEN}', f'--workdir_root={tmp_path}'] +
-              (['--check_same'] if parallel else []))
+               f'--without={HIDDEN}', f'--workdir_root={tmp_path}', '--check_same'])
+  assert proc.returncode == 0, proc.stderr
   line = _json_line(proc.stdout)
   assert line['bench'] == 'loso'
   seq, par = line['variants']
@@ -113,15 +111,8 @@ def test_bench_loso_runs_sequential_and_handles_fold_parallel(tmp_path):
   assert seq['train_clips'] == 3 * 6  # 3 folds x 6 training clips x 1 epoch
   assert seq['compiles'] > 0 and 0 < seq['compile_s'] < seq['loso_s']
   assert 0 <= seq['report_s'] < seq['loso_s']
-  if parallel:
-    assert proc.returncode == 0, proc.stderr
-    assert line['check_same']['3']['same_predictions'], line['check_same']
-    assert par['speedup_vs_sequential'] > 0
-  else:
-    assert proc.returncode == 2
-    assert 'config.train.folds_per_step does not exist' in par['error']
-    err = proc.stderr.strip().splitlines()
-    assert err == [f'error: {par["error"]}'], proc.stderr  # one line, no traceback
+  assert line['check_same']['3']['same_predictions'], line['check_same']
+  assert par['speedup_vs_sequential'] > 0
   assert not os.listdir(tmp_path)  # the variants' workdirs are removed
 
 
@@ -156,38 +147,47 @@ def test_bench_loso_check_same_compares_predictions_and_probabilities():
 
 
 def test_bench_loso_refuses_unknown_override_in_one_line():
-  proc = _run([sys.executable, 'benchmarks/bench_loso.py', '--config=configs/synthetic.py:smoke',
-               '--set=train.no_such_key=1'], timeout=120)
+  proc = _run([sys.executable, '-m', 'benchmarks.bench_loso',
+               '--config=configs/synthetic.py:smoke', '--set=train.no_such_key=1'], timeout=120)
   assert proc.returncode == 2
   assert proc.stderr.strip() == ("error: --set 'train.no_such_key=1': config has no key "
                                  "'train.no_such_key'")
 
 
 # --------------------------------------------------------------------------------- gpu_check
-def test_gpu_check_tiny_prints_one_json_line_with_every_part():
-  proc = _run(['bash', 'benchmarks/gpu_check.sh', '--tiny'], env={'PYTHON': sys.executable})
+@pytest.mark.slow
+def test_gpu_check_tiny_prints_one_json_line_with_every_part(tmp_path):
+  md = tmp_path / 'profile.md'
+  # A generous budget: on a loaded 2-core machine no part may be skipped for time here.
+  proc = _run(['bash', 'benchmarks/gpu_check.sh', '--tiny', '--budget_s=1200',
+               f'--profile_md={md}'], env={'PYTHON': sys.executable})
   assert proc.returncode == 0, proc.stderr
   line = _json_line(proc.stdout)
   assert line['bench'] == 'gpu_check' and line['tiny'] and line['device'] == 'cpu:cpu'
   assert '--xla_gpu_deterministic_ops=true' in line['xla_flags']
+  assert line['steps_part'] == 'ok'
   assert set(line['steps']) == {'float32', 'bfloat16'}
   for dtype in ('float32', 'bfloat16'):
     assert set(line['steps'][dtype]) == {'F1', 'F2'}
-  for name, entry in line['steps']['float32'].items():
-    assert entry['status'] == 'ok', entry
-    assert entry['folds'] == int(name[1:]) and entry['loss_finite']
-    assert entry['clips_per_s'] > 0 and entry['gflop_per_step'] > 0
-    assert entry['mfu'] is None  # no peak for a CPU
+    for name, entry in line['steps'][dtype].items():
+      assert entry['status'] == 'ok', entry
+      assert entry['folds'] == int(name[1:]) and entry['loss_finite'] and entry['dtype'] == dtype
+      assert entry['clips_per_s'] > 0 and entry['gflop_per_step'] > 0
+      assert entry['mfu'] is None  # no peak for a CPU
+      assert entry['attention'] == 'lean'  # the runner's choice on CPUs
+      rows = entry['profile']['rows']
+      assert 0 < len(rows) <= 15 and entry['profile']['total_ms'] > 0
+      assert [r['ms'] for r in rows] == sorted((r['ms'] for r in rows), reverse=True)
   # Two folds at once do twice the work of one.
   f1, f2 = line['steps']['float32']['F1'], line['steps']['float32']['F2']
   assert f2['gflop_per_step'] == pytest.approx(2 * f1['gflop_per_step'], rel=0.05)
-  for entry in line['steps']['bfloat16'].values():
-    assert entry['status'] == 'ok' if line['model_dtype_key'] else entry['status'].startswith('n/a')
+  assert line['bf16_over_f32']['F'] == 2 and line['bf16_over_f32']['ratio'] > 0
   loso = line['loso']
   assert 'error' not in loso, loso
   assert loso['fold_count'] == 3 and loso['train_s'] > 0 and loso['epochs'] == 1
-  assert loso['fold_parallel'] == line['folds_per_step_key']
-  assert set(line['targets']) == {'loso_train_s_le_60', 'bf16_mfu_ge_0.40'}
+  assert set(line['targets']) == {'loso_train_s_le_60', 'bf16_mfu_ge_0.40', 'bf16_over_f32_ge_1.8'}
+  text = md.read_text()
+  assert text.count('| kernel / op | ms | share |') == 4 and '### bfloat16, F2' in text
 
 
 def test_peak_table():
@@ -197,6 +197,109 @@ def test_peak_table():
   assert gpu_check.peak_tflops('NVIDIA H200', 'float32') == 494.5
   assert gpu_check.peak_tflops('NVIDIA A100-SXM4-80GB', 'bfloat16') == 312.0
   assert gpu_check.peak_tflops('cpu', 'bfloat16') is None
+
+
+# ------------------------------------------------------------------------ benchmarks/common.py
+def test_profile_table_of_a_cpu_trace(tmp_path):
+  """The CPU profiler's trace: XLA:CPU's operations (events with an ``hlo_op``) of the profiled
+  calls, ranked by time; Python and runtime events are left out."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  f = jax.jit(lambda a: jnp.tanh(a @ a.T).sum(), compiler_options={
+      'xla_cpu_experimental_ynn_fusion_type': ''})
+  x = jnp.ones((384, 384))
+  jax.block_until_ready(f(x))
+  table = common.profile(lambda: [jax.block_until_ready(f(x)) for _ in range(2)], str(tmp_path))
+  assert table['ops'] >= 2 and table['total_ms'] > 0
+  rows = table['rows']
+  assert rows and all(r['calls'] >= 1 and r['ms'] >= 0 for r in rows)
+  assert [r['ms'] for r in rows] == sorted((r['ms'] for r in rows), reverse=True)
+  assert sum(r['share'] for r in rows) == pytest.approx(
+      sum(r['ms'] for r in rows) / table['total_ms'], abs=1e-3)
+  assert rows[0]['name'].startswith('dot'), rows  # the product dominates
+  assert not any('PjitFunction' in r['name'] or r['name'].startswith('$') for r in rows)
+
+
+def test_profile_table_keeps_gpu_kernels_only():
+  """A GPU trace: the kernels are the device process's events; host events (which may name an
+  hlo_op too) are left out; ``end:`` markers are no kernels."""
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  events = [
+      {'ph': 'M', 'pid': 1, 'name': 'process_name', 'args': {'name': '/host:CPU'}},
+      {'ph': 'M', 'pid': 7, 'name': 'process_name', 'args': {'name': '/device:GPU:0'}},
+      {'ph': 'X', 'pid': 1, 'name': 'Thunk', 'dur': 900.0, 'args': {'hlo_op': 'fusion.1'}},
+      {'ph': 'X', 'pid': 7, 'name': 'cutlass_gemm', 'dur': 3000.0, 'args': {'hlo_op': 'dot.1'}},
+      {'ph': 'X', 'pid': 7, 'name': 'cutlass_gemm', 'dur': 1000.0, 'args': {'hlo_op': 'dot.1'}},
+      {'ph': 'X', 'pid': 7, 'name': 'loop_fusion', 'dur': 1000.0, 'args': {}},
+      {'ph': 'X', 'pid': 7, 'name': 'end: loop_fusion', 'dur': 1.0, 'args': {}},
+      {'ph': 'i', 'pid': 7, 'name': 'marker'},
+  ]
+  table = common.profile_table(events, top=15)
+  assert table == {'total_ms': 5.0, 'ops': 3, 'rows': [
+      {'name': 'cutlass_gemm', 'hlo_op': 'dot.1', 'calls': 2, 'ms': 4.0, 'share': 0.8},
+      {'name': 'loop_fusion', 'hlo_op': '', 'calls': 1, 'ms': 1.0, 'share': 0.2}]}
+  assert common.profile_table(events, top=1)['rows'] == table['rows'][:1]
+  md = common.markdown_table(table)
+  assert '| `cutlass_gemm` | 4.000 | 80.0 % |' in md and '| all 3 ops | 5.000 | 100 % |' in md
+
+
+def test_load_config_uses_ml_collections_overrides():
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  config = common.load_config('configs/casme2.py:smoke', [
+      'model.dtype=bfloat16', 'train.num_epochs=3', 'model.magnification.alpha=10',
+      'data.hflip=false', 'model.attention=xla'])
+  assert config.model.dtype == 'bfloat16' and config.train.num_epochs == 3
+  assert config.model.magnification.alpha == 10.0 and isinstance(config.model.magnification.alpha,
+                                                                 float)
+  assert config.data.hflip is False and config.model.attention == 'xla'
+  assert config.model.vit == 'tiny'  # the :smoke argument
+  for bad, message in (('train.no_such_key=1', "config has no key 'train.no_such_key'"),
+                       ('train.num_epochs=abc', 'train.num_epochs=abc'),
+                       ('model.dtype', 'expected key=value')):
+    with pytest.raises(common.BenchError, match=message) as e:
+      common.load_config('configs/casme2.py', [bad])
+    assert '\n' not in str(e.value)
+  with pytest.raises(common.BenchError, match='no config file configs/nope.py'):
+    common.load_config('configs/nope.py')
+
+
+@pytest.mark.slow
+def test_bench_model_times_the_runners_programs_for_each_variant():
+  proc = _run([sys.executable, '-m', 'benchmarks.bench_model', '--config=configs/casme2.py:smoke',
+               '--batches=2', '--steps=2', '--rounds=2', '--variant=lean:model.attention=lean',
+               '--variant=xla:model.attention=xla'])
+  assert proc.returncode == 0, proc.stderr
+  line = _json_line(proc.stdout)
+  assert line['bench'] == 'model' and set(line['product_gflop_per_s']) == {'float32', 'bfloat16'}
+  row = line['batches']['2']
+  assert set(row) == {'lean', 'xla'}
+  for name, entry in row.items():
+    assert entry['attention'] == name and entry['epoch_loop'] == 'host'  # the runner's on CPUs
+    assert len(entry['step_ms_each']) == 2 and entry['step_ms'] > 0
+    assert entry['train_clips_per_s'] > 0 and entry['eval_clips_per_s'] > 0
+    assert entry['gflop_per_step'] > 0
+  # The same model: the attention form changes no flop count by much.
+  assert row['xla']['gflop_per_step'] == pytest.approx(row['lean']['gflop_per_step'], rel=0.05)
+
+
+@pytest.mark.slow
+def test_bench_vs_peer_times_the_runners_programs_without_the_peer():
+  proc = _run([sys.executable, '-m', 'benchmarks.bench_vs_peer', '--no_peer', '--rounds=1',
+               '--config=configs/casme2.py:smoke', '--tasks=infer_b8', '--repeats=2'])
+  assert proc.returncode == 0, proc.stderr
+  line = _json_line(proc.stdout)
+  ours = line['infer_b8']['ours']
+  assert ours['clips_per_s'] > 0 and ours['peak_rss_mib'] > 0 and len(ours['clips_per_s_each']) == 1
+  assert ours['attention'] == 'lean' and 'peer' not in line['infer_b8']
+
+
+def test_bench_vs_peer_refuses_a_missing_peer_in_one_line(tmp_path):
+  proc = _run([sys.executable, '-m', 'benchmarks.bench_vs_peer', f'--peer_dir={tmp_path}'],
+              timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"error: --peer_dir='{tmp_path}' holds no bench_torch.py (or pass --no_peer)"]
 
 
 # ------------------------------------------------------- main.py: compile cache and XLA flags

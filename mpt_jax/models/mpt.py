@@ -26,9 +26,11 @@ Parameter tree (top level): ``embedding``, ``cls``, ``Transformer`` (the checkpo
 ``encoderblock_i/adapter``), ``tokenizer`` or ``prompt``/``deep_prompt``, and ``head``.
 """
 
+import re
 from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -85,6 +87,9 @@ class MPT(nn.Module):
     remat: recompute every encoder block in the backward pass (less memory, more time).
     cls_only_last: the last block computes the class token alone (exact; False runs it on every
       token, for comparisons).
+    attention: the blocks' attention form, ``lean`` | ``xla`` | ``cudnn``
+      (:func:`mpt_jax.models.vit.attention_product`; :func:`build_model` resolves
+      ``config.model.attention``, ``auto`` included, for the device).
   """
   num_classes: int
   patch_size: int = 16
@@ -107,6 +112,7 @@ class MPT(nn.Module):
   dtype: str = 'float32'
   remat: bool = False
   cls_only_last: bool = True
+  attention: str = 'lean'
 
   @property
   def effective_prompts(self) -> int:
@@ -194,7 +200,7 @@ class MPT(nn.Module):
     enc = family.Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.adapter_type,
                          self.adapter_reduction, k, dtype=dtype,
                          cls_only_last=self.cls_only_last, remat=self.remat,
-                         name='Transformer')(x, prompts, deep)
+                         attention=self.attention, name='Transformer')(x, prompts, deep)
     features = enc[:, 0].astype(jnp.float32)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
                       name='head')(features)
@@ -215,12 +221,16 @@ def build_magnifier(model_config: ml_collections.ConfigDict) -> magnification.Ma
       chroma_attenuation=float(m.chroma_attenuation))
 
 
-def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MPT:
+def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
+                device: Optional[jax.Device] = None) -> MPT:
   """Builds :class:`MPT` from ``config.model`` (backbone variant, prompts, adapters, motion).
 
   The prompt and adapter types are those of :func:`mpt_jax.partition.resolve_architecture`: what
   the training strategy implies unless the config sets them explicitly (a contradiction raises
-  :class:`mpt_jax.partition.StrategyError`).
+  :class:`mpt_jax.partition.StrategyError`). ``config.model.dtype`` and ``config.model.attention``
+  (``auto`` included) are resolved for ``device`` (default: this process's first local device) by
+  :func:`mpt_jax.models.vit.resolve_dtype` and :func:`mpt_jax.models.vit.resolve_attention`; the
+  model's ``dtype`` and ``attention`` say what was chosen.
   """
   prompt_type, adapter_type = partition.resolve_architecture(model_config)
   is_clip = clip_lib.is_clip(model_config.vit)
@@ -238,9 +248,16 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
     override = model_config.get(f'vit_{key}', None)
     if override:
       backbone[key] = override
-  dtype = model_config.get('dtype', 'float32')
-  if dtype not in vit.DTYPES:
-    raise errors.UserError(f'config.model.dtype must be one of {vit.DTYPES}, got {dtype!r}')
+  device = device or jax.local_devices()[0]
+  try:
+    dtype = vit.resolve_dtype(model_config.get('dtype', 'float32'),
+                              bool(model_config.get('bfloat16_keeps_accuracy', False)), device)
+  except ValueError as e:
+    raise errors.UserError(str(e)) from e
+  try:
+    attention = vit.resolve_attention(model_config.get('attention', 'auto'), dtype, device)
+  except ValueError as e:
+    raise errors.UserError(str(e)) from e
   tokenizer_init = model_config.get('tokenizer_init', 'spread')
   if tokenizer_init not in ('spread', 'middle'):
     raise errors.UserError(f"config.model.tokenizer_init must be 'spread' or 'middle', got "
@@ -260,7 +277,26 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MP
       tokenizer_init=tokenizer_init, magnifier=build_magnifier(model_config),
       backbone_family='clip' if is_clip else 'vit', dtype=dtype,
       remat=bool(model_config.get('remat', False)),
-      cls_only_last=bool(model_config.get('cls_only_last_block', True)))
+      cls_only_last=bool(model_config.get('cls_only_last_block', True)), attention=attention)
+
+
+# The leaves that the blocks' products cast to the compute dtype (Flax's Dense and DenseGeneral
+# with ``dtype`` promote kernel and bias to it): the attention projections and the MLP.
+_PRODUCT_LEAF = re.compile(r'^Transformer/encoderblock_\d+/(MultiHeadDotProductAttention_1/'
+                           r'(query|key|value|out)|MlpBlock_3/Dense_[01])/(kernel|bias)$')
+
+
+def frozen_for_compute(frozen: Dict[str, Any], dtype: str) -> Dict[str, Any]:
+  """The flat frozen leaves as the training step reads them: with ``dtype`` ``bfloat16`` the
+  backbone's product kernels and biases (the attention projections and the MLP, what the blocks
+  cast to bfloat16 in every call) cast once, here, instead of in every step; the other leaves
+  (LayerNorms, embeddings, the patch conv) stay float32. The step's results are the same bits
+  (the cast is the same rounding), and the frozen backbone takes half the memory. ``float32``:
+  ``frozen`` itself."""
+  if dtype == 'float32':
+    return frozen
+  target = vit.compute_dtype(dtype)
+  return {k: (jnp.asarray(v, target) if _PRODUCT_LEAF.match(k) else v) for k, v in frozen.items()}
 
 
 def input_shape(model_config: ml_collections.ConfigDict) -> Tuple[int, ...]:

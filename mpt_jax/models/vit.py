@@ -65,6 +65,58 @@ class AddPositionEmbs(nn.Module):
 
 ACTIVATIONS = ('gelu_tanh', 'quick_gelu')
 DTYPES = ('float32', 'bfloat16')
+# ``config.model.dtype``: a compute dtype, or ``auto`` (:func:`resolve_dtype`).
+DTYPE_CHOICES = ('auto',) + DTYPES
+# /proc/cpuinfo flags of CPUs with bfloat16 products in hardware (Intel AMX, AVX512-BF16; the
+# latter also on AMD Zen 4 and later).
+CPU_BF16_FLAGS = ('amx_bf16', 'avx512_bf16')
+
+
+def cpu_flags(path: str = '/proc/cpuinfo') -> frozenset:
+  """The CPU feature flags of ``/proc/cpuinfo`` (empty where the file is missing, as on macOS)."""
+  try:
+    with open(path) as f:
+      for line in f:
+        if line.startswith('flags'):
+          return frozenset(line.split(':', 1)[1].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+def hardware_has_bfloat16(device, flags: Optional[frozenset] = None) -> bool:
+  """Whether ``device`` multiplies bfloat16 in hardware: NVIDIA GPUs from Ampere (compute
+  capability 8.0) on, TPUs, and CPUs with one of :data:`CPU_BF16_FLAGS` (``flags``, default
+  :func:`cpu_flags`). Elsewhere XLA emulates bfloat16 products, no faster than float32."""
+  if device.platform == 'tpu':
+    return True
+  if device.platform == 'gpu':
+    try:
+      major = float(str(getattr(device, 'compute_capability', '0')).split('.', 1)[0])
+    except ValueError:
+      major = 0
+    return major >= 8
+  if device.platform == 'cpu':
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in CPU_BF16_FLAGS)
+  return False
+
+
+def resolve_dtype(name: str, bfloat16_keeps_accuracy: bool, device,
+                  flags: Optional[frozenset] = None) -> str:
+  """The compute dtype of ``config.model.dtype`` on ``device``.
+
+  ``float32`` and ``bfloat16`` are kept as they are. ``auto`` is ``bfloat16`` where the hardware
+  multiplies it (:func:`hardware_has_bfloat16`) AND ``config.model.bfloat16_keeps_accuracy`` says
+  that bfloat16 keeps MPT's accuracy, ``float32`` otherwise.
+  """
+  if name not in DTYPE_CHOICES:
+    raise ValueError(f'config.model.dtype must be one of {DTYPE_CHOICES}, got {name!r}')
+  if name != 'auto':
+    return name
+  if bfloat16_keeps_accuracy and hardware_has_bfloat16(device, flags):
+    return 'bfloat16'
+  return 'float32'
 
 
 def compute_dtype(name: str) -> Any:
@@ -190,12 +242,85 @@ def lean_dot_general(dtype: Any) -> Callable[..., jnp.ndarray]:
   return dot_general
 
 
-def _attention_fn(dtype):
-  """A ``MultiHeadDotProductAttention.attention_fn`` running :func:`lean_attention` in ``dtype``."""
+# ``config.model.attention``: the attention kernel of every block (see :func:`resolve_attention`).
+ATTENTIONS = ('auto', 'xla', 'cudnn', 'lean')
+
+
+def attention_product(form: str, dtype: Any) -> Callable[..., jnp.ndarray]:
+  """``softmax(q k^T / sqrt(d)) v`` of ``(..., L, heads, d)`` queries, keys and values in one of
+  the concrete forms of ``config.model.attention``; float32 output.
+
+  * ``lean``: :func:`lean_attention` (memory-lean backward pass; the CPU form);
+  * ``xla``: ``jax.nn.dot_product_attention(implementation=None)``, XLA's fused attention
+    (plain autodiff; GPUs and TPUs fuse it well);
+  * ``cudnn``: ``jax.nn.dot_product_attention(implementation='cudnn')``, cuDNN's flash attention
+    (NVIDIA GPUs; bfloat16 or float16 operands only).
+
+  For ``xla`` and ``cudnn`` the operands are cast to ``dtype`` (as :func:`lean_attention` does for
+  its products); with bfloat16 the softmax still runs in float32 and the output is bfloat16, which
+  the output projection casts to bfloat16 anyway.
+  """
+  if form == 'lean':
+    return lambda q, k, v: lean_attention(q, k, v, dtype)
+  if form not in ('xla', 'cudnn'):
+    raise ValueError(f'attention must be one of {ATTENTIONS[1:]} here, got {form!r}')
+  implementation = None if form == 'xla' else 'cudnn'
+
+  def attention(q, k, v):
+    q, k, v = (x.astype(dtype) for x in (q, k, v))
+    out = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    return out.astype(jnp.float32)
+  return attention
+
+
+def _attention_fn(dtype, form='lean'):
+  """A ``MultiHeadDotProductAttention.attention_fn`` running :func:`attention_product`."""
+  product = attention_product(form, dtype)
+
   def attention(query, key, value, **unused_kwargs):
     del unused_kwargs  # No mask, bias or dropout in these models.
-    return lean_attention(query, key, value, dtype)
+    return product(query, key, value)
   return attention
+
+
+def _is_cuda_gpu(device) -> bool:
+  return device.platform == 'gpu' and 'nvidia' in str(getattr(device, 'device_kind', '')).lower()
+
+
+def resolve_attention(name: str, dtype: str, device) -> str:
+  """The concrete attention form of ``config.model.attention`` for a model computing in ``dtype``
+  on ``device`` (a ``jax.Device``).
+
+  ``auto``: ``lean`` on CPUs (its backward pass keeps no attention matrix: the CPU step's memory
+  and speed were measured with it); on NVIDIA GPUs ``cudnn`` (flash attention) when the products
+  are bfloat16 and the card is an Ampere or later (compute capability 8.0, which cuDNN's flash
+  attention needs), else ``xla``; ``xla`` on every other accelerator. Raises ``ValueError`` with
+  one line for ``cudnn`` where it cannot run (float32, or no NVIDIA GPU) and for unknown names.
+  """
+  if name not in ATTENTIONS:
+    raise ValueError(f'config.model.attention must be one of {ATTENTIONS}, got {name!r}')
+  if name == 'cudnn':
+    if not _is_cuda_gpu(device):
+      raise ValueError(f"config.model.attention='cudnn' needs an NVIDIA GPU; this process runs "
+                       f"on {device.platform} ({getattr(device, 'device_kind', '?')}): use "
+                       "'auto', 'xla' or 'lean'")
+    if dtype != 'bfloat16':
+      raise ValueError(f"config.model.attention='cudnn' needs config.model.dtype='bfloat16' "
+                       f"(cuDNN's flash attention takes no float32), got {dtype!r}: use 'xla' "
+                       'for float32')
+    return 'cudnn'
+  if name != 'auto':
+    return name
+  if device.platform == 'cpu':
+    return 'lean'
+  if _is_cuda_gpu(device) and dtype == 'bfloat16':
+    try:
+      major = float(str(getattr(device, 'compute_capability', '0')).split('.', 1)[0])
+    except ValueError:
+      major = 0
+    if major >= 8:
+      return 'cudnn'
+  return 'xla'
 
 
 def _gelu_tanh(x):
@@ -346,6 +471,7 @@ class Encoder1DBlock(nn.Module):
     dtype: compute dtype of the products (:func:`dot_general_for`); LayerNorm, softmax and the
       residual stream stay float32.
     cls_only: return only the class token's output, shape (B, 1, D).
+    attention: ``lean`` | ``xla`` | ``cudnn`` (:func:`attention_product`).
   """
   mlp_dim: int
   num_heads: int
@@ -357,6 +483,7 @@ class Encoder1DBlock(nn.Module):
   vit_init: bool = True
   dtype: Any = jnp.float32
   cls_only: bool = False
+  attention: str = 'lean'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -370,7 +497,7 @@ class Encoder1DBlock(nn.Module):
                  out_dot_general=lean_dot_general(self.dtype))
     attention = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, deterministic=True, dropout_rate=0.0,
-        dtype=self.dtype if bf16 else None, attention_fn=_attention_fn(self.dtype),
+        dtype=self.dtype if bf16 else None, attention_fn=_attention_fn(self.dtype, self.attention),
         name='MultiHeadDotProductAttention_1', **extra)
     if cls_only:
       x = x[:, :1]
@@ -407,6 +534,8 @@ class Encoder(nn.Module):
     activation: MLP activation.
     vit_init: the in21k ViT's initialisers.
     pre_norm: a LayerNorm (``pre_norm``) after the position embedding, before the prompts (CLIP).
+    attention: the blocks' attention form, ``lean`` | ``xla`` | ``cudnn`` (see
+      :func:`resolve_attention` for ``config.model.attention``).
   """
   num_layers: int
   mlp_dim: int
@@ -421,6 +550,7 @@ class Encoder(nn.Module):
   activation: str = 'gelu_tanh'
   vit_init: bool = True
   pre_norm: bool = False
+  attention: str = 'lean'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, prompts: Optional[jnp.ndarray] = None,
@@ -455,7 +585,7 @@ class Encoder(nn.Module):
                     ln_eps=self.ln_eps, activation=self.activation, vit_init=self.vit_init,
                     dtype=self.dtype,
                     cls_only=self.cls_only_last and lyr == self.num_layers - 1,
-                    name=f'encoderblock_{lyr}')(x)
+                    attention=self.attention, name=f'encoderblock_{lyr}')(x)
     return nn.LayerNorm(epsilon=self.ln_eps, name='encoder_norm')(x)
 
 
