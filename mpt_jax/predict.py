@@ -170,13 +170,10 @@ def predict(workdir: str, path: str, onset=None, offset=None, crop_face=False,
   x = jnp.asarray(clip[None], jnp.float32)
   apex = jnp.asarray([input_pipeline.middle_apex(int(config.model.num_frames))], jnp.int32)
   per_fold = {}
+  template = train_lib.create_state(trainable, frozen, tx)
   for subject in finished:
     try:
-      ckpt = train_lib.FoldCheckpointer(wd.checkpoint_dir(workdir, seed, subject), read_only=True)
-      try:
-        _, state = ckpt.restore(train_lib.create_state(trainable, frozen, tx), strategy)
-      finally:
-        ckpt.close()
+      state = wd.restore_fold(workdir, seed, subject, template, strategy)
     except train_lib.CheckpointDamagedError as e:
       raise train_lib.CheckpointDamagedError(
           f'Fold {subject} (seed {seed}) cannot be used for prediction: {e}') from e
