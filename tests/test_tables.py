@@ -10,13 +10,16 @@ from mpt_jax import figures
 from mpt_jax import loso
 from mpt_jax import paper_results
 from mpt_jax import tables
-from tests import helpers
+
+pytestmark = pytest.mark.slow  # a table sweep of LOSO runs
 
 
 @pytest.fixture(scope='module')
-def sweep(tmp_path_factory):
-  config = helpers.prepared_smoke_config(tmp_path_factory, data={'subjects': ('p01', 'p02')},
-                                         train={'num_epochs': 1})
+def sweep(tmp_path_factory, smoke_data_dir):
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = smoke_data_dir
+  config.data.subjects = ('p01', 'p02')
+  config.train.num_epochs = 1
   workdir = str(tmp_path_factory.mktemp('table') / 'fig5')
   md = tables.run_table('fig5:K_1,K_3', config, workdir)
   return config, workdir, md
