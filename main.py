@@ -146,10 +146,10 @@ def _run(mode):
   elif mode == 'train':
     from mpt_jax import loso, report
     config, workdir = _need_config(), _need_workdir()
-    loso.preflight(config, workdir)  # fast checks before the slow TensorFlow import
+    workdir = loso.preflight(config, workdir)  # fast checks before the slow TensorFlow import
     _hide_gpus_from_tensorflow()
     _maybe_distributed()
-    summary = loso.train_and_evaluate(config, workdir)
+    summary = loso.train_and_evaluate(config, workdir, preflight_done=True)
     print(report.results_table(summary))
     print(f'Results: {os.path.join(workdir, "report.md")}')
   elif mode == 'eval':
@@ -331,6 +331,7 @@ def cli(argv) -> int:
     main(remaining)
   finally:
     sys.argv = saved_argv
+    logging.logging.captureWarnings(False)  # main turned it on; the caller's warnings are its own
   return 0
 
 

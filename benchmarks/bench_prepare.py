@@ -65,8 +65,8 @@ def write_casme2(root, clips, seed=0):
 
 
 def write_samm(root, clips, seed=0):
-  from tests import face_fixtures  # pylint: disable=g-import-not-at-top
-  from tests import fixtures  # pylint: disable=g-import-not-at-top
+  from tfds_builders import fake_faces as face_fixtures  # pylint: disable=g-import-not-at-top
+  from tfds_builders import fake_releases as fixtures  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   wb, ws = fixtures.samm_workbook()
   emotions = ['Anger', 'Contempt', 'Happiness', 'Surprise', 'Other']

@@ -156,7 +156,6 @@ def get_config() -> ml_collections.ConfigDict:
   # the resumed metrics are the same either way. A save costs 0.3-0.5 s per fold (ViT-B/16's
   # trainable leaves and Adam moments), which on a GPU outweighs an epoch of every fold.
   config.train.checkpoint_min_interval_s = 60.0
-  config.train.log_every_steps = 10  # Scalar logging period.
   config.train.eval_batch_size = 16  # Batch size of evaluation and prediction.
   return config
 
@@ -175,7 +174,6 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.train.fit_batch_to_data = True  # Fixture or few-clip subjects: fit the batch to them.
   config.train.eval_batch_size = 4
   config.train.num_epochs = 2
-  config.train.log_every_steps = 1
   return config
 
 

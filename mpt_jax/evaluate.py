@@ -51,27 +51,15 @@ def evaluate(config: Optional[Any], workdir: str, data=None) -> Dict[str, Any]:
                     workdir)
   results_by_seed, identical = {}, True
   for s in range(int(config.num_seeds)):
-    seed = int(config.seed) + s
-    finished = wd.finished_subjects(workdir, seed, exp.subjects)
-    if len(finished) < len(exp.subjects):
-      raise loso.RunError(f'{workdir}: {len(finished)} of {len(exp.subjects)} folds of seed {seed} '
-                          'have finished training; resume training with the same command first')
+    seed = int(config.seed) + s  # (every fold of it finished: checked above)
     exp.init(seed)
     wd.check_init_fingerprint(info, seed, exp.init_fingerprint, workdir)
     results = []
     for i, subject in enumerate(exp.subjects):
       stored = wd.read_json(wd.result_path(workdir, seed, subject))
       try:
-        ckpt = train_lib.FoldCheckpointer(wd.checkpoint_dir(workdir, seed, subject),
-                                          read_only=True)
-        try:
-          epoch = ckpt.latest_epoch()
-          if epoch != int(config.train.num_epochs):
-            raise train_lib.CheckpointDamagedError(
-                f'its last checkpoint is epoch {epoch}, not {config.train.num_epochs}')
-          _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
-        finally:
-          ckpt.close()
+        state = wd.restore_fold(workdir, seed, subject, exp.fresh_state(), exp.strategy,
+                                final_epoch=int(config.train.num_epochs))
       except train_lib.CheckpointDamagedError as e:
         raise train_lib.CheckpointDamagedError(
             f'Fold {subject} (seed {seed}) cannot be evaluated: {e}. Its stored predictions are '

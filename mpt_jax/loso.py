@@ -52,8 +52,8 @@ class ConfigError(errors.UserError):
 
 # Counts that must be at least 1 (key: what it counts).
 _POSITIVE = ('num_seeds', 'train.num_epochs', 'train.batch_size', 'train.eval_batch_size',
-             'train.eval_every_epochs', 'train.checkpoint_every_epochs', 'train.log_every_steps',
-             'model.num_frames', 'model.image_size', 'model.num_prompts',
+             'train.eval_every_epochs', 'train.checkpoint_every_epochs', 'model.num_frames',
+             'model.image_size', 'model.num_prompts',
              'model.adapter_reduction', 'model.tokenizer_dim', 'model.tokenizer_patch')
 _NON_NEGATIVE = ('train.num_devices', 'train.folds_per_step', 'train.warmup_epochs',
                  'train.weight_decay', 'train.checkpoint_min_interval_s')
@@ -731,11 +731,7 @@ def summarise(config, classes, results_by_seed: Dict[int, List[Dict[str, Any]]])
 def _motion_example(exp: Experiment, workdir: str, seed: int, subject: str):
   """Inputs of the report's motion figure: the first fold's final model on 3 of its clips."""
   try:
-    ckpt = train_lib.FoldCheckpointer(wd.checkpoint_dir(workdir, seed, subject), read_only=True)
-    try:
-      _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
-    finally:
-      ckpt.close()
+    state = wd.restore_fold(workdir, seed, subject, exp.fresh_state(), exp.strategy)
   except train_lib.CheckpointDamagedError as e:  # figures must never fail a finished run
     logging.warning('No motion figure: %s', e)
     return None
@@ -761,15 +757,23 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       data: Optional[input_pipeline.ClipSet] = None) -> Dict[str, Any]:
+                       data: Optional[input_pipeline.ClipSet] = None,
+                       preflight_done: bool = False) -> Dict[str, Any]:
   """Runs (or resumes) the whole LOSO experiment and writes results, report and figures.
+
+  Args:
+    config: the run's config.
+    workdir: the run directory (created if needed).
+    data: the protocol in memory (default: loaded from the config).
+    preflight_done: the caller already ran :func:`preflight` on this config and workdir (as
+      ``main.py`` does before importing TensorFlow), so it is not run twice.
 
   Raises:
     errors.UserError: for anything the user can fix; then nothing in ``workdir`` has changed
       (unless training itself fails, e.g. a non-finite loss, which names the fold and epoch).
   """
   # 1. Checks that read only: workdir, config values, config vs workdir, data, model, init.
-  workdir = preflight(config, workdir)
+  workdir = wd.resolve(workdir) if preflight_done else preflight(config, workdir)
   info = wd.read_run_info(workdir, required=False)
   data = data if data is not None else input_pipeline.load(config)
   exp = Experiment(config, data)

@@ -179,7 +179,8 @@ class Recogniser:
                               self.workdir)
     strategy = config.model.training_strategy
     trainable, frozen = partition.split_params(params, strategy)
-    tx = partition.make_optimizer(config.train, params, strategy, 1)
+    template = train_lib.create_state(trainable, frozen,
+                                      partition.make_optimizer(config.train, params, strategy, 1))
     apply = jax.jit(lambda p, x, a: jax.nn.softmax(model.apply({'params': p}, x, a)))
     clips = np.asarray(clips)
     batch = max(1, int(config.train.eval_batch_size))
@@ -187,12 +188,7 @@ class Recogniser:
     per_fold = {}
     for subject in folds:
       try:
-        ckpt = train_lib.FoldCheckpointer(wd.checkpoint_dir(self.workdir, self.seed, subject),
-                                          read_only=True)
-        try:
-          _, state = ckpt.restore(train_lib.create_state(trainable, frozen, tx), strategy)
-        finally:
-          ckpt.close()
+        state = wd.restore_fold(self.workdir, self.seed, subject, template, strategy)
       except train_lib.CheckpointDamagedError as e:
         raise train_lib.CheckpointDamagedError(
             f'Fold {subject} (seed {self.seed}) cannot be used for prediction: {e}') from e

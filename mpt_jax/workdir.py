@@ -26,7 +26,8 @@ from absl import logging
 from mpt_jax import errors
 
 # Keys that may change between runs in one workdir without changing the results (moved files,
-# logging). Everything else must equal the config the workdir was created with.
+# logging, speed). Everything else must equal the config the workdir was created with.
+# (train.log_every_steps no longer exists; workdirs made before still record it.)
 RESUMABLE_KEYS = ('data.data_dir', 'data.manual_dir', 'data.rebuild', 'model.pretrained_path',
                   'train.log_every_steps', 'train.folds_per_step', 'train.deterministic',
                   'train.motion_cache', 'train.checkpoint_min_interval_s',
@@ -105,6 +106,34 @@ def result_path(workdir: str, seed: int, subject: str) -> str:
 def finished_subjects(workdir: str, seed: int, subjects: List[str]) -> List[str]:
   """The subjects whose fold finished training (``result.json`` written)."""
   return [s for s in subjects if os.path.isfile(result_path(workdir, seed, s))]
+
+
+def restore_fold(workdir: str, seed: int, subject: str, template: Any, strategy: str,
+                 final_epoch: Optional[int] = None) -> Any:
+  """A fold's trained state, read (never written) from its checkpoint into ``template``.
+
+  Args:
+    workdir, seed, subject: which fold.
+    template: a ``train.TrainState`` of the run's structure (its values are replaced).
+    strategy: the run's training strategy (which leaves the checkpoint holds).
+    final_epoch: when given, the checkpoint must be of that epoch (a finished fold's last one).
+
+  Raises:
+    train.CheckpointDamagedError: the checkpoint is missing, unreadable or of another epoch.
+  """
+  # Imported here: this module is read before main.py sets JAX up, and train imports JAX.
+  from mpt_jax import train  # pylint: disable=g-import-not-at-top
+  ckpt = train.FoldCheckpointer(checkpoint_dir(workdir, seed, subject), read_only=True)
+  try:
+    if final_epoch is not None:
+      epoch = ckpt.latest_epoch()
+      if epoch != final_epoch:
+        raise train.CheckpointDamagedError(f'its last checkpoint is epoch {epoch}, not '
+                                           f'{final_epoch}')
+    _, state = ckpt.restore(template, strategy)
+  finally:
+    ckpt.close()
+  return state
 
 
 def check_usable(workdir: str) -> None:

@@ -38,6 +38,23 @@ def prepared_smoke_config(tmp_path_factory, name: str = 'tfds', **sections):
   return config
 
 
+# The shared smoke run (conftest ``smoke_run``): every fold at once (auto is sequential on CPU, and
+# these tests guard the fold-parallel path), 2 epochs, the oracle epoch recorded too.
+SMOKE_RUN_TRAIN = {'num_epochs': 2, 'oracle_best_epoch': True, 'folds_per_step': 3}
+# The same as command-line overrides of configs/synthetic.py:smoke.
+SMOKE_RUN_FLAGS = tuple(f'--config.train.{k}={v}' for k, v in SMOKE_RUN_TRAIN.items())
+
+
+def smoke_run_config(data_dir, **train):
+  """The synthetic ``:smoke`` config of the shared smoke run on ``data_dir`` (``train`` overrides)."""
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = str(data_dir)
+  for k, v in {**SMOKE_RUN_TRAIN, **train}.items():
+    config.train[k] = v
+  return config
+
+
 def random_clips(batch=2, frames=8, size=32, seed=0):
   return jnp.asarray(np.random.default_rng(seed).random((batch, frames, size, size, 3)), jnp.float32)
 

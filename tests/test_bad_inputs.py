@@ -27,6 +27,8 @@ from mpt_jax import predict
 from mpt_jax import workdir as wd
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # a finished smoke run and its damaged copies
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = f'--config={REPO}/configs/synthetic.py:smoke'
 
@@ -71,29 +73,18 @@ def run_main_process(*args, env=None):
                         capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
 
 
-def smoke_config(data_dir, **train):
-  config = synthetic.get_config('smoke')
-  config.data.data_dir = data_dir
-  config.train.num_epochs = 1
-  for k, v in train.items():
-    config.train[k] = v
-  return config
+def smoke_config(data_dir):
+  """The config of the session's finished smoke run (conftest ``smoke_run``) on ``data_dir``."""
+  return helpers.smoke_run_config(data_dir)
 
 
 @pytest.fixture(scope='module')
-def ctx(tmp_path_factory):
+def ctx(tmp_path_factory, smoke_data_dir, smoke_run):
   """Prepared data, a finished run and damaged copies of it, pretrained files, input clips."""
   root = tmp_path_factory.mktemp('bad inputs')
   c = {'root': str(root)}
-  c['data'] = helpers.prepared_smoke_config(tmp_path_factory, 'bad inputs tfds').data.data_dir
-  # The finished run trains on a copy of the data that is then moved: eval/predict must take
-  # --config.data.data_dir from the command line.
-  moving = str(root / 'tfds moving')
-  shutil.copytree(c['data'], moving)
-  c['finished'] = str(root / 'finished run')
-  loso.train_and_evaluate(smoke_config(moving), c['finished'])
-  c['moved_data'] = str(root / 'tfds moved')
-  os.rename(moving, c['moved_data'])
+  c['data'] = smoke_data_dir
+  c['finished'] = smoke_run[1]  # tests that change a run work on a copy of it
   c['empty_data'] = str(root / 'no data')
 
   def variant(name, damage):
@@ -109,6 +100,9 @@ def ctx(tmp_path_factory):
   c['no_info'] = variant('no_info', lambda p: os.remove(wd.run_info_path(p)))
   c['no_ckpt'] = variant('no_ckpt', lambda p: shutil.rmtree(ck3(p)))
   c['truncated'] = variant('truncated', lambda p: truncate_largest(ck3(p)))
+  # A run whose data has moved away since training: eval/predict must take
+  # --config.data.data_dir from the command line.
+  c['moved'] = variant('moved', lambda p: _record_data_dir(p, str(root / 'tfds moved away')))
   c['empty_wd'] = str(root / 'empty workdir')
   os.makedirs(c['empty_wd'])
   c['file'] = str(root / 'a_file')
@@ -150,6 +144,13 @@ def ctx(tmp_path_factory):
   return c
 
 
+def _record_data_dir(workdir, data_dir):
+  """Rewrites the run's recorded ``data.data_dir`` (as if it had been trained there)."""
+  record = wd.read_json(wd.config_path(workdir))
+  record['data']['data_dir'] = data_dir
+  wd.write_json(wd.config_path(workdir), record)
+
+
 def truncate_largest(directory):
   """Cuts every array-data file of an Orbax checkpoint (the files under ``d/`` folders) in half.
 
@@ -174,7 +175,7 @@ def new(c):
 
 def ev(c, workdir, *extra):
   return ['--mode=eval', f'--workdir={c[workdir] if workdir in c else workdir}',
-          f'--config.data.data_dir={c["moved_data"]}', *extra]
+          f'--config.data.data_dir={c["data"]}', *extra]
 
 
 def pr(c, workdir, *extra):
@@ -219,7 +220,7 @@ CASES = [
      'batch_size 64 is larger', 'new'),
     ('unprepared dataset', lambda c: [f'--config={REPO}/configs/samm.py:smoke', f'--workdir={new(c)}',
                                       f'--config.data.data_dir={c["empty_data"]}'],
-     'Prepare it first', 'new'),
+     'Prepare it first: python main.py --mode=prepare', 'new'),
     # Pretrained files.
     ('pretrained missing, path with spaces', lambda c: train(
         c, new(c), f'--config.model.pretrained_path={c["root"]}/my weights/ViT-B_16.npz'),
@@ -257,8 +258,8 @@ CASES = [
      'Fold p03 (seed 0) cannot be evaluated: checkpoint folder', 'no_ckpt'),
     ('eval with a truncated checkpoint', lambda c: ev(c, 'truncated'),
      'Fold p03 (seed 0) cannot be evaluated: checkpoint', 'truncated'),
-    ('eval with the data moved away', lambda c: ['--mode=eval', f'--workdir={c["finished"]}'],
-     'is not prepared in', 'finished'),
+    ('eval with the data moved away', lambda c: ['--mode=eval', f'--workdir={c["moved"]}'],
+     'is not prepared in', 'moved'),
     # Predict.
     ('predict without --input', lambda c: pr(c, 'finished'), '--input is required', 'finished'),
     ('predict on a missing workdir', lambda c: pr(c, new(c), f'--input={c["clip"]}'),
@@ -325,7 +326,8 @@ def test_second_run_on_a_locked_workdir_is_refused(ctx, run_main):
   path = ctx['finished']
   before = checksum(path)
   with wd.Lock(path):
-    r = run_main(*train(ctx, 'finished'))
+    r = run_main(SMOKE, f'--workdir={path}', f'--config.data.data_dir={ctx["data"]}',
+                 *helpers.SMOKE_RUN_FLAGS)  # the run's own config: only the lock stops it
     e = run_main(*ev(ctx, 'finished'))
   assert_one_line_error(r, f'in use by another run (process {os.getpid()}')
   assert_one_line_error(e, f'in use by another run (process {os.getpid()}')
@@ -338,7 +340,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(ctx, tmp_path):
   dead = subprocess.Popen(['true'])
   dead.wait()
   open(os.path.join(path, wd.LOCK_NAME), 'w').write(f'{dead.pid} somehost\n')
-  config = smoke_config(ctx['moved_data'])
+  config = smoke_config(ctx['data'])
   loso.train_and_evaluate(config, path)
   assert not os.path.exists(os.path.join(path, wd.LOCK_NAME))
 
@@ -355,14 +357,14 @@ def test_non_finite_loss_stops_the_fold_and_writes_no_result(ctx, run_main):
 
 
 def test_eval_and_predict_write_nothing_and_honour_overrides(ctx, run_main):
-  path = ctx['finished']
+  path = ctx['moved']
   before = checksum(path)
   r = run_main('--mode=predict', f'--workdir={path}', f'--input={ctx["clip"]}', '--json')
   assert r.returncode == 0, r.stderr[-2000:]
   assert json.loads(r.stdout.strip().splitlines()[-1])['folds'] == 3
   assert checksum(path) == before  # predict wrote and created nothing
   listing = sorted(os.listdir(path))
-  r = run_main(*ev(ctx, 'finished'))  # --config.data.data_dir honoured without --config
+  r = run_main(*ev(ctx, 'moved'))  # --config.data.data_dir honoured without --config
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'identical to the training run' in r.stdout and r.stderr == ''
   assert sorted(os.listdir(path)) == sorted(listing + ['results_eval.json'])
@@ -410,7 +412,7 @@ def test_damaged_checkpoint_of_an_unfinished_fold_is_retrained(ctx, tmp_path):
   expected = json.load(open(wd.result_path(path, 0, 'p03')))
   os.remove(wd.result_path(path, 0, 'p03'))
   truncate_largest(wd.checkpoint_dir(path, 0, 'p03'))
-  summary = loso.train_and_evaluate(smoke_config(ctx['moved_data']), path)
+  summary = loso.train_and_evaluate(smoke_config(ctx['data']), path)
   again = json.load(open(wd.result_path(path, 0, 'p03')))
   assert again['predictions'] == expected['predictions']
   assert summary['seeds']['0']['folds'][2]['subject'] == 'p03'
@@ -419,7 +421,7 @@ def test_damaged_checkpoint_of_an_unfinished_fold_is_retrained(ctx, tmp_path):
 
 
 def test_other_prepared_data_is_refused_naming_the_clips(ctx):
-  config = smoke_config(ctx['moved_data'])
+  config = smoke_config(ctx['data'])
   data = input_pipeline.load(config)
   fewer = data.subset(np.arange(len(data)) != 3)
   before = checksum(ctx['finished'])
@@ -440,7 +442,8 @@ def test_whole_initial_tree_is_fingerprinted(ctx, tmp_path):
   a, b = str(tmp_path / 'a.npz'), str(tmp_path / 'b.npz')
   np.savez(a, **flat_a)
   np.savez(b, **flat_b)
-  config = smoke_config(ctx['moved_data'])
+  config = smoke_config(ctx['data'])
+  config.train.num_epochs = 1
   config.model.training_strategy = 'full_finetune'
   config.model.pretrained_path = a
   config.data.subjects = ('p01', 'p02')
@@ -451,3 +454,46 @@ def test_whole_initial_tree_is_fingerprinted(ctx, tmp_path):
   with pytest.raises(wd.RunError, match='initial parameters of seed 0 differ'):
     loso.train_and_evaluate(config, workdir)
   assert checksum(workdir) == before
+
+
+def test_eval_and_predict_with_a_config_file_use_the_runs_data_and_weights(ctx, run_main,
+                                                                            monkeypatch):
+  """``--mode=eval --config=<file> --workdir=W``: the file's defaults never replace the run's record.
+
+  The run was trained on the session's smoke data (its record says so); the config file's own
+  ``data_dir`` (``$TFDS_DATA_DIR``) holds nothing. Only an explicit ``--config.<key>=`` replaces a
+  recorded value, and the command says so in one line.
+  """
+  path = ctx['finished']
+  record = wd.read_json(wd.config_path(path))
+  assert record['data']['data_dir'] == ctx['data']
+  monkeypatch.setenv('TFDS_DATA_DIR', ctx['empty_data'])  # the config file's default data_dir
+  epochs = '--config.train.oracle_best_epoch=True'  # as the run was trained
+  r = run_main('--mode=eval', SMOKE, f'--workdir={path}', epochs)
+  assert r.returncode == 0, r.stderr
+  assert 'identical to the training run' in r.stdout
+  os.remove(os.path.join(path, 'results_eval.json'))
+  said = [l for l in r.stdout.splitlines() if 'from the command line' in l]
+  assert len(said) == 1 and 'oracle_best_epoch=True' in said[0] and 'data_dir' not in said[0], said
+  r = run_main('--mode=predict', SMOKE, f'--workdir={path}', epochs, f'--input={ctx["clip"]}',
+               '--json')
+  assert r.returncode == 0, r.stderr
+  assert json.loads(r.stdout.strip().splitlines()[-1])['folds'] == 3
+  # An explicit override wins, and is named.
+  r = run_main('--mode=eval', SMOKE, f'--workdir={path}', epochs,
+               f'--config.data.data_dir={ctx["empty_data"]}')
+  assert_one_line_error(r, 'is not prepared in')
+  said = [l for l in r.stdout.splitlines() if 'from the command line' in l]
+  assert len(said) == 1 and f"data.data_dir={ctx['empty_data']!r}" in said[0], r.stdout
+  # The same rule for the weights: a given config's pretrained_path is used only when named.
+  given = synthetic.get_config('smoke')
+  given.data.data_dir = ctx['empty_data']
+  given.model.pretrained_path = '/elsewhere/ViT-B_16.npz'
+  for k, v in helpers.SMOKE_RUN_TRAIN.items():
+    given.train[k] = v
+  kept = wd.load_run_config(path, given, [])
+  assert kept.model.pretrained_path == record['model']['pretrained_path']
+  assert kept.data.data_dir == ctx['data']
+  moved = wd.load_run_config(path, given, ['model.pretrained_path'])
+  assert moved.model.pretrained_path == '/elsewhere/ViT-B_16.npz'
+  assert moved.data.data_dir == ctx['data']

@@ -73,6 +73,7 @@ def test_just_logging_writer_without_clu_writes_no_file(tmp_path, monkeypatch):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_plain_clipset_subject_order_needs_no_tfds():
   """``ClipSet.subject_list`` must not need TensorFlow: the GPU image has none."""
   code = textwrap.dedent(f"""
@@ -94,6 +95,7 @@ def test_plain_clipset_subject_order_needs_no_tfds():
 
 
 # -------------------------------------------------------------------------------- bench_loso
+@pytest.mark.slow
 def test_bench_loso_runs_sequential_and_fold_parallel(tmp_path):
   """A tiny LOSO without TF/TFDS/clu, one fold after another and three at once, same results."""
   proc = _run([sys.executable, '-m', 'benchmarks.bench_loso', '--config=configs/synthetic.py:smoke',
@@ -116,6 +118,7 @@ def test_bench_loso_runs_sequential_and_fold_parallel(tmp_path):
   assert not os.listdir(tmp_path)  # the variants' workdirs are removed
 
 
+@pytest.mark.slow
 def test_bench_epoch_loop_times_both_loops():
   proc = _run([sys.executable, 'benchmarks/bench_epoch_loop.py',
                '--config=configs/synthetic.py:smoke', '--subjects=3', '--clips=9', '--rounds=2'])
@@ -146,6 +149,7 @@ def test_bench_loso_check_same_compares_predictions_and_probabilities():
   assert bench_loso.compare(a, b, 1e-3)['folds_with_other_predictions'] == ['seed_0/s1']
 
 
+@pytest.mark.slow
 def test_bench_loso_refuses_unknown_override_in_one_line():
   proc = _run([sys.executable, '-m', 'benchmarks.bench_loso',
                '--config=configs/synthetic.py:smoke', '--set=train.no_such_key=1'], timeout=120)
@@ -329,6 +333,7 @@ _MAIN_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_main_sets_xla_flags_and_compilation_cache_before_jax_starts(tmp_path):
   """XLA_FLAGS set by main() reach XLA; the second process finds the step in the cache."""
   cache = tmp_path / 'cache'
@@ -347,6 +352,7 @@ def test_main_sets_xla_flags_and_compilation_cache_before_jax_starts(tmp_path):
   assert os.listdir(cache)
 
 
+@pytest.mark.slow
 def test_main_cache_off_and_user_flags_kept(tmp_path):
   proc = _run([sys.executable, '-c', _MAIN_PROBE, str(tmp_path / 'dump'),
                '--config=configs/synthetic.py:smoke'],

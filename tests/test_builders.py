@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests import fixtures
+from tfds_builders import fake_releases
 from tfds_builders import casme2
 from tfds_builders import casme3
 from tfds_builders import common
@@ -32,7 +32,7 @@ OLD_SHEET = casme2.Casme2Config(name='5class_20140508', sheet='20140508')
 
 @pytest.mark.parametrize('subject_as_text', [False, True])
 def test_casme2_scan_exact(tmp_path, subject_as_text):
-  root = fixtures.write_casme2(str(tmp_path), subject_as_text=subject_as_text)
+  root = fake_releases.write_casme2(str(tmp_path), subject_as_text=subject_as_text)
   clips, report = casme2.scan(root, OLD_SHEET)
   got = {(c.subject, c.clip): c for c in clips}
   assert sorted(got) == sorted([('sub01', 'EP02_01f'), ('sub01', 'EP09f'), ('sub02', 'EP03_02'),
@@ -66,7 +66,7 @@ def test_casme2_scan_exact(tmp_path, subject_as_text):
 
 
 def test_casme2_all_and_raw_variants(tmp_path):
-  root = fixtures.write_casme2(str(tmp_path), doubled=False, raw=True,
+  root = fake_releases.write_casme2(str(tmp_path), doubled=False, raw=True,
                                sheet_name='CASME2-coding-20190701.xlsx')
   clips, report = casme2.scan(root, casme2.Casme2Config(name='all', classes=casme2.ALL_CLASSES,
                                                         frames='raw'))
@@ -81,7 +81,7 @@ def test_casme2_all_and_raw_variants(tmp_path):
 
 
 def test_samm_scan_exact(tmp_path):
-  root = fixtures.write_samm(str(tmp_path))
+  root = fake_releases.write_samm(str(tmp_path))
   clips, report = samm.scan(str(tmp_path), samm.SammConfig(name='5class'))
   got = {c.clip: c for c in clips}
   assert sorted(got) == ['006_1_2', '006_3_5', '007_3_1', '028_4_1', '037_4_1']
@@ -107,7 +107,7 @@ def test_samm_scan_exact(tmp_path):
 
 
 def test_smic_scan_exact(tmp_path):
-  fixtures.write_smic(str(tmp_path))
+  fake_releases.write_smic(str(tmp_path))
   clips, report = smic.scan_modality(str(tmp_path), 'HS')
   got = {c.clip: c for c in clips}
   assert sorted(got) == ['s19_sur_01', 's1_ne_01', 's1_po_01', 's20_po_01', 's2_sur_01',
@@ -123,7 +123,7 @@ def test_smic_scan_exact(tmp_path):
 
 
 def test_smic_vis_frames_and_fps(tmp_path):
-  fixtures.write_smic(str(tmp_path), modality='VIS')
+  fake_releases.write_smic(str(tmp_path), modality='VIS')
   clips, _ = smic.scan_modality(str(tmp_path), 'VIS')
   got = {c.clip: c for c in clips}
   assert os.path.basename(got['s2_sur_01'].frames[0]) == 'reg_59881.bmp'
@@ -150,7 +150,7 @@ def test_synthetic_clips_are_subtle_local_and_deterministic():
 
 
 def test_casme3_scan_exact(tmp_path):
-  root = fixtures.write_casme3(str(tmp_path))
+  root = fake_releases.write_casme3(str(tmp_path))
   cfg = casme3.Casme3(config='3class', data_dir=str(tmp_path / 'd')).builder_config
   clips, report = casme3.scan(root, cfg)
   got = {(c.subject, c.clip): c for c in clips}
@@ -170,7 +170,7 @@ def test_casme3_scan_exact(tmp_path):
 
 
 def test_composite_reproduces_official_structure(tmp_path):
-  root, _ = fixtures.write_composite_release(str(tmp_path))
+  root, _ = fake_releases.write_composite_release(str(tmp_path))
   clips, report = composite.scan(root)
   assert len(clips) == 442
   assert len({c.subject for c in clips}) == 68
@@ -183,10 +183,10 @@ def test_composite_reproduces_official_structure(tmp_path):
 
 
 def test_composite_uses_official_csv_ids(tmp_path):
-  fixtures.write_casme2(str(tmp_path))
-  fixtures.write_samm(str(tmp_path))
-  fixtures.write_smic(str(tmp_path))
-  fixtures.write_gt_csv(str(tmp_path / 'combined_3class_gt.csv'), [
+  fake_releases.write_casme2(str(tmp_path))
+  fake_releases.write_samm(str(tmp_path))
+  fake_releases.write_smic(str(tmp_path))
+  fake_releases.write_gt_csv(str(tmp_path / 'combined_3class_gt.csv'), [
       ('casme2', 'sub01', 'EP02_01f', 1), ('smic', 's01', 's01_ne_01', 0),
       ('smic', 's20', 's20_po_01', 1), ('samm', '6', '006_1_2', 0), ('samm', '37', '037_9_9', 0)])
   clips, report = composite.scan(str(tmp_path))
@@ -203,7 +203,7 @@ def _data_config(name, builder_config, data_dir, manual_dir):
 
 
 def test_prepare_casme2_end_to_end_and_idempotent(tmp_path):
-  manual = fixtures.write_casme2(str(tmp_path / 'manual'))
+  manual = fake_releases.write_casme2(str(tmp_path / 'manual'))
   cfg = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', manual)
   report = prepare.prepare(cfg)
   assert report['num_clips'] == 7 and report['num_subjects'] == 6
@@ -245,13 +245,13 @@ def test_prepare_errors_are_clear(tmp_path):
     prepare.prepare(_data_config('samm', '5class', tmp_path / 'tfds', tmp_path / 'nope'))
   with pytest.raises(common.DatasetLayoutError, match='no manual_dir'):
     prepare.prepare(_data_config('samm', '5class', tmp_path / 'tfds', ''))
-  wrong = fixtures.write_smic(str(tmp_path / 'smic_instead'))
+  wrong = fake_releases.write_smic(str(tmp_path / 'smic_instead'))
   with pytest.raises(common.DatasetLayoutError, match='Micro_FACS_Codes'):
     prepare.prepare(_data_config('samm', '5class', tmp_path / 'tfds', wrong))
   with pytest.raises(common.DatasetLayoutError, match='unknown builder config'):
     prepare.builder_for(_data_config('samm', '7class', tmp_path / 'tfds', wrong))
-  manual = fixtures.write_samm(str(tmp_path / 'samm'))
-  fixtures.corrupt(os.path.join(manual, '006', '006_1_2', '006_05563.jpg'))
+  manual = fake_releases.write_samm(str(tmp_path / 'samm'))
+  fake_releases.corrupt(os.path.join(manual, '006', '006_1_2', '006_05563.jpg'))
   with pytest.raises(Exception, match='006_05563.jpg'):
     prepare.prepare(_data_config('samm', '5class', tmp_path / 'tfds2', manual))
 
@@ -271,7 +271,7 @@ def test_prepare_synthetic_small(tmp_path):
 def test_apex_before_onset_on_disk_moves_onset(tmp_path):
   """Mirrored: an apex before the onset whose frame is in the clip folder."""
   row = (9, 'EP05_05', 20, 18, 24, 12, 'happiness', range(18, 25))
-  root = fixtures.write_casme2(str(tmp_path), extra_rows=[row])
+  root = fake_releases.write_casme2(str(tmp_path), extra_rows=[row])
   clips, report = casme2.scan(root, OLD_SHEET)
   c = {c.clip: c for c in clips}['EP05_05']
   assert (c.onset, c.apex, c.offset, c.frame_numbers[0], c.apex_index) == (18, 18, 24, 18, 0)
@@ -282,9 +282,9 @@ def test_apex_before_onset_on_disk_moves_onset(tmp_path):
 def test_cropped_and_selected_are_decided_below_manual_dir(tmp_path):
   """Words in the path above manual_dir do not choose the frame variant."""
   manual = str(tmp_path / 'my_cropped_data')
-  base = fixtures.write_smic(manual)  # SMIC_all_cropped/HS/...
-  for subj, emo, clip, first, count in fixtures.SMIC_CLIPS:
-    fixtures.write_frames(os.path.join(base, 'SMIC_all_raw', 'HS', subj, 'micro', emo, clip),
+  base = fake_releases.write_smic(manual)  # SMIC_all_cropped/HS/...
+  for subj, emo, clip, first, count in fake_releases.SMIC_CLIPS:
+    fake_releases.write_frames(os.path.join(base, 'SMIC_all_raw', 'HS', subj, 'micro', emo, clip),
                           range(first, first + count), 'image{:06d}.bmp')
   clips, report = smic.scan_modality(base, 'HS')
   assert report.source['frames'] == os.path.join('SMIC_all_cropped', 'HS')
@@ -292,17 +292,17 @@ def test_cropped_and_selected_are_decided_below_manual_dir(tmp_path):
   assert os.path.basename(clips[0].frames[0]).startswith('reg_image')
   # Only raw frames: said so.
   only_raw = str(tmp_path / 'cropped_sets' / 'SMIC')
-  for subj, emo, clip, first, count in fixtures.SMIC_CLIPS:
-    fixtures.write_frames(os.path.join(only_raw, 'SMIC_all_raw', 'HS', subj, 'micro', emo, clip),
+  for subj, emo, clip, first, count in fake_releases.SMIC_CLIPS:
+    fake_releases.write_frames(os.path.join(only_raw, 'SMIC_all_raw', 'HS', subj, 'micro', emo, clip),
                           range(first, first + count), 'image{:06d}.bmp')
   assert smic.scan_modality(only_raw, 'HS')[1].source['frame_variant'] == 'raw'
   # CASME II raw: CASME2_RAW_selected (onset..offset) over the full CASME2-RAW sequences, also
   # when manual_dir itself sits under a folder named "selected".
-  root = fixtures.write_casme2(str(tmp_path / 'selected_sets'), doubled=False, raw=True,
+  root = fake_releases.write_casme2(str(tmp_path / 'selected_sets'), doubled=False, raw=True,
                                sheet_name='CASME2-coding-20190701.xlsx')
-  for subj, name, *_, frames in fixtures.CASME2_ROWS:
+  for subj, name, *_, frames in fake_releases.CASME2_ROWS:
     if frames is not None:
-      fixtures.write_frames(os.path.join(root, 'CASME2-RAW', f'sub{subj:02d}', name),
+      fake_releases.write_frames(os.path.join(root, 'CASME2-RAW', f'sub{subj:02d}', name),
                             range(1, max(frames) + 5), 'img{}.jpg')
   _, report = casme2.scan(root, casme2.Casme2Config(name='5class_raw', frames='raw'))
   assert report.source['frames'] == 'CASME2_RAW_selected'
@@ -311,9 +311,9 @@ def test_cropped_and_selected_are_decided_below_manual_dir(tmp_path):
 def _sheet_files(tmp_path):
   """(name, bytes) of damaged or misnamed workbooks."""
   good_xlsx = tmp_path / 'good.xlsx'
-  fixtures.write_casme2_sheet(str(good_xlsx), fixtures.CASME2_ROWS)
+  fake_releases.write_casme2_sheet(str(good_xlsx), fake_releases.CASME2_ROWS)
   good_xls = tmp_path / 'good.xls'
-  fixtures.write_casme2_sheet(str(good_xls), fixtures.CASME2_ROWS)
+  fake_releases.write_casme2_sheet(str(good_xls), fake_releases.CASME2_ROWS)
   x, xl = good_xlsx.read_bytes(), good_xls.read_bytes()
   return {'truncated.xls': xl[:len(xl) // 2], 'garbage.xls': b'<html>not a workbook</html>',
           'empty.xls': b'', 'truncated.xlsx': x[:len(x) // 2], 'garbage.xlsx': b'\x00' * 100,
@@ -342,10 +342,10 @@ def test_damaged_sheets_are_one_clear_error(tmp_path, capfd):
 
 def test_legacy_xls_sheet_and_worksheet_choice(tmp_path):
   """The CASME2_label_Ver_2.xls config reads a real .xls; a missing worksheet name is clear."""
-  root = fixtures.write_casme2(str(tmp_path), sheet_name='CASME2_label_Ver_2.xls')
+  root = fake_releases.write_casme2(str(tmp_path), sheet_name='CASME2_label_Ver_2.xls')
   clips, report = casme2.scan(root, casme2.Casme2Config(name='5class_ver2', sheet='ver2'))
   assert len(clips) == 7 and report.source['sheet_version'] == 'ver2'
-  wb, _ = fixtures.samm_workbook()
+  wb, _ = fake_releases.samm_workbook()
   wb.active.title = 'Sheet1'
   wb.create_sheet('Notes')
   wb.save(tmp_path / 'two.xlsx')
@@ -356,9 +356,9 @@ def test_legacy_xls_sheet_and_worksheet_choice(tmp_path):
 
 def test_samm_sheet_choice(tmp_path):
   """._ files ignored, the released name preferred, ambiguity refused."""
-  root = fixtures.write_samm(str(tmp_path), nested=False)
+  root = fake_releases.write_samm(str(tmp_path), nested=False)
   (tmp_path / 'SAMM' / '._SAMM_Micro_FACS_Codes_v2.xlsx').write_bytes(b'\x00\x05\x16\x07 mac')
-  wb, ws = fixtures.samm_workbook()  # another version that sorts first, no data rows
+  wb, ws = fake_releases.samm_workbook()  # another version that sorts first, no data rows
   wb.save(tmp_path / 'SAMM' / 'SAMM_20181215_Micro_FACS_Codes_v2.xlsx')
   clips, report = samm.scan(root, samm.SammConfig(name='5class'))
   assert report.source['sheet'] == 'SAMM_Micro_FACS_Codes_v2.xlsx' and len(clips) == 5
@@ -381,7 +381,7 @@ def test_emotion_aliases_and_dropped_rows_reported(tmp_path):
   rows = [(8, 'EP01_01', 5, 6, 8, 4, 'Other', range(5, 9)),
           (8, 'EP01_02', 5, 6, 8, 4, 'Happy ', range(5, 9)),
           (8, 'EP01_03', 5, 6, 8, 4, 'contempt', range(5, 9))]
-  root = fixtures.write_casme2(str(tmp_path), extra_rows=rows)
+  root = fake_releases.write_casme2(str(tmp_path), extra_rows=rows)
   clips, report = casme2.scan(root, OLD_SHEET)
   got = {c.clip: c.label for c in clips if c.subject == 'sub08'}
   assert got == {'EP01_01': 'others', 'EP01_02': 'happiness'}
@@ -399,7 +399,7 @@ def test_drop_slash_apex_counts_on_the_published_casme2_counts(tmp_path):
   """The README counts, on fixtures with the published per-class counts."""
   counts = {}
   for sheet, config in (('20140508', '5class_20140508'), ('20190701', '5class')):
-    root = fixtures.write_casme2_release(str(tmp_path / sheet), sheet)
+    root = fake_releases.write_casme2_release(str(tmp_path / sheet), sheet)
     base = {c.name: c for c in casme2.Casme2.BUILDER_CONFIGS}[config]
     for drop in (False, True):
       import dataclasses  # pylint: disable=g-import-not-at-top
@@ -420,7 +420,7 @@ def test_drop_slash_apex_counts_on_the_published_casme2_counts(tmp_path):
 
 
 def test_drop_slash_apex_config_prepares_its_own_variant(tmp_path):
-  manual = fixtures.write_casme2(str(tmp_path / 'manual'))
+  manual = fake_releases.write_casme2(str(tmp_path / 'manual'))
   cfg = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', manual)
   cfg.drop_slash_apex = True
   report = prepare.prepare(cfg)
@@ -440,7 +440,7 @@ def test_casme3_same_onset_twice_in_one_video(tmp_path):
   """Distinct names, reported; an exact repeat of a row is skipped."""
   extra = [('spNO.1', 'j', 28, 31, 35, '12', 'I', 'surprise'),   # same onset as row 3, other ME
            ('spNO.1', 'j', 28, 30, 33, '24', 'VII', 'happy')]    # an exact repeat of row 3
-  root = fixtures.write_casme3(str(tmp_path), extra_rows=extra)
+  root = fake_releases.write_casme3(str(tmp_path), extra_rows=extra)
   cfg = casme3.Casme3(config='3class', data_dir=str(tmp_path / 'd')).builder_config
   clips, report = casme3.scan(root, cfg)
   got = {c.clip: c for c in clips if c.subject == 'spNO.1'}
@@ -457,13 +457,13 @@ def test_casme3_same_onset_twice_in_one_video(tmp_path):
 
 def test_casme2_config_names_its_sheet(tmp_path):
   """'5class' is the 20190701 sheet; never silently the other one."""
-  root = fixtures.write_casme2(str(tmp_path))  # only CASME2-coding-20140508.xlsx
+  root = fake_releases.write_casme2(str(tmp_path))  # only CASME2-coding-20140508.xlsx
   with pytest.raises(common.DatasetLayoutError,
                      match='no coding sheet CASME2-coding-20190701.xlsx .* read by '
                            '--config.data.builder_config=5class_20140508'):
     casme2.scan(root, casme2.Casme2Config(name='5class'))
-  fixtures.write_casme2_sheet(os.path.join(root, 'CASME2-coding-20190701.xlsx'),
-                              fixtures.CASME2_ROWS[:3])
+  fake_releases.write_casme2_sheet(os.path.join(root, 'CASME2-coding-20190701.xlsx'),
+                              fake_releases.CASME2_ROWS[:3])
   assert len(casme2.scan(root, casme2.Casme2Config(name='5class'))[0]) == 3
   assert len(casme2.scan(root, OLD_SHEET)[0]) == 7
   descriptions = {c.name: c.description for c in casme2.Casme2.BUILDER_CONFIGS}
@@ -472,7 +472,7 @@ def test_casme2_config_names_its_sheet(tmp_path):
 
 def test_record_checked_on_reuse_and_rebuild(tmp_path):
   """The prepared data's sources are recorded and checked."""
-  manual = fixtures.write_casme2(str(tmp_path / 'a'))
+  manual = fake_releases.write_casme2(str(tmp_path / 'a'))
   cfg = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', manual)
   first = prepare.prepare(cfg)
   record = first[prepare.STATUS_KEY]['record']
@@ -490,7 +490,7 @@ def test_record_checked_on_reuse_and_rebuild(tmp_path):
   assert os.path.realpath(manual) in text.splitlines()[0]
   assert 'CASME2-coding-20140508.xlsx' in text.splitlines()[0]
   # Another manual_dir: refused, naming the key; nothing changes.
-  other = fixtures.write_casme2(str(tmp_path / 'b'), extra_rows=[
+  other = fake_releases.write_casme2(str(tmp_path / 'b'), extra_rows=[
       (8, 'EP01_01', 5, 6, 8, 4, 'happiness', range(5, 9))])
   mtime = os.path.getmtime(builder.data_dir)
   with pytest.raises(prepare.PreparedDataError, match='differ in manual_dir: recorded') as e:
@@ -498,7 +498,7 @@ def test_record_checked_on_reuse_and_rebuild(tmp_path):
   assert 'rebuild=True' in str(e.value) and '\n' not in str(e.value)
   assert os.path.getmtime(builder.data_dir) == mtime
   # A changed sheet in the recorded folder: refused, naming the sheet's hash.
-  fixtures.write_casme2_sheet(sheet, fixtures.CASME2_ROWS[:4])
+  fake_releases.write_casme2_sheet(sheet, fake_releases.CASME2_ROWS[:4])
   with pytest.raises(prepare.PreparedDataError, match='sheet_sha256: CASME2-coding-20140508.xlsx is not the recorded file'):
     prepare.prepare(cfg)
   # A missing manual_dir: the error says what the data_dir holds.
@@ -513,7 +513,7 @@ def test_record_checked_on_reuse_and_rebuild(tmp_path):
   assert prepare.stored_record(prepare.builder_for(cfg_b))['manual_dir'] == os.path.realpath(other)
   assert len(prepare.builder_for(cfg_b).as_data_source(split='train')) == 8
   # A rebuild that fails leaves the previous data in place.
-  fixtures.corrupt(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f', 'reg_img47.jpg'))
+  fake_releases.corrupt(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f', 'reg_img47.jpg'))
   cfg_a = _data_config('casme2', '5class_20140508', tmp_path / 'tfds', manual)
   cfg_a.rebuild = True
   with pytest.raises(Exception, match='reg_img47.jpg'):

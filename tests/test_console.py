@@ -91,6 +91,7 @@ def frames(tmp_path_factory):
   return str(folder)
 
 
+@pytest.mark.slow
 def test_prepare_prints_our_line_instead_of_the_tfds_banner(prepared):
   data_dir, proc = prepared
   _assert_quiet(proc)
@@ -101,6 +102,7 @@ def test_prepare_prints_our_line_instead_of_the_tfds_banner(prepared):
   assert lines[2] == 'synthetic_me: 30 clips, 3 subjects', proc.stdout
 
 
+@pytest.mark.slow
 def test_train_prints_fold_lines_and_results_only(trained):
   workdir, proc = trained
   _assert_quiet(proc)
@@ -130,6 +132,7 @@ def test_train_prints_fold_lines_and_results_only(trained):
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
 
 
+@pytest.mark.slow
 def test_eval_is_quiet(trained):
   workdir, _ = trained
   proc = _main('--mode=eval', f'--workdir={workdir}')
@@ -137,6 +140,7 @@ def test_eval_is_quiet(trained):
   assert proc.stdout.startswith('| Method | Acc (%)'), proc.stdout
 
 
+@pytest.mark.slow
 def test_predict_prints_a_table_and_the_chosen_class(trained, frames):
   workdir, _ = trained
   proc = _main('--mode=predict', f'--workdir={workdir}', f'--input={frames}')
@@ -156,6 +160,7 @@ def test_predict_prints_a_table_and_the_chosen_class(trained, frames):
   assert lines[-1].startswith(f'prediction: {chosen} ('), proc.stdout
 
 
+@pytest.mark.slow
 def test_predict_json_parses_and_verbosity_brings_details_back(trained, frames):
   workdir, _ = trained
   proc = _main('--mode=predict', f'--workdir={workdir}', f'--input={frames}', '--json',

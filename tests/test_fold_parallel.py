@@ -26,15 +26,16 @@ from mpt_jax import partition
 from mpt_jax import pretrained
 from mpt_jax import train as train_lib
 from mpt_jax.models import mpt
-from tests import helpers
+
+pytestmark = pytest.mark.slow  # LOSO runs end to end
 
 SIZES = {'p01': 8, 'p02': 7, 'p03': 6, 'p04': 5, 'p05': 4}  # 30 clips; 22..26 to train per fold
 
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory):
-  config = helpers.prepared_smoke_config(tmp_path_factory)
-  d = config.data.data_dir
+def setup(tmp_path_factory, smoke_data_dir):
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = d = smoke_data_dir
   data = input_pipeline.load(config)
   # Relabel the 30 clips into 5 subjects of unequal size (classes stay mixed).
   subjects = np.concatenate([[s] * n for s, n in SIZES.items()])

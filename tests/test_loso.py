@@ -20,32 +20,22 @@ from mpt_jax import report as report_lib
 from mpt_jax import predict
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # LOSO runs end to end
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return helpers.prepared_smoke_config(tmp_path_factory).data.data_dir
+smoke_config = helpers.smoke_run_config
 
 
-def smoke_config(data_dir, **train):
-  config = synthetic.get_config('smoke')
-  config.data.data_dir = data_dir
-  config.train.num_epochs = 3
-  config.train.oracle_best_epoch = True
-  # Every fold at once (auto is sequential on CPU): these tests guard the fold-parallel path.
-  config.train.folds_per_step = 3
-  for k, v in train.items():
-    config.train[k] = v
-  return config
+@pytest.fixture(name='data_dir')
+def data_dir_fixture(smoke_data_dir):
+  return smoke_data_dir
 
 
-@pytest.fixture(scope='module')
-def finished_run(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('run') / 'uninterrupted')
-  config = smoke_config(data_dir)
-  summary = loso.train_and_evaluate(config, workdir)
-  return config, workdir, summary
+@pytest.fixture(name='finished_run')
+def finished_run_fixture(smoke_run):
+  return smoke_run
 
 
 def _main(*args, timeout=600):
@@ -114,8 +104,7 @@ def test_kill_9_during_training_then_resume_gives_same_metrics(finished_run, dat
   _, _, summary = finished_run
   workdir = str(tmp_path / 'killed')
   args = ['--config=configs/synthetic.py:smoke', f'--workdir={workdir}',
-          f'--config.data.data_dir={data_dir}', '--config.train.num_epochs=3',
-          '--config.train.oracle_best_epoch=True', '--config.train.folds_per_step=3',
+          f'--config.data.data_dir={data_dir}', *helpers.SMOKE_RUN_FLAGS,
           '--config.train.checkpoint_min_interval_s=0']
   proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'main.py'), *args], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -182,27 +171,6 @@ def test_two_devices_match_one_device(data_dir, tmp_path):
                              histories[2]['history']['train_loss'], rtol=1e-5)
   np.testing.assert_allclose(histories[1]['probabilities'], histories[2]['probabilities'],
                              atol=1e-5)
-
-
-def test_bad_inputs_give_clear_messages(data_dir, tmp_path):
-  # Missing dataset: says how to prepare it.
-  r = _main('--config=configs/samm.py:smoke', f'--workdir={tmp_path / "w1"}',
-            f'--config.data.data_dir={tmp_path / "empty"}')
-  assert r.returncode == 2 and 'python main.py --mode=prepare' in r.stderr
-  assert 'Traceback' not in r.stderr
-  # Missing pretrained file.
-  r = _main('--config=configs/synthetic.py:smoke', f'--workdir={tmp_path / "w2"}',
-            f'--config.data.data_dir={data_dir}', '--config.model.pretrained_path=/nope/ViT.npz')
-  assert r.returncode == 2 and '/nope/ViT.npz' in r.stderr and 'Traceback' not in r.stderr
-  # Unknown config key.
-  r = _main('--config=configs/synthetic.py:smoke', '--config.train.lr=0.1',
-            f'--workdir={tmp_path / "w3"}')
-  assert r.returncode == 2 and 'config.train.lr' in r.stderr and 'Traceback' not in r.stderr
-  # Batch larger than the data.
-  r = _main('--config=configs/synthetic.py:smoke', f'--workdir={tmp_path / "w4"}',
-            f'--config.data.data_dir={data_dir}', '--config.train.batch_size=64')
-  assert r.returncode == 2 and 'batch_size 64 is larger' in r.stderr
-  assert 'Traceback' not in r.stderr
 
 
 def test_subject_with_one_sample_is_a_valid_fold(data_dir, tmp_path):

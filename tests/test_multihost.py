@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # several processes, each a LOSO run
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = ('config.json', 'run_info.json', 'results.json', 'report.md')
 
@@ -96,11 +98,11 @@ def _gloo_available() -> bool:
 
 @pytest.mark.skipif(not _gloo_available(),
                     reason='this jax has no gloo CPU collectives for jax.distributed on CPU')
-def test_two_processes_give_the_results_of_one(tmp_path, tmp_path_factory):
+def test_two_processes_give_the_results_of_one(tmp_path, smoke_data_dir):
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from tests import helpers  # pylint: disable=g-import-not-at-top
-  config = helpers.prepared_smoke_config(tmp_path_factory)
-  data_dir = config.data.data_dir
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = data_dir = smoke_data_dir
   input_pipeline.load(config)  # writes the resampled cache before the processes read it
   one = str(tmp_path / 'one')
   two = str(tmp_path / 'two')

@@ -9,8 +9,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mpt_jax import face_align
-from tests import face_fixtures
-from tests import fixtures
+from tfds_builders import fake_faces
+from tfds_builders import fake_releases
 from tfds_builders import common
 from tfds_builders import pipeline
 from tfds_builders import prepare
@@ -40,7 +40,7 @@ def _stored_pngs(cfg):
 
 
 def _check_level_and_scale(transform, placement, size=224):
-  left, right = face_fixtures.eyes_in_stored_frame(transform, placement)
+  left, right = fake_faces.eyes_in_stored_frame(transform, placement)
   tilt = np.degrees(np.arctan2(right[1] - left[1], right[0] - left[0]))
   assert abs(tilt) < 2.0
   target = face_align.target_eye_distance(size)
@@ -48,7 +48,7 @@ def _check_level_and_scale(transform, placement, size=224):
 
 
 def test_samm_at_real_size_prepares_into_aligned_faces(tmp_path):
-  manual, placements = face_fixtures.write_samm_faces(str(tmp_path / 'manual'))
+  manual, placements = fake_faces.write_samm_faces(str(tmp_path / 'manual'))
   cfg = _cfg('samm', '5class', tmp_path / 'tfds', manual)
   report = prepare.prepare(cfg)
   ex = _examples(cfg)
@@ -78,7 +78,7 @@ def test_samm_at_real_size_prepares_into_aligned_faces(tmp_path):
 
 
 def test_casme3_at_real_size_prepares_into_aligned_faces(tmp_path):
-  manual, placements = face_fixtures.write_casme3_faces(str(tmp_path / 'manual'))
+  manual, placements = fake_faces.write_casme3_faces(str(tmp_path / 'manual'))
   cfg = _cfg('casme3', '7class', tmp_path / 'tfds', manual)
   report = prepare.prepare(cfg)
   ds = prepare.builder_for(cfg).as_data_source(split='train')
@@ -91,7 +91,7 @@ def test_casme3_at_real_size_prepares_into_aligned_faces(tmp_path):
 
 
 def test_output_is_identical_for_any_number_of_workers(tmp_path):
-  manual, _ = face_fixtures.write_samm_faces(str(tmp_path / 'manual'))
+  manual, _ = fake_faces.write_samm_faces(str(tmp_path / 'manual'))
   cfg1 = _cfg('samm', '5class', tmp_path / 'a', manual, prepare_workers=1)
   cfg2 = _cfg('samm', '5class', tmp_path / 'b', manual, prepare_workers=2)
   prepare.prepare(cfg1)
@@ -108,7 +108,7 @@ def test_output_is_identical_for_any_number_of_workers(tmp_path):
 
 
 def test_released_crops_are_kept_and_align_is_part_of_the_identity(tmp_path):
-  manual = fixtures.write_casme2(str(tmp_path / 'manual'))
+  manual = fake_releases.write_casme2(str(tmp_path / 'manual'))
   auto = _cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual)
   prepare.prepare(auto)
   e = _examples(auto)['EP02_01f']
@@ -143,9 +143,9 @@ def test_raw_casme2_and_smic_are_aligned_under_auto():
 
 
 def test_unreadable_frame_is_refused_before_anything_is_written(tmp_path):
-  manual = fixtures.write_casme2(str(tmp_path / 'manual'))
+  manual = fake_releases.write_casme2(str(tmp_path / 'manual'))
   bad = os.path.join(manual, 'Cropped', 'Cropped', 'sub07', 'EP06_02_01', 'reg_img102.jpg')
-  fixtures.corrupt(bad)
+  fake_releases.corrupt(bad)
   cfg = _cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual)
   with pytest.raises(common.CorruptImageError) as err:
     prepare.prepare(cfg)
@@ -158,11 +158,11 @@ def test_unreadable_frame_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_skip_bad_frames_skips_and_reports(tmp_path):
-  manual = fixtures.write_casme2(str(tmp_path / 'manual'))
+  manual = fake_releases.write_casme2(str(tmp_path / 'manual'))
   folder = os.path.join(manual, 'Cropped', 'Cropped', 'sub07', 'EP06_02_01')
-  fixtures.corrupt(os.path.join(folder, 'reg_img102.jpg'))
+  fake_releases.corrupt(os.path.join(folder, 'reg_img102.jpg'))
   for n in (46, 47, 48, 49, 50, 51):  # EP02_01f keeps one readable frame: skipped as a clip
-    fixtures.corrupt(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f',
+    fake_releases.corrupt(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f',
                                   f'reg_img{n}.jpg'))
   cfg = _cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual, skip_bad_frames=True)
   report = prepare.prepare(cfg)

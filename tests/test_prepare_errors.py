@@ -1,26 +1,27 @@
 """Bad inputs to ``main.py --mode=prepare``, run as a user would.
 
-Each case runs ``main.py`` in a subprocess on a ``:smoke`` config and a fixture folder, and asserts
-what the user sees: exit code 2, exactly one ``error:`` line on stderr holding the expected
-fragment, and no traceback anywhere. The runs go two at a time (each starts TensorFlow, about 5 s).
+Each case runs the command line (``main.cli``, in this process) on a ``:smoke`` config and a
+fixture folder, and asserts what the user sees: exit code 2, exactly one ``error:`` line on stderr
+holding the expected fragment, and no traceback anywhere.
 """
 
-import concurrent.futures
+import contextlib
+import io
 import os
 import shutil
-import subprocess
-import sys
+import types
 
 import ml_collections
 import pytest
 
-from tests import fixtures
+import main
+from tfds_builders import fake_releases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _samm_with_sheet(root, data=None, name=None):
-  base = fixtures.write_samm(root, nested=False)
+  base = fake_releases.write_samm(root, nested=False)
   sheet = os.path.join(base, 'SAMM_Micro_FACS_Codes_v2.xlsx')
   if data is not None:
     with open(sheet, 'rb') as f:
@@ -33,7 +34,7 @@ def _samm_with_sheet(root, data=None, name=None):
 
 
 def _casme2_xls(root, data):
-  base = fixtures.write_casme2(root, sheet_name='CASME2_label_Ver_2.xls')
+  base = fake_releases.write_casme2(root, sheet_name='CASME2_label_Ver_2.xls')
   sheet = os.path.join(base, 'CASME2_label_Ver_2.xls')
   with open(sheet, 'rb') as f:
     good = f.read()
@@ -43,8 +44,8 @@ def _casme2_xls(root, data):
 
 
 def _smic_without_frames(root):
-  base = fixtures.write_smic(root)
-  for subj, emo, clip, _, _ in fixtures.SMIC_CLIPS:  # every clip folder emptied
+  base = fake_releases.write_smic(root)
+  for subj, emo, clip, _, _ in fake_releases.SMIC_CLIPS:  # every clip folder emptied
     folder = os.path.join(base, 'SMIC_all_cropped', 'HS', subj, 'micro', emo, clip)
     shutil.rmtree(folder)
     os.makedirs(folder)
@@ -52,7 +53,7 @@ def _smic_without_frames(root):
 
 
 def _samm_two_worksheets(root):
-  base = fixtures.write_samm(root, nested=False)
+  base = fake_releases.write_samm(root, nested=False)
   sheet = os.path.join(base, 'SAMM_Micro_FACS_Codes_v2.xlsx')
   import openpyxl  # pylint: disable=g-import-not-at-top
   wb = openpyxl.load_workbook(sheet)
@@ -78,11 +79,11 @@ def _empty(root):
 def _prepared_then_other(root):
   """casme2 prepared from folder a (in-process), then prepare is asked for folder b."""
   from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
-  a = fixtures.write_casme2(os.path.join(root, 'a'), sheet_name='CASME2-coding-20190701.xlsx')
+  a = fake_releases.write_casme2(os.path.join(root, 'a'), sheet_name='CASME2-coding-20190701.xlsx')
   prepare.prepare(ml_collections.ConfigDict(dict(
       name='casme2', builder_config='5class', manual_dir=a,
       data_dir=os.path.join(os.path.dirname(root), 'tfds'))))  # the case's data_dir
-  return fixtures.write_casme2(os.path.join(root, 'b'), sheet_name='CASME2-coding-20190701.xlsx')
+  return fake_releases.write_casme2(os.path.join(root, 'b'), sheet_name='CASME2-coding-20190701.xlsx')
 
 
 # (id, config, manual_dir writer (None: not given), extra flags, expected exit code, fragment).
@@ -91,7 +92,7 @@ CASES = [
     ('manual_dir_empty', 'samm', _empty, [], 2, 'is empty'),
     ('manual_dir_a_file', 'samm', _file, [], 2, 'is a file, not a folder'),
     ('manual_dir_missing', 'samm', lambda r: os.path.join(r, 'nope'), [], 2, 'does not exist'),
-    ('another_datasets_folder', 'samm', fixtures.write_smic, [], 2,
+    ('another_datasets_folder', 'samm', fake_releases.write_smic, [], 2,
      'no SAMM_Micro_FACS_Codes_v2.xlsx'),
     ('truncated_xlsx', 'samm', lambda r: _samm_with_sheet(r, lambda b: b[:len(b) // 2]), [], 2,
      'damaged .xlsx workbook'),
@@ -105,7 +106,7 @@ CASES = [
      'found SAMM_codes.xlsx'),
     ('misnamed_worksheet', 'samm', _samm_two_worksheets, [], 2,
      "no worksheet named 'MICRO_ONLY' and several others ['Micro', 'Macro']"),
-    ('casme2_5class_with_only_the_old_sheet', 'casme2', fixtures.write_casme2, [], 2,
+    ('casme2_5class_with_only_the_old_sheet', 'casme2', fake_releases.write_casme2, [], 2,
      '--config.data.builder_config=5class_20140508'),
     ('every_frame_folder_empty', 'smic', _smic_without_frames, [], 2, 'found no usable clip'),
     ('manual_dir_differs_from_recorded', 'casme2', _prepared_then_other, [], 2,
@@ -113,24 +114,31 @@ CASES = [
 ]
 
 
+def _main(*args):
+  """The command line in this process: its exit code, stdout and stderr."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      code = main.cli(['main.py', *args])
+    except SystemExit as e:
+      code = e.code
+  return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def _run(case, tmp):
   name, config, write, flags, _, _ = case
   root = os.path.join(tmp, name)
-  args = [sys.executable, 'main.py', '--mode=prepare', f'--config=configs/{config}.py:smoke',
+  args = ['--mode=prepare', f'--config={ROOT}/configs/{config}.py:smoke',
           f'--config.data.data_dir={os.path.join(root, "tfds")}'] + flags
   if write is not None:
     args.append(f'--config.data.manual_dir={write(os.path.join(root, "manual"))}')
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                        check=False)
+  return _main(*args)
 
 
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
   tmp = str(tmp_path_factory.mktemp('prepare_errors'))
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = {case[0]: pool.submit(_run, case, tmp) for case in CASES}
-    return {name: f.result() for name, f in futures.items()}
+  return {case[0]: _run(case, tmp) for case in CASES}
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c[0] for c in CASES])
@@ -146,16 +154,13 @@ def test_bad_prepare_input_is_one_clear_line(results, case):
 
 def test_reuse_is_said_plainly(tmp_path):
   """Prepare again without manual_dir prints where the data came from."""
-  manual = fixtures.write_samm(str(tmp_path / 'manual'))
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='3')
-  base = [sys.executable, 'main.py', '--mode=prepare', '--config=configs/samm.py:smoke',
+  manual = fake_releases.write_samm(str(tmp_path / 'manual'))
+  base = ['--mode=prepare', f'--config={ROOT}/configs/samm.py:smoke',
           f'--config.data.data_dir={tmp_path / "tfds"}']
-  first = subprocess.run(base + [f'--config.data.manual_dir={manual}'], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300, check=False)
+  first = _main(*base, f'--config.data.manual_dir={manual}')
   assert first.returncode == 0, first.stderr
   assert [l for l in first.stdout.splitlines() if l.startswith('Prepared ')], first.stdout
-  again = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                         check=False)
+  again = _main(*base)
   assert again.returncode == 0, again.stderr
   line = again.stdout.splitlines()[0]
   assert line.startswith('Reusing the prepared data in ') and os.path.realpath(manual) in line

@@ -19,14 +19,14 @@ from PIL import Image
 
 from mpt_jax import clip_frames
 from mpt_jax import face_align
-from tests import face_fixtures
+from tfds_builders import fake_faces
 from tfds_builders import pipeline
 
 dlib = pytest.importorskip('dlib')
 
 
 def _face(gray=True, angle=5.0, scale=2.0):
-  return face_fixtures.face_frame(face_fixtures.SAMM_SIZE, angle, scale, (470, 300), gray=gray)[0]
+  return fake_faces.face_frame(fake_faces.SAMM_SIZE, angle, scale, (470, 300), gray=gray)[0]
 
 
 def _boxes(detector, frame):
@@ -116,7 +116,7 @@ def test_face_search_reads_only_the_frames_it_searches():
 
 
 def test_face_search_still_tries_every_candidate_before_the_centre_crop():
-  blank = np.full(face_fixtures.SAMM_SIZE, 90, np.uint8)
+  blank = np.full(fake_faces.SAMM_SIZE, 90, np.uint8)
   asked = []
 
   def get(i):
@@ -177,11 +177,11 @@ def test_large_frames_are_searched_at_half_size(monkeypatch, angle, scale):
   detector, predictor = face_align._dlib_models()  # pylint: disable=protected-access
   counting = _CountingDetector(detector)
   monkeypatch.setattr(face_align, '_dlib_models', lambda: (counting, predictor))
-  frame, m = face_fixtures.face_frame(face_fixtures.SAMM_SIZE, angle, scale, (470, 300), gray=True)
+  frame, m = fake_faces.face_frame(fake_faces.SAMM_SIZE, angle, scale, (470, 300), gray=True)
   eyes = np.array(face_align.landmark_eyes(frame))
   assert counting.sizes == [(325, 480)]
   assert np.abs(eyes - _full_size_eyes(frame, detector, predictor)).max() <= 1.0
-  known = face_fixtures.ASTRONAUT_EYES @ m[:, :2].T + m[:, 2]
+  known = fake_faces.ASTRONAUT_EYES @ m[:, :2].T + m[:, 2]
   assert np.abs(eyes - known).max() < 4 * scale
 
 
@@ -189,7 +189,7 @@ def test_face_too_small_for_the_half_size_search_is_found_at_full_size(monkeypat
   detector, predictor = face_align._dlib_models()  # pylint: disable=protected-access
   counting = _CountingDetector(detector)
   monkeypatch.setattr(face_align, '_dlib_models', lambda: (counting, predictor))
-  frame, _ = face_fixtures.face_frame(face_fixtures.SAMM_SIZE, 0.0, 0.9, (470, 300), gray=True)
+  frame, _ = fake_faces.face_frame(fake_faces.SAMM_SIZE, 0.0, 0.9, (470, 300), gray=True)
   eyes = face_align.landmark_eyes(frame)
   assert eyes is not None
   assert counting.sizes == [(325, 480), (650, 960)]
@@ -198,7 +198,7 @@ def test_face_too_small_for_the_half_size_search_is_found_at_full_size(monkeypat
 
 def _gray_jpeg(path, hw=(651, 963), exif=None, progressive=False, seed=0):
   rng = np.random.default_rng(seed)
-  face = face_fixtures.face_frame(hw, 4.0, 2.2, (hw[1] // 2, hw[0] // 2), gray=True)[0]
+  face = fake_faces.face_frame(hw, 4.0, 2.2, (hw[1] // 2, hw[0] // 2), gray=True)[0]
   frame = np.clip(face + rng.normal(0, 3, face.shape), 0, 255).astype(np.uint8)
   kwargs = {'quality': 92, 'progressive': progressive}
   if exif is not None:

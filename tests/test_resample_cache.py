@@ -9,18 +9,15 @@ import tensorflow_datasets as tfds
 
 from configs import synthetic
 from mpt_jax import input_pipeline
-from tests import helpers
 from tfds_builders import prepare
 
 tfds.disable_progress_bar()
 
 
-@pytest.fixture(scope='module')
-def prepared(tmp_path_factory):
-  """The small synthetic dataset, prepared once for this module."""
-  config = helpers.prepared_smoke_config(tmp_path_factory, 'resample')
-  assert config.data.builder_config == 'small'
-  return config.data.data_dir
+@pytest.fixture(name='prepared')
+def prepared_fixture(smoke_data_dir):
+  """The session's small synthetic dataset (copied by every test, without its cache)."""
+  return smoke_data_dir
 
 
 def _config(tmp_path, prepared, **data):  # pylint: disable=redefined-outer-name
@@ -28,7 +25,8 @@ def _config(tmp_path, prepared, **data):  # pylint: disable=redefined-outer-name
   config = synthetic.get_config('smoke')
   config.data.builder_config = 'small'
   config.data.data_dir = str(tmp_path / 'tfds')
-  shutil.copytree(prepared, config.data.data_dir, copy_function=shutil.copy2)
+  shutil.copytree(prepared, config.data.data_dir, copy_function=shutil.copy2,
+                  ignore=shutil.ignore_patterns('mpt_resampled*'))
   config.data.subjects = ()
   for k, v in data.items():
     config.data[k] = v

@@ -6,28 +6,28 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mpt_jax import input_pipeline
-from tests import fixtures
+from tfds_builders import fake_releases
 from tfds_builders import prepare
 
 tfds.disable_progress_bar()
 
 
 def _casme2(root):
-  return fixtures.write_casme2(root, sheet_name='CASME2-coding-20190701.xlsx')
+  return fake_releases.write_casme2(root, sheet_name='CASME2-coding-20190701.xlsx')
 
 
 def _composite(root):
-  fixtures.write_casme2(root)
-  fixtures.write_samm(root)
-  fixtures.write_smic(root)
+  fake_releases.write_casme2(root)
+  fake_releases.write_samm(root)
+  fake_releases.write_smic(root)
   return root
 
 
 WRITERS = {
     'casme2': _casme2,
-    'samm': fixtures.write_samm,
-    'smic': fixtures.write_smic,
-    'casme3': fixtures.write_casme3,
+    'samm': fake_releases.write_samm,
+    'smic': fake_releases.write_smic,
+    'casme3': fake_releases.write_casme3,
     'composite': _composite,
     'synthetic': None,  # generated, no manual_dir
 }

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 
 import pytest
 
@@ -12,7 +11,7 @@ from mpt_jax import figures
 from mpt_jax import loso
 from mpt_jax import paper_results
 from mpt_jax import tables
-from tests import helpers
+
 
 # A verbatim copy of the published-numbers sheet (every number of the paper's Tables I-XI).
 PUBLISHED = os.path.join(os.path.dirname(__file__), 'data', 'published_numbers.md')
@@ -113,9 +112,12 @@ def test_grids_are_the_papers_rows():
 
 
 @pytest.fixture(scope='module')
-def smoke_config(tmp_path_factory):
-  return helpers.prepared_smoke_config(tmp_path_factory, data={'subjects': ('p01', 'p02')},
-                                       train={'num_epochs': 1})
+def smoke_config(smoke_data_dir):
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = smoke_data_dir
+  config.data.subjects = ('p01', 'p02')
+  config.train.num_epochs = 1
+  return config
 
 
 def _md_row(md, row_id):

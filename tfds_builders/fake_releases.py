@@ -2,7 +2,8 @@
 
 Images are tiny and random, written with real encoders (JPEG, grayscale JPEG, 24-bit BMP) so the
 builders' decoding path runs; sheets are real .xlsx files written with openpyxl with the real header
-rows, preambles and cell types. Each writer returns what the builder must report.
+rows, preambles and cell types. Each writer returns what the builder must report. Used by the tests
+and by ``benchmarks/bench_prepare.py``; nothing here is imported by the builders themselves.
 """
 
 import os

@@ -2,7 +2,7 @@
 
 The face is scikit-image's ``astronaut`` photo (public domain) placed into the frame by a known
 similarity (rotation, scale, shift), a different one per subject, so a test can check where the
-stored, aligned frames put its eyes. Layouts and sheets are those of ``tests/fixtures.py``.
+stored, aligned frames put its eyes. Layouts and sheets are those of ``fake_releases.py``.
 """
 
 import os
@@ -14,7 +14,7 @@ import openpyxl
 import skimage.data
 from PIL import Image
 
-from tests import fixtures
+from tfds_builders import fake_releases
 
 # Hand-annotated pupil centres (x, y) of skimage.data.astronaut(): image-left, image-right eye.
 ASTRONAUT_EYES = np.array([[203.5, 100.5], [245.5, 103.0]])
@@ -54,7 +54,7 @@ SAMM_FACE_ROWS = [
 def write_samm_faces(root: str) -> Tuple[str, Dict[str, np.ndarray]]:
   """A SAMM release (960 x 650 grayscale JPEGs); returns (folder, {clip: face placement map})."""
   base = os.path.join(root, 'SAMM')
-  wb, ws = fixtures.samm_workbook()
+  wb, ws = fake_releases.samm_workbook()
   placements = {}
   for i, (subj, name, on, apex, off, emo, (angle, scale, centre), has_face) in enumerate(
       SAMM_FACE_ROWS, start=15):
@@ -89,7 +89,7 @@ def write_casme3_faces(root: str) -> Tuple[str, Dict[str, np.ndarray]]:
   wb = openpyxl.Workbook()
   ws = wb.active
   ws.title = 'label'
-  ws.append(fixtures.CASME3_HEADER)
+  ws.append(fake_releases.CASME3_HEADER)
   placements = {}
   for subj, vid, on, apex, off, emo, (angle, scale, centre) in CASME3_FACE_ROWS:
     ws.append([subj, vid, on, apex, off, '4', 'III', emo])
