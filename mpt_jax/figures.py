@@ -98,7 +98,7 @@ def read_fold_results(workdir: str, seed: Optional[int] = None) -> List[Dict[str
   info = read_run_info(workdir)
   out = []
   for subject in info['subjects']:
-    path = os.path.join(workdir, f'seed_{seed}', f'fold_{subject}', 'result.json')
+    path = wd.result_path(workdir, seed, subject)
     if os.path.exists(path):
       out.append(_read_json(path))
   if not out:
@@ -238,28 +238,19 @@ class RunView:
     from mpt_jax import pretrained
     from mpt_jax import train as train_lib
     params = pretrained.init_params(self.model, self.config.model, jax.random.PRNGKey(self.seed))
-    strategy = self.config.model.training_strategy
-    trainable, frozen = partition.split_params(params, strategy)
     try:  # the same initial parameters (pretrained file) as the trained run
       wd.check_init_fingerprint(self.info, self.seed, partition.tree_fingerprint(params),
                                 self.workdir)
     except errors.UserError as e:
       raise FigureError(str(e)) from e
-    tx = partition.make_optimizer(self.config.train, params, strategy, 1)
-    template = train_lib.create_state(trainable, frozen, tx)
+    template = train_lib.state_template(self.config, params)
     found = False
     for subject in wd.finished_subjects(self.workdir, self.seed, self.info['subjects']):
-      path = wd.checkpoint_dir(self.workdir, self.seed, subject)
-      if not os.path.isdir(path):
+      if not os.path.isdir(wd.checkpoint_dir(self.workdir, self.seed, subject)):
         continue
       try:
-        ckpt = train_lib.FoldCheckpointer(path, read_only=True)
-        try:
-          if ckpt.latest_epoch() is None:
-            continue
-          _, state = ckpt.restore(template, strategy)
-        finally:
-          ckpt.close()
+        state = wd.restore_fold(self.workdir, self.seed, subject, template,
+                                self.config.model.training_strategy)
       except train_lib.CheckpointDamagedError as e:
         raise FigureError(f'Fold {subject} (seed {self.seed}) cannot be explained: {e}') from e
       found = True

@@ -178,9 +178,7 @@ class Recogniser:
     wd.check_init_fingerprint(self.info, self.seed, partition.tree_fingerprint(params),
                               self.workdir)
     strategy = config.model.training_strategy
-    trainable, frozen = partition.split_params(params, strategy)
-    template = train_lib.create_state(trainable, frozen,
-                                      partition.make_optimizer(config.train, params, strategy, 1))
+    template = train_lib.state_template(config, params)
     apply = jax.jit(lambda p, x, a: jax.nn.softmax(model.apply({'params': p}, x, a)))
     clips = np.asarray(clips)
     batch = max(1, int(config.train.eval_batch_size))

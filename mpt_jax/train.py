@@ -83,6 +83,15 @@ def create_state(trainable: Dict[str, Any], frozen: Dict[str, Any],
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def state_template(config, params: Dict[str, Any]) -> TrainState:
+  """A fresh full-tree state of a run's config (``params``: its initial tree): what
+  :func:`mpt_jax.workdir.restore_fold` restores a fold's checkpoint into."""
+  strategy = config.model.training_strategy
+  trainable, frozen = partition.split_params(params, strategy)
+  return create_state(trainable, frozen,
+                      partition.make_optimizer(config.train, params, strategy, 1))
+
+
 def trainable_state(trainable: Dict[str, Any], tx: optax.GradientTransformation) -> TrainState:
   """A fresh state of the trainable leaves alone (flat ``{'a/b': leaf}`` in, nested tree inside).
 
