@@ -121,6 +121,22 @@ def test_held_out_truth_never_reaches_its_model_or_threshold(fakes):
   assert any(not np.array_equal(moved[k].score_me, base[k].score_me) for k in others)
 
 
+def test_each_threshold_is_chosen_on_the_other_subjects_videos(fakes, monkeypatch):
+  """spot_loso hands choose_p only the training subjects' videos and truth, once per fold."""
+  calls = []
+  real = spotter.choose_p
+
+  def recording(signals, truth, prm, grid):
+    calls.append((sorted(signals), sorted(truth)))
+    return real(signals, truth, prm, grid)
+
+  monkeypatch.setattr(spotter, 'choose_p', recording)
+  _, chosen = _loso(fakes, _config())
+  assert len(calls) == len(fakes)
+  for held_out, (videos, truth) in zip(sorted(chosen), calls):
+    assert videos == truth == sorted(k for k in fakes if k[0] != held_out)
+
+
 def test_threshold_is_chosen_on_the_training_videos_only():
   """choose_p scores only the videos it is given: a training set whose truth says the decoys are
   expressions picks a lower p than one whose truth does not."""
