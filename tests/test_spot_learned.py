@@ -86,7 +86,8 @@ def _counts(fakes, results):
 
 
 def test_learned_spotter_finds_the_held_out_subjects_planted_expressions(fakes):
-  results, chosen = _loso(fakes, _config())
+  """The magnified-motion energy alone (no optical flow)."""
+  results, chosen = _loso(fakes, _config(flow_features=False))
   c = _counts(fakes, results)
   # measured: MaE 5/4/0 (TP/FP/FN), ME 7/2/8, overall F1 0.632
   assert c['overall'].f1 >= 0.5 and c['mae'].f1 >= 0.5, sm.format_table(c)
@@ -99,7 +100,7 @@ def test_learned_spotter_finds_the_held_out_subjects_planted_expressions(fakes):
 
 
 def test_learned_spotter_with_the_flow_scores(fakes):
-  results, _ = _loso(fakes, _config(flow_features=True))
+  results, _ = _loso(fakes, _config())  # the default: with the flow scores
   c = _counts(fakes, results)
   # measured: MaE 5/6/0, ME 10/0/5, overall F1 0.732
   assert c['me'].f1 >= 0.5 and c['overall'].f1 >= 0.5, sm.format_table(c)
@@ -109,7 +110,7 @@ def test_held_out_truth_never_reaches_its_model_or_threshold(fakes):
   """Subject s0's truth replaced by nonsense: s0's spotted intervals and threshold do not move
   (its model and p come from the other subjects only), the other subjects' do (s0 is among their
   training videos, so the test can see the truth's influence)."""
-  config = _config()
+  config = _config(flow_features=False)
   base, p_base = _loso(fakes, config)
   truth = {k: pv.ground_truth(ev) for k, (_, ev) in fakes.items()}
   truth[('s0', 'v')] = [sm.Interval(o, o + 12, 'me') for o in range(5, 400, 20)]
@@ -131,7 +132,7 @@ def test_each_threshold_is_chosen_on_the_other_subjects_videos(fakes, monkeypatc
     return real(signals, truth, prm, grid)
 
   monkeypatch.setattr(spotter, 'choose_p', recording)
-  _, chosen = _loso(fakes, _config())
+  _, chosen = _loso(fakes, _config(flow_features=False))
   assert len(calls) == len(fakes)
   for held_out, (videos, truth) in zip(sorted(chosen), calls):
     assert videos == truth == sorted(k for k in fakes if k[0] != held_out)
@@ -154,7 +155,48 @@ def test_threshold_is_chosen_on_the_training_videos_only():
 def test_one_subject_is_refused_naming_the_setting(fakes):
   k = ('s0', 'v')
   frames, events = fakes[k]
-  feats = {k: learned.frame_features(frames, PRESET, _config())}
+  feats = {k: learned.frame_features(frames, PRESET, _config(flow_features=False))}
   with pytest.raises(errors.UserError, match='config.spot.method=learned.*at least 2 subjects'):
     learned.spot_loso(feats, {k: np.arange(1, 421)}, {k: pv.ground_truth(events)}, {k: 's0'},
                       PRESET, _config())
+
+
+@pytest.fixture(scope='module')
+def prepared_three_subjects(tmp_path_factory):
+  from tests import longvideo_fixtures as lf  # pylint: disable=g-import-not-at-top
+  from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('planted3')
+  base, _, _ = lf.write_casme2_planted(str(root), n=420, subjects=3)
+  config = casme2_lv_config.get_config()
+  config.data.manual_dir = base
+  config.data.data_dir = str(root / 'tfds')
+  config.data.prepare_workers = 1
+  prepare.prepare(config.data)
+  return config
+
+
+@pytest.mark.slow
+def test_spot_mode_with_the_learned_spotter(prepared_three_subjects, tmp_path):
+  """--mode=spot over a prepared dataset with config.spot.method='learned': LOSO over its three
+  subjects, a threshold per subject, the MEGC submission and report."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from mpt_jax.spotting import run as spot_run  # pylint: disable=g-import-not-at-top
+  config = prepared_three_subjects
+  config.spot.method = 'learned'
+  workdir = str(tmp_path / 'learned')
+  text = spot_run.spot_dataset(config, workdir)
+  print(text)
+  assert '| overall |' in text
+  summary = json.load(open(os.path.join(workdir, 'metrics.json')))
+  assert summary['method'] == 'learned' and summary['videos'] == 3
+  assert sorted(summary['p_per_subject']) == ['s15', 's16', 's17']
+  # each subject's model trained on the other two videos (with the flow scores, the default)
+  # measured (JPEG-stored 128 px frames): MaE 3/4/0 (TP/FP/FN), ME 5/0/4, overall F1 0.667
+  assert summary['metrics']['overall']['f1'] >= 0.5 and summary['metrics']['me']['f1'] >= 0.5, text
+  subs = spot_run.read_submission(os.path.join(workdir, 'spots.csv'))
+  assert {k[0] for k in subs} <= {'s15', 's16', 's17'}
+  assert 'Learned spotter' in open(os.path.join(workdir, 'report.md')).read()
+  config.spot.method = 'deep'
+  with pytest.raises(spot_run.SpotError, match="config.spot.method must be one of"):
+    spot_run.spot_dataset(config, str(tmp_path / 'bad'))
