@@ -200,3 +200,18 @@ def test_spot_mode_with_the_learned_spotter(prepared_three_subjects, tmp_path):
   config.spot.method = 'deep'
   with pytest.raises(spot_run.SpotError, match="config.spot.method must be one of"):
     spot_run.spot_dataset(config, str(tmp_path / 'bad'))
+
+
+@pytest.mark.slow
+def test_bench_spot_learned_prints_one_json_line():
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, 'benchmarks/bench_spot.py', '--seconds=5', '--size=64',
+                      '--method=learned', '--flow_features=0'],
+                     cwd=root, capture_output=True, text=True, timeout=300, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads([l for l in r.stdout.splitlines() if l.strip()][-1])
+  assert out['method'] == 'learned' and out['frames'] == 150 and out['frames_per_s'] > 0

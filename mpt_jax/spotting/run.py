@@ -212,6 +212,7 @@ def spot_dataset(config, workdir: str, recognise: str = '', recogniser=None) -> 
   chosen_p = {}
   if method == 'learned':  # one classifier and threshold per held-out subject, on the others
     signals, chosen_p = learned.spot_loso(features, numbers, truth, subject_of, params, config)
+    params = dataclasses.replace(params, threshold='absolute')  # as spot_loso thresholds
   elif grid:  # the threshold of each subject's videos chosen on the other subjects' videos
     chosen_p = choose_p_loso(signals, truth, subject_of, params, grid)
     for key, res in signals.items():
