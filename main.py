@@ -12,6 +12,8 @@ Kept short on purpose; the logic lives in importable modules:
   python main.py --mode=table --table=VI --config=configs/smic.py --workdir=runs/table6
   python main.py --mode=config --config=configs/samm.py                    # the resolved config
   python main.py --mode=spot --config=configs/casme2_longvideo.py --workdir=runs/spot_casme2
+  python main.py --mode=spot --config=configs/casme2_longvideo.py --config.spot.method=learned \
+      --workdir=runs/spot_casme2_learned                      # the learned spotter, LOSO
   python main.py --mode=spot --workdir=runs/samm --input=/path/to/long_video.mp4
   python main.py --mode=spot --config=configs/samm_longvideo.py --recognise=runs/samm --workdir=W
 

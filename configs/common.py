@@ -246,4 +246,26 @@ def spotting_config(name: str, builder_config: str = '') -> ml_collections.Confi
   config.spot.valley_ratio = preset.valley_ratio  # Interval edge: valley + ratio (peak - valley).
   config.spot.workers = 0  # Optical-flow threads; 0 = every core.
   config.spot.timelines = 3  # report.md: timelines of this many worst and best videos.
+  config.spot.method = 'flow'  # flow (training-free optical-flow spotter) | learned (a classifier
+  #                              on the magnified motion energy, trained LOSO; settings below).
+  config.spot.learned = ml_collections.ConfigDict()  # The learned spotter (method 'learned').
+  # The model's Eulerian magnifier (config.model.magnification's fields and defaults), run on the
+  # aligned grayscale long-video frames at the working rate (~30 fps).
+  config.spot.learned.magnification = get_model_config().magnification
+  config.spot.learned.magnification.fs = params.WORKING_FPS  # The frames' rate (working rate).
+  # EVM cut-off wavelength in pixels of the stored faces: the model's 16 at 224 px, scaled to the
+  # 128 px faces the long-video datasets store.
+  config.spot.learned.magnification.lambda_c = 9.0
+  config.spot.learned.flow_features = True  # Also feed the flow spotter's micro/macro scores
+  #                                           (the flow spotter's cost again; False: the
+  #                                           magnified energy alone, ~50x faster, weaker on MEs).
+  config.spot.learned.context = 24  # Frames on each side of a frame fed with it to the classifier.
+  config.spot.learned.context_step = 3  # Every how many of those frames is fed.
+  config.spot.learned.steps = 300  # Adam steps (full batch) per LOSO fold.
+  config.spot.learned.learning_rate = 0.05  # Adam learning rate.
+  config.spot.learned.l2 = 1e-2  # L2 penalty on the classifier's weights.
+  # Thresholds p (T = mean + p (max - mean) of a video's probability curve); each held-out
+  # subject's p is the best on the other subjects' videos (its own never seen).
+  config.spot.learned.p_grid = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+  config.spot.learned.chunk = 64  # Frames per call of the jitted magnified-energy program.
   return config

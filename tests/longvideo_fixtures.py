@@ -154,29 +154,33 @@ def write_samm_longvideo(root: str, short_sheet: bool = True) -> str:
 
 
 # ------------------------------------------------------------- planted expressions, real layout
-def write_casme2_planted(root: str, n: int = 420, seed: int = 1):
-  """``root/CASME_sq`` with one subject's video of a face with planted expressions (the spotter
-  can find them), its rows in the workbook; returns ``(base, frames, events)``."""
+def write_casme2_planted(root: str, n: int = 420, seed: int = 1, subjects: int = 1):
+  """``root/CASME_sq`` with one video of a face with planted expressions per subject (s15, s16,
+  ...; the spotter can find them, subject ``j`` drawn with ``seed + j``), their rows in the
+  workbook; returns ``(base, frames, events)`` of the first subject."""
   import cv2  # pylint: disable=g-import-not-at-top
   from mpt_jax.spotting import planted_video  # pylint: disable=g-import-not-at-top
   base = os.path.join(root, 'CASME_sq')
-  events = planted_video.default_events(n, seed=seed, me_every=80)
-  frames = planted_video.render(n, events, 128, seed=seed)
   wb = openpyxl.Workbook()
   ws = wb.active
   ws.title = 'CASFEcode_final'
-  for k, e in enumerate(events, start=1):
-    ws.append([1, f'disgust1_{k}', e.onset, e.apex, e.offset, '12', 'positive',
-               'micro-expression' if e.type == 'me' else 'macro-expression', 'happiness'])
-  wb.create_sheet('naming rule1').append([15, 's15', 1])
+  rule1 = wb.create_sheet('naming rule1')
   wb.create_sheet('naming rule2').append(['0101', 'disgust1'])
-  os.makedirs(base, exist_ok=True)
+  first = None
+  for j in range(subjects):
+    events = planted_video.default_events(n, seed=seed + j, me_every=80)
+    frames = planted_video.render(n, events, 128, seed=seed + j)
+    first = first or (frames, events)
+    for k, e in enumerate(events, start=1):
+      ws.append([j + 1, f'disgust1_{k}', e.onset, e.apex, e.offset, '12', 'positive',
+                 'micro-expression' if e.type == 'me' else 'macro-expression', 'happiness'])
+    rule1.append([15 + j, f's{15 + j}', j + 1])
+    folder = os.path.join(base, 'rawpic', f's{15 + j}', f'{15 + j}_0101disgustingteeth')
+    os.makedirs(folder, exist_ok=True)
+    for i, f in enumerate(frames, start=1):
+      cv2.imwrite(os.path.join(folder, f'img{i:03d}.jpg'), f, [cv2.IMWRITE_JPEG_QUALITY, 95])
   wb.save(os.path.join(base, 'CAS(ME)^2code_final.xlsx'))
-  folder = os.path.join(base, 'rawpic', 's15', '15_0101disgustingteeth')
-  os.makedirs(folder, exist_ok=True)
-  for i, f in enumerate(frames, start=1):
-    cv2.imwrite(os.path.join(folder, f'img{i:03d}.jpg'), f, [cv2.IMWRITE_JPEG_QUALITY, 95])
-  return base, frames, events
+  return base, first[0], first[1]
 
 
 # ------------------------------------------------------------------------------ CAS(ME)^3 part A

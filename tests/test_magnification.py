@@ -175,3 +175,13 @@ def test_magnifier_is_jittable_and_validates():
   gray = jnp.asarray(np.random.default_rng(0).random((1, 8, 32, 32, 1)).repeat(3, -1), jnp.float32)
   mo = yiq(gray)  # no chroma: the motion of a gray clip stays gray
   np.testing.assert_allclose(mo[..., 0], mo[..., 1], atol=1e-4)
+
+
+def test_iir_filter_continues_from_a_returned_state():
+  """Filtering in two pieces, the state carried over, equals filtering at once (scipy lfilter)."""
+  b, a = mag.butterworth_coefficients(1, 0.4, 4.0, 30.0)
+  x = np.random.default_rng(3).normal(size=(40, 2)).astype(np.float32)
+  first, state = mag.iir_filter(jnp.asarray(x[:17]), b, a, return_state=True)
+  second = mag.iir_filter(jnp.asarray(x[17:]), b, a, state=state)
+  want = scipy.signal.lfilter(b, a, x, axis=0, zi=scipy.signal.lfilter_zi(b, a)[:, None] * x[0])[0]
+  np.testing.assert_allclose(np.concatenate([first, second]), want, rtol=1e-4, atol=1e-5)

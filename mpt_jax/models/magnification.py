@@ -162,16 +162,20 @@ def butterworth_coefficients(order: int, low_hz: float, high_hz: float,
   return np.asarray(b / a[0], np.float64), np.asarray(a / a[0], np.float64)
 
 
-def iir_filter(x: jnp.ndarray, b: np.ndarray, a: np.ndarray) -> jnp.ndarray:
+def iir_filter(x: jnp.ndarray, b: np.ndarray, a: np.ndarray, state=None, return_state=False):
   """``lfilter(b, a, x, axis=0, zi=lfilter_zi(b, a) * x[0])`` with ``lax.scan`` (transposed DF-II).
 
   Args:
     x: (T, ...) signal, filtered along axis 0.
     b: numerator coefficients (``a[0]`` must be 1).
     a: denominator coefficients.
+    state: the filter's delay line, ``max(len(a), len(b)) - 1`` arrays of ``x[0]``'s shape, to
+      continue a signal filtered in chunks (the final state of the previous chunk); None starts
+      from the steady state of ``x[0]``.
+    return_state: also return the final state (to filter the next chunk).
 
   Returns:
-    The filtered signal, same shape as ``x``.
+    The filtered signal, same shape as ``x`` (and the final state when ``return_state``).
   """
   m = max(len(a), len(b))
   b = np.pad(b, (0, m - len(b)))
@@ -180,7 +184,12 @@ def iir_filter(x: jnp.ndarray, b: np.ndarray, a: np.ndarray) -> jnp.ndarray:
   dtype = x.dtype
   bj = [jnp.asarray(v, dtype) for v in b]
   aj = [jnp.asarray(v, dtype) for v in a]
-  state0 = tuple(jnp.asarray(z, dtype) * x[0] for z in zi)
+  if state is None:
+    state0 = tuple(jnp.asarray(z, dtype) * x[0] for z in zi)
+  else:
+    state0 = tuple(jnp.asarray(v, dtype) for v in state)
+    if len(state0) != m - 1:
+      raise ValueError(f'The filter state has {len(state0)} arrays, the filter needs {m - 1}')
 
   def step(state, xt):
     yt = bj[0] * xt + state[0]
@@ -190,8 +199,8 @@ def iir_filter(x: jnp.ndarray, b: np.ndarray, a: np.ndarray) -> jnp.ndarray:
       new.append(bj[i + 1] * xt + nxt - aj[i + 1] * yt)
     return tuple(new), yt
 
-  _, y = jax.lax.scan(step, state0, x)
-  return y
+  final, y = jax.lax.scan(step, state0, x)
+  return (y, final) if return_state else y
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,9 @@ class SpotterParams:
   me_min: int = 7  # shortest ME, source frames (shorter intervals are dropped)
   me_max: int = 16  # longest ME, source frames (longer intervals are MaE)
   valley_ratio: float = 0.33  # interval edge: valley + ratio (peak - valley) (OF-FD)
+  # 'relative': peaks above mean + p (max - mean) of each video's score; 'absolute': above p
+  # (the learned spotter's scores are probabilities).
+  threshold: str = 'relative'
 
 
 # Lags from MTSN's published settings (k_micro / k_macro: 6 / 18 on CAS(ME)^2 at 30 fps, 37 / 111

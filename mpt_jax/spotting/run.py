@@ -3,7 +3,9 @@
 * ``spot_dataset(config, workdir)``: the training-free spotter over every video of the configured
   long-video dataset (``configs/casme2_longvideo.py``, ``configs/samm_longvideo.py``). Nothing is
   trained or tuned: the spotter's settings are the config's (``config.spot``, from the literature),
-  so no subject's videos influence another's predictions. Writes into ``workdir``:
+  so no subject's videos influence another's predictions. With ``config.spot.method='learned'``,
+  the learned spotter (:mod:`mpt_jax.spotting.learned`) instead, trained leave-one-subject-out.
+  Writes into ``workdir``:
   ``spots.csv`` (MEGC submission format: ``subject,video,onset,offset,type,emotion``, source frame
   numbers as the sheets count them, type ``me``/``mae``, emotion empty unless recognised),
   ``spots.json`` (with
@@ -42,6 +44,9 @@ BASELINES = {
                        ('OF-FD (MEGC2021 winner, training-free)', '0.4149 / 0.2162 / 0.3638'),
                        ('MEAN (STR, ME only): spotting F1 0.0949, STRS 0.0499', '')],
 }
+
+
+METHODS = ('flow', 'learned')  # config.spot.method: the training-free or the learned spotter
 
 
 class SpotError(errors.UserError):
@@ -155,16 +160,10 @@ def choose_p_loso(signals, truth, subject_of, params, grid: Sequence[float]) -> 
   if len(subjects) < 2:
     raise SpotError('config.spot.p_grid chooses the threshold on the other subjects\' videos: '
                     f'it needs at least 2 subjects, the data has {subjects}')
-  spotted = {p: {key: spotter.intervals_from_scores(res.score_me, res.score_mae,
-                                                    res.frame_numbers,
-                                                    dataclasses.replace(params, p=p)).intervals
-                 for key, res in signals.items()} for p in grid}
   out = {}
   for held_out in subjects:
     train = [k for k in signals if subject_of[k] != held_out]
-    f1 = [metrics.spotting_counts({k: truth[k] for k in train},
-                                  {k: spotted[p][k] for k in train})['overall'].f1 for p in grid]
-    out[held_out] = float(grid[int(np.argmax(f1))])
+    out[held_out] = spotter.choose_p({k: signals[k] for k in train}, truth, params, grid)
   return out
 
 
@@ -182,23 +181,39 @@ def spot_dataset(config, workdir: str, recognise: str = '', recogniser=None) -> 
   if recognise and recogniser is None:
     from mpt_jax import predict  # pylint: disable=g-import-not-at-top
     recogniser = predict.Recogniser(recognise)
+  method = str(config.spot.get('method', 'flow'))
+  if method not in METHODS:
+    raise SpotError(f'config.spot.method must be one of {METHODS}, got {method!r}')
   params = spotter_params(config)
   workdir = wd.resolve(workdir)
   os.makedirs(os.path.join(workdir, 'timelines'), exist_ok=True)
   truth, signals, subject_of, folds_used = {}, {}, {}, {}
+  features, numbers = {}, {}  # the learned spotter's per-frame features, frame numbers
   t0 = time.perf_counter()
   frames_done = 0
   for video in dataset.iter_videos(config, tuple(config.data.subjects)):
-    res = spotter.spot(video.frames, video.frame_numbers, params, int(config.spot.workers))
-    truth[video.key], signals[video.key], subject_of[video.key] = video.intervals, res, video.subject
+    truth[video.key], subject_of[video.key] = video.intervals, video.subject
     frames_done += len(video.frame_numbers)
+    if method == 'learned':
+      from mpt_jax.spotting import learned  # pylint: disable=g-import-not-at-top
+      features[video.key] = learned.frame_features(video.frames, params, config,
+                                                   int(config.spot.workers))
+      numbers[video.key] = video.frame_numbers
+      logging.info('%s/%s: %d frames, %d annotated', video.subject, video.video,
+                   len(video.frame_numbers), len(video.intervals))
+      continue
+    res = spotter.spot(video.frames, video.frame_numbers, params, int(config.spot.workers))
+    signals[video.key] = res
     logging.info('%s/%s: %d frames, %d annotated, %d spotted', video.subject, video.video,
                  len(video.frame_numbers), len(video.intervals), len(res.intervals))
-  if not signals:
+  if not truth:
     raise SpotError(f'{config.data.name}: no video to spot in')
   grid = tuple(float(p) for p in config.spot.get('p_grid', ()))
   chosen_p = {}
-  if grid:  # the threshold of each subject's videos chosen on the other subjects' videos
+  if method == 'learned':  # one classifier and threshold per held-out subject, on the others
+    signals, chosen_p = learned.spot_loso(features, numbers, truth, subject_of, params, config)
+    params = dataclasses.replace(params, threshold='absolute')  # as spot_loso thresholds
+  elif grid:  # the threshold of each subject's videos chosen on the other subjects' videos
     chosen_p = choose_p_loso(signals, truth, subject_of, params, grid)
     for key, res in signals.items():
       signals[key] = spotter.intervals_from_scores(
@@ -226,7 +241,8 @@ def spot_dataset(config, workdir: str, recognise: str = '', recogniser=None) -> 
       {'subject': s, 'video': v, 'onset': iv.onset, 'apex': iv.apex, 'offset': iv.offset,
        'type': iv.type, 'score': round(iv.score, 4), 'emotion': iv.emotion}
       for (s, v), ivs in sorted(preds.items()) for iv in ivs])
-  summary = {'dataset': config.data.name, 'videos': len(per_video), 'frames': frames_done,
+  summary = {'dataset': config.data.name, 'method': method, 'videos': len(per_video),
+             'frames': frames_done,
              'seconds': round(seconds, 2), 'spotter': dataclasses.asdict(params),
              'p_per_subject': chosen_p,
              'metrics': {k: v.as_dict() for k, v in counts.items()}, 'per_video': per_video}
@@ -264,9 +280,18 @@ def _report_md(config, params, counts, per_video, pngs, seconds, frames, str_res
   grid = tuple(config.spot.get('p_grid', ()))
   how = ('each subject\'s threshold p chosen from ' + str(list(grid)) + ' on the other subjects\' '
          'videos (never its own)' if grid else 'nothing trained or tuned on these videos')
-  lines = [f'# Spotting: {config.data.name}', '',
-           f'Training-free optical-flow spotter ({how}; settings from the literature): '
-           f'{dataclasses.asdict(params)}.', '',
+  what = (f'Training-free optical-flow spotter ({how}; settings from the literature): '
+          f'{dataclasses.asdict(params)}.')
+  if config.spot.get('method', 'flow') == 'learned':
+    lc = config.spot.learned
+    what = ('Learned spotter: per frame, the energy of the magnified motion (the model\'s '
+            'Eulerian magnifier) in each face region' + (' and the optical-flow spotter\'s scores'
+                                                          if lc.flow_features else '') +
+            '; a logistic regression (outside / inside an ME / inside a MaE) trained for each '
+            'held-out subject on the other subjects\' videos, its probability threshold p chosen '
+            f'from {list(lc.p_grid)} on those videos only (never the held-out subject\'s); peaks '
+            f'and intervals as the training-free spotter: {dataclasses.asdict(params)}.')
+  lines = [f'# Spotting: {config.data.name}', '', what, '',
            '## MEGC metric (IoU >= 0.5, counts pooled over the dataset)', '',
            metrics.format_table(counts), '',
            f'{len(per_video)} videos, {frames} stored frames, {seconds:.1f} s '

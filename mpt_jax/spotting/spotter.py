@@ -158,14 +158,15 @@ def threshold(score: np.ndarray, p: float) -> float:
   return m + p * (float(np.max(score)) - m)
 
 
-def peaks_to_intervals(score: np.ndarray, k: int, p: float, valley_ratio: float = 0.33
-                       ) -> Tuple[List[Tuple[int, int, int, float]], float]:
+def peaks_to_intervals(score: np.ndarray, k: int, p: float, valley_ratio: float = 0.33,
+                       absolute: bool = False) -> Tuple[List[Tuple[int, int, int, float]], float]:
   """Peaks of ``score`` above its threshold, at least ``k`` apart, as ``(onset, peak, offset,
-  height)`` in frame indices (steps 5-6), and the threshold."""
+  height)`` in frame indices (steps 5-6), and the threshold: :func:`threshold` of the video, or
+  ``p`` itself when ``absolute`` (a score with a meaning of its own, e.g. a probability)."""
   n = score.size
   if n == 0 or not np.any(score > 0):
     return [], 0.0
-  thr = threshold(score, p)
+  thr = float(p) if absolute else threshold(score, p)
   peaks, props = sp_signal.find_peaks(score, height=thr, distance=max(1, k))
   out = []
   for pk, h in zip(peaks, props['peak_heights']):
@@ -228,11 +229,36 @@ def spot(frames: np.ndarray, frame_numbers: Sequence[int], params: params_lib.Sp
   nums = np.asarray(frame_numbers, np.int64)
   if nums.shape != (frames.shape[0],):
     raise ValueError(f'{frames.shape[0]} frames but {nums.size} frame numbers')
+  s_me, s_mae = flow_scores(frames, params, workers)
+  return intervals_from_scores(s_me, s_mae, nums, params)
+
+
+def flow_scores(frames: np.ndarray, params: params_lib.SpotterParams, workers: int = 0
+                ) -> Tuple[np.ndarray, np.ndarray]:
+  """Steps 1-5 up to the threshold: the smoothed micro- and macro-lag scores, (n,) each, of
+  (n, S, S) uint8 grayscale frames."""
   ratio = max(1, params.k_mae // max(1, params.k_me))
   s_me = smooth(lag_scores(frames, params.k_me, 1, workers).max(axis=1), params.k_me // 2 + 1)
   s_mae = smooth(lag_scores(frames, params.k_mae, ratio, workers).max(axis=1),
                  params.k_mae // 2 + 1)
-  return intervals_from_scores(s_me, s_mae, nums, params)
+  return s_me, s_mae
+
+
+def choose_p(signals: Dict, truth: Dict, params: params_lib.SpotterParams,
+             grid: Sequence[float]) -> float:
+  """The threshold ``p`` of ``grid`` with the best overall F1 (MEGC counts pooled over the
+  videos of ``signals``: ``{video: SpotResult}``, scored against ``truth``); ties: the smaller p.
+  Callers pass only training videos (the held-out subject's are never among them)."""
+  if not grid:
+    raise ValueError('choose_p needs a non-empty grid of thresholds')
+  grid = sorted(float(p) for p in grid)
+  f1 = []
+  for p in grid:
+    q = dataclasses.replace(params, p=p)
+    spotted = {k: intervals_from_scores(r.score_me, r.score_mae, r.frame_numbers, q).intervals
+               for k, r in signals.items()}
+    f1.append(metrics.spotting_counts({k: truth[k] for k in signals}, spotted)['overall'].f1)
+  return grid[int(np.argmax(f1))]
 
 
 def intervals_from_scores(s_me: np.ndarray, s_mae: np.ndarray, frame_numbers: Sequence[int],
@@ -240,8 +266,10 @@ def intervals_from_scores(s_me: np.ndarray, s_mae: np.ndarray, frame_numbers: Se
   """Steps 5-7 on a video's smoothed micro- and macro-lag scores (cheap: a threshold ``p`` can be
   chosen by trying several on scores computed once)."""
   nums = np.asarray(frame_numbers, np.int64)
-  cands_me, t_me = peaks_to_intervals(s_me, params.k_me, params.p, params.valley_ratio)
-  cands_mae, t_mae = peaks_to_intervals(s_mae, params.k_mae, params.p, params.valley_ratio)
+  absolute = params.threshold == 'absolute'
+  cands_me, t_me = peaks_to_intervals(s_me, params.k_me, params.p, params.valley_ratio, absolute)
+  cands_mae, t_mae = peaks_to_intervals(s_mae, params.k_mae, params.p, params.valley_ratio,
+                                        absolute)
   keep_me, keep_mae = resolve_overlaps(cands_me, cands_mae)
   intervals = []
   for cands, scale in ((keep_mae, t_mae), (keep_me, t_me)):
