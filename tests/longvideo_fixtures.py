@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import openpyxl
 
-from tests import fixtures
+from tfds_builders import fake_releases as fixtures
 
 # ------------------------------------------------------------------------------------ CAS(ME)^2
 CASME2_SUBJECTS = ['s15', 's16'] + [f's{n}' for n in range(19, 28)] + [
