@@ -9,6 +9,7 @@ Kept short on purpose; the logic lives in importable modules:
   python main.py --mode=profile --config=configs/casme2.py                 # Table V numbers
   python main.py --mode=figures --workdir=runs/smic --compare=runs/smic_lp   # Figs. 5-9
   python main.py --mode=table --table=VI --config=configs/smic.py --workdir=runs/table6
+  python main.py --mode=study --study=prompts --seeds=5 --config=configs/synthetic.py --workdir=W
 
 Progress logs go to stdout; a user mistake is one line ``error: ...`` on stderr and exit code 2.
 """
@@ -35,7 +36,7 @@ DEFAULT_JAX_CACHE = '~/.cache/mpt_jax/jax_cache'
 JAX_CACHE_MIN_COMPILE_SECS = 0.2
 DETERMINISTIC_GPU_FLAG = '--xla_gpu_deterministic_ops=true'
 
-MODES = ('train', 'eval', 'predict', 'prepare', 'profile', 'figures', 'table')
+MODES = ('train', 'eval', 'predict', 'prepare', 'profile', 'figures', 'table', 'study')
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/samm.py or '
@@ -55,6 +56,9 @@ flags.DEFINE_string('table', None, 'table: which paper table to run (V..XI, fig5
                     'optionally with rows, e.g. VI:mpt,linear_probe.')
 flags.DEFINE_list('pretrained', [], 'table IX: checkpoint per backbone, e.g. '
                   'B_32=/p/ViT-B_32.npz,clip_B_16=/p/clip16/model.safetensors.')
+flags.DEFINE_string('study', None, 'study: which grid of mpt_jax/study.py to run (prompts, K, '
+                    'alpha, ...), optionally with variants, e.g. K:K_5,K_1.')
+flags.DEFINE_integer('seeds', 5, 'study: seeds per variant (config.seed onwards).')
 flags.DEFINE_bool('json', False, 'predict: print the result as one JSON line instead of a table.')
 flags.DEFINE_string('jax_cache_dir', None, 'Persistent XLA compilation cache (a repeated or resumed '
                     'run does not compile again). Default: $MPT_JAX_CACHE if set, else '
@@ -136,6 +140,13 @@ def _run(mode):
       raise UserError(f'--table is required: one of {", ".join(tables.TABLES)}')
     print(tables.run_table(FLAGS.table, _need_config(), _need_workdir(),
                            tables.parse_pretrained(FLAGS.pretrained)))
+  elif mode == 'study':
+    from mpt_jax import study
+    if not FLAGS.study:
+      raise UserError(f'--study is required: one of {", ".join(study.STUDIES)}')
+    _hide_gpus_from_tensorflow()
+    print(study.run_study(FLAGS.study, _need_config(), _need_workdir(), FLAGS.seeds,
+                          command=' '.join(['python'] + sys.argv)))
 
 
 def _hide_gpus_from_tensorflow():
