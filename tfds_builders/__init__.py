@@ -1,7 +1,7 @@
 """TFDS builders for micro-expression datasets; importing this package registers all of them.
 
 Registered names: ``casme2``, ``samm``, ``smic``, ``megc2019_composite``, ``casme3`` and the built-in
-``synthetic_me``. Prepare them with ``python main.py --mode=prepare --config=...`` (no apache-beam).
+``synthetic_me`` and ``synthetic_faces``. Prepare them with ``python main.py --mode=prepare --config=...`` (no apache-beam).
 """
 
 from tfds_builders.casme2 import Casme2
@@ -10,5 +10,7 @@ from tfds_builders.megc2019_composite import Megc2019Composite
 from tfds_builders.samm import Samm
 from tfds_builders.smic import Smic
 from tfds_builders.synthetic import SyntheticMe
+from tfds_builders.synthetic_faces import SyntheticFaces
 
-BUILDERS = {b.name: b for b in (Casme2, Samm, Smic, Megc2019Composite, Casme3, SyntheticMe)}
+BUILDERS = {b.name: b for b in (Casme2, Samm, Smic, Megc2019Composite, Casme3, SyntheticMe,
+                                SyntheticFaces)}
