@@ -54,6 +54,16 @@ STUDIES: Dict[str, List[Variant]] = {
     'alpha': [('alpha_20', {'alpha': 20}), ('alpha_0', {'alpha': 0}), ('alpha_10', {'alpha': 10}),
               ('alpha_30', {'alpha': 30}), ('alpha_50', {'alpha': 50})],
     'dtype': [('float32', {}), ('bfloat16', {'model.dtype': 'bfloat16'})],
+    'pyr_up': [('cv2_border', {}),
+               ('reflect_border', {'model.magnification.pyr_up_border': 'reflect'})],
+    # Changes since an earlier MPT result that a config can undo: the motion cache (on on CPUs),
+    # the epoch loop on the host (CPUs), the class-token-only last block, the pyr_up border fix,
+    # the spread tokenizer start. Each should be exact or nearly so; a study says whether it is.
+    'regression': [('current', {}), ('motion_cache_off', {'train.motion_cache': 'off'}),
+                   ('epoch_loop_device', {'train.epoch_loop': 'device'}),
+                   ('full_last_block', {'model.cls_only_last_block': 'false'}),
+                   ('reflect_border', {'model.magnification.pyr_up_border': 'reflect'}),
+                   ('middle_init', {'model.tokenizer_init': 'middle'})],
     # A smoke grid for the tests: 2 variants that compile to the same programs (only the initial
     # tokenizer biases differ), so the persistent compilation cache serves all but the first run.
     'smoke': [('spread', {}), ('middle', {'model.tokenizer_init': 'middle'})],
