@@ -48,7 +48,8 @@ CONFIDENCE = 0.95
 STUDIES: Dict[str, List[Variant]] = {
     # The key comparison: motion prompts against the same model without prompts.
     'prompts': [('mpt', {}), ('no_prompts', {'prompt': 'none'})],
-    'tokenizer_init': [('spread', {}), ('middle', {'model.tokenizer_init': 'middle'})],
+    'tokenizer_init': [('spread', {'model.tokenizer_init': 'spread'}),
+                       ('middle', {'model.tokenizer_init': 'middle'})],
     'K': [('K_5', {'K': 5}), ('K_0', {'prompt': 'none'}), ('K_1', {'K': 1}), ('K_3', {'K': 3}),
           ('K_7', {'K': 7})],
     'alpha': [('alpha_20', {'alpha': 20}), ('alpha_0', {'alpha': 0}), ('alpha_10', {'alpha': 10}),
@@ -66,7 +67,8 @@ STUDIES: Dict[str, List[Variant]] = {
                    ('middle_init', {'model.tokenizer_init': 'middle'})],
     # A smoke grid for the tests: 2 variants that compile to the same programs (only the initial
     # tokenizer biases differ), so the persistent compilation cache serves all but the first run.
-    'smoke': [('spread', {}), ('middle', {'model.tokenizer_init': 'middle'})],
+    'smoke': [('spread', {'model.tokenizer_init': 'spread'}),
+              ('middle', {'model.tokenizer_init': 'middle'})],
 }
 
 
