@@ -16,6 +16,7 @@ Kept short on purpose; the logic lives in importable modules:
       --workdir=runs/spot_casme2_learned                      # the learned spotter, LOSO
   python main.py --mode=spot --workdir=runs/samm --input=/path/to/long_video.mp4
   python main.py --mode=spot --config=configs/samm_longvideo.py --recognise=runs/samm --workdir=W
+  python main.py --mode=study --study=prompts --seeds=5 --config=configs/synthetic.py --workdir=W
 
 Progress logs go to stdout; a user mistake is one line ``error: ...`` on stderr and exit code 2.
 In-process (tests, notebooks): ``main.cli(['main.py', '--mode=eval', ...])`` returns 0 or raises
@@ -45,7 +46,7 @@ DEFAULT_JAX_CACHE = '~/.cache/mpt_jax/jax_cache'
 JAX_CACHE_MIN_COMPILE_SECS = 0.2
 DETERMINISTIC_GPU_FLAG = '--xla_gpu_deterministic_ops=true'
 
-MODES = ('train', 'eval', 'predict', 'prepare', 'profile', 'figures', 'table', 'config', 'spot')
+MODES = ('train', 'eval', 'predict', 'prepare', 'profile', 'figures', 'table', 'config', 'spot', 'study')
 # Modes that work on a finished run: without --config they read the run's own config.json.
 RUN_MODES = ('eval', 'predict', 'config')
 
@@ -75,6 +76,9 @@ flags.DEFINE_string('table', None, 'table: which paper table to run (main or I..
                     'dataset of --config, V..XI, fig5), optionally with rows, e.g. X:alpha_5.')
 flags.DEFINE_list('pretrained', [], 'table IX: checkpoint per backbone, e.g. '
                   'B_32=/p/ViT-B_32.npz,clip_B_16=/p/clip16/model.safetensors.')
+flags.DEFINE_string('study', None, 'study: which grid of mpt_jax/study.py to run (prompts, K, '
+                    'alpha, ...), optionally with variants, e.g. K:K_5,K_1.')
+flags.DEFINE_integer('seeds', 5, 'study: seeds per variant (config.seed onwards).')
 flags.DEFINE_bool('json', False, 'predict: print the result as one JSON line instead of a table.')
 flags.DEFINE_string('jax_cache_dir', None, 'Persistent XLA compilation cache (a repeated or resumed '
                     'run does not compile again). Default: $MPT_JAX_CACHE if set, else '
@@ -197,6 +201,13 @@ def _run(mode):
                            tables.parse_pretrained(FLAGS.pretrained)))
   elif mode == 'config':
     print(_need_config(), end='')
+  elif mode == 'study':
+    from mpt_jax import study
+    if not FLAGS.study:
+      raise UserError(f'--study is required: one of {", ".join(study.STUDIES)}')
+    _hide_gpus_from_tensorflow()
+    print(study.run_study(FLAGS.study, _need_config(), _need_workdir(), FLAGS.seeds,
+                          command=' '.join(['python'] + sys.argv)))
 
 
 def _hide_gpus_from_tensorflow():

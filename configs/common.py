@@ -69,6 +69,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.magnification.amplification = 'evm'  # evm (per-level schedule) | uniform (comparison only).
   m.magnification.color_space = 'rgb'  # rgb (per channel) | yiq.
   m.magnification.chroma_attenuation = 1.0  # Factor on I/Q motion when color_space is yiq.
+  m.magnification.pyr_up_border = 'cv2'  # Pyramid up-sampling border: cv2 (cv2.pyrUp's) | reflect
+  #                                         (the form before the border fix; comparison only).
   return m
 
 

@@ -373,7 +373,7 @@ def load(config) -> ClipSet:
   if not builder.is_prepared():
     cfg_hint = f'{builder.name}' + (f', config {config.data.builder_config}'
                                     if config.data.builder_config else '')
-    manual = ('' if builder.name == 'synthetic_me'
+    manual = ('' if not hasattr(builder, 'source_files')  # generated data reads no folder
               else ' --config.data.manual_dir=/path/to/the/unpacked/dataset')
     raise DataError(f'Dataset {cfg_hint} is not prepared in {os.path.expanduser(config.data.data_dir)}.'
                     f' Prepare it first: python main.py --mode=prepare --config=<this config>'

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
+from configs import common
 from mpt_jax.models import magnification as mag
 
 
@@ -185,3 +186,29 @@ def test_iir_filter_continues_from_a_returned_state():
   second = mag.iir_filter(jnp.asarray(x[17:]), b, a, state=state)
   want = scipy.signal.lfilter(b, a, x, axis=0, zi=scipy.signal.lfilter_zi(b, a)[:, None] * x[0])[0]
   np.testing.assert_allclose(np.concatenate([first, second]), want, rtol=1e-4, atol=1e-5)
+
+
+def _old_up_axis0(x, size):
+  """The pyr_up of before the border fix, along axis 0 in numpy: reflect padding on both sides."""
+  xp = np.pad(x, [(1, 1)] + [(0, 0)] * (x.ndim - 1), mode='reflect')
+  even = (xp[:-2] + 6 * xp[1:-1] + xp[2:]) / 8
+  odd = (xp[1:-1] + xp[2:]) / 2
+  out = np.empty((2 * x.shape[0],) + x.shape[1:])
+  out[0::2], out[1::2] = even, odd
+  return out[:size]
+
+
+def test_pyr_up_reflect_border_is_the_earlier_form_and_differs_only_at_the_far_border():
+  from mpt_jax.models import mpt as mpt_lib  # pylint: disable=g-import-not-at-top
+  img = np.random.default_rng(3).random((7, 9, 3)).astype(np.float32)
+  old = np.asarray(mag.pyr_up(jnp.asarray(img)[None], (14, 17), border='reflect'))[0]
+  ref = np.moveaxis(_old_up_axis0(np.moveaxis(_old_up_axis0(img, 14), 1, 0), 17), 0, 1)
+  np.testing.assert_allclose(old, ref, atol=1e-5)
+  new = np.asarray(mag.pyr_up(jnp.asarray(img)[None], (14, 17)))[0]
+  np.testing.assert_allclose(old[:12, :15], new[:12, :15], atol=1e-6)  # interior and left/top
+  assert np.abs(old[12:] - new[12:]).max() > 1e-3 and np.abs(old[:, 15:] - new[:, 15:]).max() > 1e-3
+  config = common.get_config()
+  config.model.magnification.pyr_up_border = 'reflect'
+  assert mpt_lib.build_magnifier(config.model).pyr_up_border == 'reflect'
+  with pytest.raises(ValueError, match='pyr_up_border'):
+    mag.Magnifier(pyr_up_border='zero')

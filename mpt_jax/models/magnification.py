@@ -102,7 +102,10 @@ def pyr_down(x: jnp.ndarray) -> jnp.ndarray:
   return _conv_axis(_conv_axis(x, BINOMIAL5, 1, 2), BINOMIAL5, 2, 2)
 
 
-def _up_axis(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
+PYR_UP_BORDERS = ('cv2', 'reflect')
+
+
+def _up_axis(x: jnp.ndarray, axis: int, size: int, border: str = 'cv2') -> jnp.ndarray:
   """Doubles ``x`` along ``axis`` (cropped to ``size``): zero insertion + the kernel times 2.
 
   ``cv2.pyrUp`` semantics: the ``n`` samples are zero-inserted into a signal of length ``2n``, which
@@ -111,11 +114,16 @@ def _up_axis(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
   are ``(x[i-1] + 6 x[i] + x[i+1]) / 8`` and odd outputs ``(x[i] + x[i+1]) / 2``, where the border of
   the zero-inserted signal makes ``x[-1] = x[1]`` (reflect) on the left but ``x[n] = x[n-1]`` (edge)
   on the right: the sample after the last zero-inserted position reflects onto ``x[n-1]`` itself.
+  ``border='reflect'`` is the form before that fix (``x[n] = x[n-2]``: the last odd output of each
+  axis differs), kept only to measure what the fix changed.
   """
   n = x.shape[axis]
-  first = jax.lax.slice_in_dim(x, 1, 2, 1, axis) if n > 1 else x
-  last = jax.lax.slice_in_dim(x, n - 1, n, 1, axis)
-  xp = jnp.concatenate([first, x, last], axis=axis)
+  if border == 'reflect':
+    xp = jnp.pad(x, [(1, 1) if a == axis else (0, 0) for a in range(x.ndim)], mode='reflect')
+  else:
+    first = jax.lax.slice_in_dim(x, 1, 2, 1, axis) if n > 1 else x
+    last = jax.lax.slice_in_dim(x, n - 1, n, 1, axis)
+    xp = jnp.concatenate([first, x, last], axis=axis)
   left = jax.lax.slice_in_dim(xp, 0, n, 1, axis)
   mid = jax.lax.slice_in_dim(xp, 1, n + 1, 1, axis)
   right = jax.lax.slice_in_dim(xp, 2, n + 2, 1, axis)
@@ -127,10 +135,11 @@ def _up_axis(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
   return jax.lax.slice_in_dim(both, 0, size, 1, axis)
 
 
-def pyr_up(x: jnp.ndarray, shape: Tuple[int, int]) -> jnp.ndarray:
+def pyr_up(x: jnp.ndarray, shape: Tuple[int, int], border: str = 'cv2') -> jnp.ndarray:
   """Upsamples NHWC ``x`` to ``shape`` like ``cv2.pyrUp(x, dstsize=shape)`` (zero insertion + binomial
-  kernel times 2 per axis, reflect-101 border of the zero-inserted image)."""
-  return _up_axis(_up_axis(x, 1, shape[0]), 2, shape[1])
+  kernel times 2 per axis, reflect-101 border of the zero-inserted image); ``border='reflect'``: the
+  earlier form (see :func:`_up_axis`), for comparison only."""
+  return _up_axis(_up_axis(x, 1, shape[0], border), 2, shape[1], border)
 
 
 def build_laplacian(x: jnp.ndarray, levels: int) -> List[jnp.ndarray]:
@@ -219,6 +228,7 @@ class Magnifier:
     amplification: ``evm`` (per-level schedule) or ``uniform`` (one alpha everywhere).
     color_space: ``rgb`` (per channel) or ``yiq``.
     chroma_attenuation: factor on the I and Q motion in ``yiq``.
+    pyr_up_border: ``cv2`` (``cv2.pyrUp``'s border) or ``reflect`` (the earlier form; comparison).
   """
   image_size: Tuple[int, int] = (224, 224)
   alpha: float = 20.0
@@ -231,8 +241,11 @@ class Magnifier:
   amplification: str = 'evm'
   color_space: str = 'rgb'
   chroma_attenuation: float = 1.0
+  pyr_up_border: str = 'cv2'
 
   def __post_init__(self):
+    if self.pyr_up_border not in PYR_UP_BORDERS:
+      raise ValueError(f'pyr_up_border must be one of {PYR_UP_BORDERS}, got {self.pyr_up_border!r}')
     if self.amplification not in AMPLIFICATIONS:
       raise ValueError(f'amplification must be one of {AMPLIFICATIONS}, got {self.amplification!r}')
     if self.color_space not in COLOR_SPACES:
@@ -282,7 +295,7 @@ class Magnifier:
         break
       low = pyr_down(cur)
       if alphas[lvl] != 0:
-        bands[lvl] = cur - pyr_up(low, cur.shape[1:3])
+        bands[lvl] = cur - pyr_up(low, cur.shape[1:3], self.pyr_up_border)
       cur = low
     active = [i for i in range(levels) if bands[i] is not None]
     if not active:
@@ -299,7 +312,7 @@ class Magnifier:
     cur = None
     for lvl in range(levels - 1, -1, -1):
       if cur is not None:
-        cur = pyr_up(cur, shapes[lvl])
+        cur = pyr_up(cur, shapes[lvl], self.pyr_up_border)
       if lvl in amplified:
         cur = amplified[lvl] if cur is None else cur + amplified[lvl]
     motion = cur.reshape(bsz, t_count, h, w, c)

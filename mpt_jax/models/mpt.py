@@ -218,7 +218,8 @@ def build_magnifier(model_config: ml_collections.ConfigDict) -> magnification.Ma
       image_size=(size, size), alpha=float(m.alpha), lambda_c=float(m.lambda_c),
       low_hz=float(m.low_hz), high_hz=float(m.high_hz), fs=float(m.fs), order=int(m.order),
       levels=int(m.levels), amplification=str(m.amplification), color_space=str(m.color_space),
-      chroma_attenuation=float(m.chroma_attenuation))
+      chroma_attenuation=float(m.chroma_attenuation),
+      pyr_up_border=str(m.get('pyr_up_border', 'cv2')))
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
