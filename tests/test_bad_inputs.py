@@ -216,7 +216,8 @@ CASES = [
     ('scratch with a pretrained file', lambda c: train(
         c, new(c), '--config.model.training_strategy=scratch',
         f'--config.model.pretrained_path={c["npz_nan"]}'), 'training_strategy scratch', 'new'),
-    ('batch larger than the data', lambda c: train(c, new(c), '--config.train.batch_size=64'),
+    ('batch larger than the data', lambda c: train(c, new(c), '--config.train.batch_size=64',
+                                                   '--config.train.fit_batch_to_data=False'),
      'batch_size 64 is larger', 'new'),
     ('unprepared dataset', lambda c: [f'--config={REPO}/configs/samm.py:smoke', f'--workdir={new(c)}',
                                       f'--config.data.data_dir={c["empty_data"]}'],

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from configs import synthetic
 from mpt_jax import loso
 from mpt_jax import study
-from tests import helpers
 
 
 def test_paired_difference_matches_the_paired_t_test():
@@ -35,7 +35,6 @@ def test_paired_difference_matches_the_paired_t_test():
 
 
 def test_variant_configs_apply_ablation_and_dotted_keys():
-  from configs import synthetic  # pylint: disable=g-import-not-at-top
   base = synthetic.get_config(None)
   cfg = study.variant_config(base, {'prompt': 'none', 'model.tokenizer_init': 'middle',
                                     'model.magnification.alpha': '10', 'train.num_epochs': '3'}, 4)
@@ -55,14 +54,17 @@ def test_variant_configs_apply_ablation_and_dotted_keys():
 
 
 @pytest.fixture(scope='module')
-def smoke_study(tmp_path_factory):
-  config = helpers.prepared_smoke_config(tmp_path_factory, data={'subjects': ('p01', 'p02')},
-                                         train={'num_epochs': 1})
+def smoke_study(tmp_path_factory, smoke_data_dir):
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = smoke_data_dir
+  config.data.subjects = ('p01', 'p02')
+  config.train.num_epochs = 1
   workdir = str(tmp_path_factory.mktemp('study'))
   md = study.run_study('smoke', config, workdir, seeds=2, command='python main.py --mode=study')
   return config, workdir, md
 
 
+@pytest.mark.slow
 def test_smoke_study_runs_every_variant_and_seed(smoke_study):
   _, workdir, md = smoke_study
   result = json.load(open(os.path.join(workdir, 'study.json')))
@@ -92,6 +94,7 @@ def test_smoke_study_runs_every_variant_and_seed(smoke_study):
   assert open(os.path.join(workdir, 'study.md')).read() == md
 
 
+@pytest.mark.slow
 def test_finished_runs_are_skipped_and_changed_configs_refused(smoke_study, monkeypatch):
   config, workdir, md = smoke_study
   trained = []
