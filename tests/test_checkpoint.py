@@ -53,6 +53,7 @@ def test_round_trip_and_interrupted_save(tmp_path):
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_a_folds_slice_of_the_stacked_state_restores_alone(tmp_path):
   """Training saves each fold's slice of the fold-stacked trainable state; evaluation and
   prediction restore one fold into a full-model state (frozen leaves from the init)."""

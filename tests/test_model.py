@@ -229,6 +229,7 @@ def test_freezing_and_every_trainable_leaf_moves():
   assert config.model.training_strategy == 'mpt'
 
 
+@pytest.mark.slow
 def test_gradients_reach_tokenizer_adapters_head():
   _, _, _, grads = _train_steps('mpt', steps=3)
   flat = traverse_util.flatten_dict(grads, sep='/')
