@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from mpt_jax import partition
@@ -21,6 +22,7 @@ def _state(seed=0):
   return train_lib.create_state(trainable, frozen, tx)
 
 
+@pytest.mark.slow
 def test_round_trip_and_interrupted_save(tmp_path):
   state = _state()
   # Make the optimizer state non-trivial.
@@ -51,6 +53,7 @@ def test_round_trip_and_interrupted_save(tmp_path):
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_a_folds_slice_of_the_stacked_state_restores_alone(tmp_path):
   """Training saves each fold's slice of the fold-stacked trainable state; evaluation and
   prediction restore one fold into a full-model state (frozen leaves from the init)."""

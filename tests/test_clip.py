@@ -117,6 +117,7 @@ def _images(n=2):
   return np.random.default_rng(3).random((n, SIZE, SIZE, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['vision_model', 'clip_model'])
 def test_hf_checkpoint_features_match_numpy_clip(tmp_path, kind):
   st = _hf_vision_state() if kind == 'vision_model' else _full_clip_model_state()
@@ -147,6 +148,7 @@ def test_one_block_matches_numpy(tmp_path):
   np.testing.assert_allclose(np.asarray(out), _np_block(x, st, 1), atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.slow
 def test_mpt_with_clip_backbone_untrained_equals_tower(tmp_path):
   """Adapters (zero ``up``) inserted as for the ViT leave CLIP's class token unchanged."""
   st = _hf_vision_state(seed=2)

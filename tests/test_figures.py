@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from mpt_jax import figures
 from mpt_jax.models import mpt
@@ -37,6 +38,7 @@ def _quadrant_of_peak(cam):
   return (y // (GRID // 2)) * 2 + x // (GRID // 2)
 
 
+@pytest.mark.slow
 def test_gradcam_peak_is_on_the_moving_region():
   config = helpers.tiny_config(prompt_type='none', adapter_type='none',
                                input_modality='dynamic_image', training_strategy='scratch')

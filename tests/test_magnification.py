@@ -65,6 +65,7 @@ def test_pyr_up_matches_opencv_and_numpy_including_borders(src, dst):
   np.testing.assert_allclose(ours, _pyr_up_reference(img, dst), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pyramid_reconstruction_is_identity():
   rng = np.random.default_rng(1)
   for h, w in ((224, 224), (37, 50), (32, 32)):
@@ -84,6 +85,7 @@ def test_pyramid_reconstruction_is_identity():
     np.testing.assert_allclose(np.asarray(pyr[-1][0]), img, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_smooth_image_has_little_fine_band_energy():
   # A smooth image passes the low-pass almost unchanged, so its finest band is nearly empty.
   yy, xx = np.mgrid[0:64, 0:64] / 64.0

@@ -212,6 +212,7 @@ def _train_steps(strategy, steps, overrides=None):
   return config, params, new, grads
 
 
+@pytest.mark.slow
 def test_freezing_and_every_trainable_leaf_moves():
   config, before, after, _ = _train_steps('mpt', steps=3)
   last = f'Transformer/encoderblock_{vit.vit_config("tiny").num_layers - 1}/adapter/'
@@ -229,6 +230,7 @@ def test_freezing_and_every_trainable_leaf_moves():
   assert config.model.training_strategy == 'mpt'
 
 
+@pytest.mark.slow
 def test_gradients_reach_tokenizer_adapters_head():
   _, _, _, grads = _train_steps('mpt', steps=3)
   flat = traverse_util.flatten_dict(grads, sep='/')
@@ -241,6 +243,7 @@ def test_gradients_reach_tokenizer_adapters_head():
   assert norm('head/') > 0
 
 
+@pytest.mark.slow
 def test_full_finetune_moves_backbone():
   _, before, after, _ = _train_steps('full_finetune', steps=2)
   assert not np.array_equal(np.asarray(before['Transformer']['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel']),
@@ -362,6 +365,7 @@ def test_vpt_deep_replaces_the_prompts_at_every_block(prompt_type):
     assert not np.allclose(seen[lyr][:, 0], seen[lyr - 1][:, 0])
 
 
+@pytest.mark.slow
 def test_alpha_zero_row_means_one_constant_prompt_repeated():
   """Table X's alpha = 0 (documented in configs/ablations.py): no motion reaches the tokenizer."""
   config = ablations.get_config('smoke,alpha=0')

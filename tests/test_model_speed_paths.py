@@ -14,6 +14,8 @@ from mpt_jax.models import mpt
 from mpt_jax.models import vit
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # compiles many model variants and their gradients
+
 FAMILIES = {'vit': {}, 'clip': dict(vit='clip_tiny', input_norm='clip')}
 
 

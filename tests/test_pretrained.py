@@ -47,6 +47,7 @@ def _write_all_formats(tmp_path, flat, num_heads):
   return paths
 
 
+@pytest.mark.slow
 def test_every_format_loads_to_identical_features(tmp_path):
   model, params, flat = helpers.fake_vit_checkpoint()
   ref = pretrained.backbone_features(model, params, _images())

@@ -123,6 +123,7 @@ def test_initial_centres_spread_and_tokens_differ(t_count, k):
           assert diff > 1e-3 * np.abs(tokens).max(), (i, j, diff)
 
 
+@pytest.mark.slow
 def test_centres_stay_distinct_after_training_on_synthetic_clips():
   """A short MPT training run (tiny ViT, 32 px, T = 16) on clips of the built-in synthetic dataset."""
   from configs import common  # pylint: disable=g-import-not-at-top
