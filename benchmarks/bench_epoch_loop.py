@@ -1,7 +1,7 @@
 """One fold's training epoch with the loop over its steps inside the program or on the host.
 
 Usage:
-  python benchmarks/bench_epoch_loop.py [--config=configs/synthetic.py] [--subjects=8]
+  python -m benchmarks.bench_epoch_loop [--config=configs/synthetic.py] [--subjects=8]
       [--clips=160] [--rounds=3] [--set key=value ...]
 
 Builds the runner's programs (``loso.Experiment``, :func:`mpt_jax.train.make_steps`) for both
@@ -19,11 +19,7 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-
-import bench_loso  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import bench_loso
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """Preparation speed: frames/s on a CASME II-sized and a SAMM-sized fixture, one process vs all cores.
 
-Usage: python benchmarks/bench_prepare.py [--clips=255] [--samm_clips=159] [--workdir=/tmp/bench_prepare]
+Usage: python -m benchmarks.bench_prepare [--clips=255] [--samm_clips=159] [--workdir=/tmp/bench_prepare]
        [--which=casme2,samm] [--stages]
 
 * CASME II-sized: the real layout (coding sheet + Cropped/subXX/EPxx/reg_imgN.jpg), 340 x 280 RGB
@@ -25,10 +25,7 @@ import json
 import os
 import resource
 import shutil
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np

@@ -1,6 +1,6 @@
 """Spotting speed: frames/s of the training-free spotter on a synthetic 30 fps long video.
 
-Usage: python benchmarks/bench_spot.py [--seconds=120] [--size=128] [--workers=0]
+Usage: python -m benchmarks.bench_spot [--seconds=120] [--size=128] [--workers=0]
        [--method=flow|learned] [--flow_features=1]
 
 The video is :mod:`mpt_jax.spotting.planted_video` (an aligned face with noise, head drift and
@@ -21,10 +21,7 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 

@@ -1,6 +1,6 @@
 """Time from process start to the first training step, with and without the resampled cache.
 
-Usage: python benchmarks/bench_startup.py [--clips=255] [--num_frames=16] [--image_size=224]
+Usage: python -m benchmarks.bench_startup [--clips=255] [--num_frames=16] [--image_size=224]
        [--workdir=/tmp/bench_startup]
 
 Writes a CASME II-sized release (benchmarks/bench_prepare.py's fixture: 340 x 280 JPEGs, clips of
@@ -29,7 +29,6 @@ import time
 
 T_START = time.time()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def config_for(data_dir, cache, num_frames, image_size):

@@ -120,7 +120,7 @@ def test_bench_loso_runs_sequential_and_fold_parallel(tmp_path):
 
 @pytest.mark.slow
 def test_bench_epoch_loop_times_both_loops():
-  proc = _run([sys.executable, 'benchmarks/bench_epoch_loop.py',
+  proc = _run([sys.executable, '-m', 'benchmarks.bench_epoch_loop',
                '--config=configs/synthetic.py:smoke', '--subjects=3', '--clips=9', '--rounds=2'])
   assert proc.returncode == 0, proc.stderr[-2000:]
   line = _json_line(proc.stdout)

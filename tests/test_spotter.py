@@ -142,7 +142,7 @@ def test_bench_spot_prints_one_json_line():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  r = subprocess.run([sys.executable, 'benchmarks/bench_spot.py', '--seconds=5', '--size=64'],
+  r = subprocess.run([sys.executable, '-m', 'benchmarks.bench_spot', '--seconds=5', '--size=64'],
                      cwd=root, capture_output=True, text=True, timeout=300, check=False)
   assert r.returncode == 0, r.stderr[-2000:]
   lines = [l for l in r.stdout.splitlines() if l.strip()]

@@ -21,7 +21,7 @@ backward pass than autodiff does. With the frozen backbone the backward pass sti
 every block (to reach the prompts and adapters), and what autodiff kept of each block was most of a
 training step's memory: XLA's temporary buffers for the ViT-B/16 MPT step at batch 16 went from
 3.18 to 1.93 GiB, and less again with the log-sum-exp attention and the late kernel transposes
-(:func:`lean_dot_general`) (README "Speed"; ``benchmarks/bench_vs_peer.py`` measures the process's
+(:func:`lean_dot_general`) (docs/benchmarks.md; ``benchmarks/bench_vs_peer.py`` measures the process's
 peak RSS).
 """
 
