@@ -151,7 +151,47 @@ def make_clip(subject_idx: int, emotion: str, index: int, config: SyntheticConfi
   return np.stack(frames), onset_frame, onset_frame + apex, onset_frame + n - 1
 
 
-class SyntheticMe(common.MEBuilder):
+class GeneratedBuilder(common.MEBuilder, skip_registration=True):
+  """A dataset generated offline, clip by clip: subclasses set the class attributes below."""
+
+  SUBJECT_PREFIX = 'p'  # subjects are named <prefix>01, <prefix>02, ...
+  GENERATOR = 'procedural'  # what the preparation report names as the source
+  CLIP_FPS = FPS  # frame rate of the generated clips
+  ACTION_UNITS = AUS  # action units per class
+  make_clip = staticmethod(make_clip)  # (subject, emotion, index, config) -> frames, on, apex, off
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    cfg = self.builder_config
+    report = common.Report(self.DATASET)
+    report.source = {'generator': f'{self.GENERATOR}, {cfg.num_subjects} subjects, '
+                                  f'{cfg.clips_per_class} clips per class'}
+    keys = [(s, e, i) for s in range(cfg.num_subjects) for e in cfg.classes
+            for i in range(cfg.clips_per_class)]
+    fake = [common.Clip(self.DATASET, self._subject(s), f'{e}_{i:02d}', e, e, 0, 0, 0, '',
+                        self.CLIP_FPS, [], []) for s, e, i in keys]
+    self.info.metadata['preparation_report'] = report.summary(fake, cfg.classes)
+    return {'train': self._generate(keys)}
+
+  def _subject(self, s: int) -> str:
+    return f'{self.SUBJECT_PREFIX}{s + 1:02d}'
+
+  def _generate(self, keys):
+    cfg = self.builder_config
+    for s, emotion, i in keys:
+      frames, onset, apex, offset = self.make_clip(s, emotion, i, cfg)
+      subject, name = self._subject(s), f'{emotion}_{i:02d}'
+      yield f'{self.DATASET}/{subject}/{name}', {
+          'frames': list(frames),
+          'frame_numbers': list(range(onset, offset + 1)),
+          'dataset': self.DATASET, 'subject': subject, 'clip': name, 'emotion': emotion,
+          'label': emotion, 'onset': onset, 'apex': apex, 'offset': offset,
+          'apex_index': apex - onset, 'action_units': self.ACTION_UNITS[emotion],
+          'fps': self.CLIP_FPS,
+      }
+
+
+class SyntheticMe(GeneratedBuilder):
   """Synthetic micro-expressions with CASME II's five classes (procedural faces, 200 fps)."""
 
   DATASET = 'synthetic_me'
@@ -162,29 +202,3 @@ class SyntheticMe(common.MEBuilder):
       SyntheticConfig(name='small', num_subjects=3, clips_per_class=2, min_frames=10,
                       max_frames=16, description='3 subjects x 5 classes x 2 clips (tests)'),
   ]
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    cfg = self.builder_config
-    report = common.Report(self.DATASET)
-    report.source = {'generator': f'procedural, {cfg.num_subjects} subjects, '
-                                  f'{cfg.clips_per_class} clips per class'}
-    keys = [(s, e, i) for s in range(cfg.num_subjects) for e in cfg.classes
-            for i in range(cfg.clips_per_class)]
-    fake = [common.Clip(self.DATASET, f'p{s + 1:02d}', f'{e}_{i:02d}', e, e, 0, 0, 0, '', FPS,
-                        [], []) for s, e, i in keys]
-    self.info.metadata['preparation_report'] = report.summary(fake, cfg.classes)
-    return {'train': self._generate(keys)}
-
-  def _generate(self, keys):
-    cfg = self.builder_config
-    for s, emotion, i in keys:
-      frames, onset, apex, offset = make_clip(s, emotion, i, cfg)
-      subject, name = f'p{s + 1:02d}', f'{emotion}_{i:02d}'
-      yield f'{self.DATASET}/{subject}/{name}', {
-          'frames': list(frames),
-          'frame_numbers': list(range(onset, offset + 1)),
-          'dataset': self.DATASET, 'subject': subject, 'clip': name, 'emotion': emotion,
-          'label': emotion, 'onset': onset, 'apex': apex, 'offset': offset,
-          'apex_index': apex - onset, 'action_units': AUS[emotion], 'fps': FPS,
-      }

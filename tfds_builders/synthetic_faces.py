@@ -129,7 +129,7 @@ def make_clip(subject_idx: int, emotion: str, index: int, config: SyntheticFaces
   return np.stack(frames), onset_frame, onset_frame + apex, onset_frame + n - 1
 
 
-class SyntheticFaces(common.MEBuilder):
+class SyntheticFaces(synthetic.GeneratedBuilder):
   """Real face photographs warped by 1-2 px regional motions, 3 classes (SMIC-HS-like, 100 fps)."""
 
   DATASET = 'synthetic_faces'
@@ -141,31 +141,11 @@ class SyntheticFaces(common.MEBuilder):
                            max_frames=16, description='12 subjects x 3 classes x 2 clips (tests)'),
   ]
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    cfg = self.builder_config
-    report = common.Report(self.DATASET)
-    report.source = {'generator': f'lfw_subset faces, {cfg.num_subjects} subjects, '
-                                  f'{cfg.clips_per_class} clips per class'}
-    keys = [(s, e, i) for s in range(cfg.num_subjects) for e in cfg.classes
-            for i in range(cfg.clips_per_class)]
-    fake = [common.Clip(self.DATASET, f's{s + 1:02d}', f'{e}_{i:02d}', e, e, 0, 0, 0, '', FPS,
-                        [], []) for s, e, i in keys]
-    self.info.metadata['preparation_report'] = report.summary(fake, cfg.classes)
-    return {'train': self._generate(keys)}
-
-  def _generate(self, keys):
-    cfg = self.builder_config
-    for s, emotion, i in keys:
-      frames, onset, apex, offset = make_clip(s, emotion, i, cfg)
-      subject, name = f's{s + 1:02d}', f'{emotion}_{i:02d}'
-      yield f'{self.DATASET}/{subject}/{name}', {
-          'frames': list(frames),
-          'frame_numbers': list(range(onset, offset + 1)),
-          'dataset': self.DATASET, 'subject': subject, 'clip': name, 'emotion': emotion,
-          'label': emotion, 'onset': onset, 'apex': apex, 'offset': offset,
-          'apex_index': apex - onset, 'action_units': AUS[emotion], 'fps': FPS,
-      }
+  SUBJECT_PREFIX = 's'
+  GENERATOR = 'lfw_subset faces'
+  CLIP_FPS = FPS
+  ACTION_UNITS = AUS
+  make_clip = staticmethod(make_clip)
 
 
 def generate(config: SyntheticFacesConfig) -> Dict[str, np.ndarray]:
