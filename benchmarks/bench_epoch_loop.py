@@ -14,7 +14,6 @@ Prints one JSON line: seconds per epoch (each round and the median) and the rati
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time

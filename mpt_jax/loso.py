@@ -756,6 +756,28 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> str:
   return workdir
 
 
+def run_in_sweep(config: ml_collections.ConfigDict, workdir: str, data_cache: Dict[str, Any],
+                 label: str) -> Optional[float]:
+  """One run of a sweep (a table's row, a study's variant and seed) in its own ``workdir``.
+
+  A finished run (``results.json``) is skipped, an unfinished one resumes, a changed config is
+  refused naming the keys. Runs with the same data settings share the clips loaded once
+  (``data_cache``). Returns the seconds this call trained, or None when the run was finished.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  wd.compare_config(config, workdir)
+  if os.path.exists(os.path.join(workdir, 'results.json')):
+    logging.info('%s: finished, skipped', label)
+    return None
+  logging.info('%s: LOSO in %s', label, workdir)
+  key = repr((config.data.to_json(), int(config.model.num_frames), int(config.model.image_size)))
+  if key not in data_cache:
+    data_cache[key] = input_pipeline.load(config)
+  t0 = time.time()
+  train_and_evaluate(config, workdir, data=data_cache[key])
+  return time.time() - t0
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        data: Optional[input_pipeline.ClipSet] = None,
                        preflight_done: bool = False) -> Dict[str, Any]:

@@ -25,15 +25,12 @@ A variant is a dict of config overrides: the ablation keys of :mod:`configs.abla
 type of the config's current value.
 """
 
-import json
 import math
 import os
-import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
-from absl import logging
 from scipy import stats
 
 from mpt_jax import errors
@@ -193,7 +190,6 @@ def run_study(study_arg: str, config: ml_collections.ConfigDict, workdir: str, s
   Returns:
     The markdown text.
   """
-  from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from mpt_jax import loso  # pylint: disable=g-import-not-at-top
   name, variants = parse_study_arg(study_arg)
   if int(seeds) < 1:
@@ -209,22 +205,12 @@ def run_study(study_arg: str, config: ml_collections.ConfigDict, workdir: str, s
   total = len(cfgs)
   for i, ((variant, seed), cfg) in enumerate(cfgs.items()):
     rundir = run_dir(workdir, variant, seed)
-    os.makedirs(rundir, exist_ok=True)
-    wd.compare_config(cfg, rundir)  # refuses a changed variant config, naming the keys
     timing_path = os.path.join(rundir, 'study_timing.json')
-    if os.path.exists(os.path.join(rundir, 'results.json')):
-      logging.info('Study %s, %s seed %d (%d/%d): finished, skipped', name, variant, seed, i + 1,
-                   total)
-    else:
-      logging.info('Study %s, %s seed %d (%d/%d): LOSO in %s', name, variant, seed, i + 1, total,
-                   rundir)
-      key = repr((cfg.data.to_json(), int(cfg.model.num_frames), int(cfg.model.image_size)))
-      if key not in data_cache:
-        data_cache[key] = input_pipeline.load(cfg)
-      t0 = time.time()
-      loso.train_and_evaluate(cfg, rundir, data=data_cache[key])
+    seconds = loso.run_in_sweep(cfg, rundir, data_cache,
+                                f'Study {name}, {variant} seed {seed} ({i + 1}/{total})')
+    if seconds is not None:
       # Wall time of this call (a resumed run counts only what it trained now).
-      wd.write_json(timing_path, {'seconds': time.time() - t0, 'resumed': False})
+      wd.write_json(timing_path, {'seconds': seconds, 'resumed': False})
     rec = _seed_record(rundir, seed)
     if os.path.exists(timing_path):
       rec['seconds'] = wd.read_json(timing_path)['seconds']

@@ -30,7 +30,6 @@ import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import ml_collections
-from absl import logging
 
 from mpt_jax import errors
 from mpt_jax import paper_results
@@ -203,7 +202,6 @@ def run_table(table_arg: str, config: ml_collections.ConfigDict, workdir: str,
   """
   # pylint: disable=g-import-not-at-top
   from mpt_jax import figures
-  from mpt_jax import input_pipeline
   from mpt_jax import loso
   name, wanted = parse_table_arg(table_arg)
   dataset = config.data.name
@@ -220,16 +218,7 @@ def run_table(table_arg: str, config: ml_collections.ConfigDict, workdir: str,
   for i, row in enumerate(rows):
     cfg = row_config(config, row.overrides, pretrained)
     rowdir = os.path.join(workdir, row.id)
-    os.makedirs(rowdir, exist_ok=True)
-    wd.compare_config(cfg, rowdir)  # refuses a changed row config, naming the keys
-    if os.path.exists(os.path.join(rowdir, 'results.json')):
-      logging.info('Table %s row %s (%d/%d): finished, skipped', name, row.id, i + 1, len(rows))
-    else:
-      logging.info('Table %s row %s (%d/%d): LOSO in %s', name, row.id, i + 1, len(rows), rowdir)
-      key = repr((cfg.data.to_json(), int(cfg.model.num_frames), int(cfg.model.image_size)))
-      if key not in data_cache:
-        data_cache[key] = input_pipeline.load(cfg)
-      loso.train_and_evaluate(cfg, rowdir, data=data_cache[key])
+    loso.run_in_sweep(cfg, rowdir, data_cache, f'Table {name} row {row.id} ({i + 1}/{len(rows)})')
     summary = figures.read_summary(rowdir)
     prof = _profile(cfg, rowdir)
     records.append({

@@ -34,7 +34,7 @@ a fingerprint on restore.
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax
 import jax

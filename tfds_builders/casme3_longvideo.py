@@ -21,7 +21,7 @@ Rules (each application is listed in the preparation report):
 
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import tensorflow_datasets as tfds
 

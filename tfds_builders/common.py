@@ -26,7 +26,6 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from mpt_jax import clip_frames
 from mpt_jax import errors

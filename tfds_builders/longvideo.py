@@ -21,7 +21,6 @@ Stored example (:func:`features`):
 
 import dataclasses
 import json
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

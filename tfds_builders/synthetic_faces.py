@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
 from tfds_builders import synthetic
 
 CLASSES = ('negative', 'positive', 'surprise')

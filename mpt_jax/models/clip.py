@@ -38,7 +38,6 @@ import re
 from typing import Dict, List, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

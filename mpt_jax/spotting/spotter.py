@@ -37,7 +37,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import jax
