@@ -256,7 +256,7 @@ def test_backward_pass_keeps_less_than_plain_autodiff(monkeypatch):
   # block, 3 of the 4 blocks at least; LayerNorm's saving is small at this width (34 kB
   # here, about 0.2 GB in the ViT-B/16 training step at batch 16), so it must only be positive.
   plain = {
-      '_attention_fn': (lambda dtype: nn.dot_product_attention, 6 * attention_matrix),
+      '_attention_fn': (lambda dtype, form: nn.dot_product_attention, 6 * attention_matrix),
       '_ACTIVATIONS': ({'gelu_tanh': lambda x: nn.gelu(x, approximate=True)}, 3 * hidden),
       'LayerNorm': (nn.LayerNorm, 1)}
   for name, (value, at_least) in plain.items():
