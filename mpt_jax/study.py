@@ -45,8 +45,13 @@ CONFIDENCE = 0.95
 STUDIES: Dict[str, List[Variant]] = {
     # The key comparison: motion prompts against the same model without prompts.
     'prompts': [('mpt', {}), ('no_prompts', {'prompt': 'none'})],
+    # The tokenizer's start: centres (spread / middle) x initial width (T/(2K), T/K, the narrow
+    # ~1.19 frames of zero biases); models/tokenizer.py INITS.
     'tokenizer_init': [('spread', {'model.tokenizer_init': 'spread'}),
-                       ('middle', {'model.tokenizer_init': 'middle'})],
+                       ('middle', {'model.tokenizer_init': 'middle'}),
+                       ('spread_narrow', {'model.tokenizer_init': 'spread_narrow'}),
+                       ('middle_half', {'model.tokenizer_init': 'middle_half'}),
+                       ('spread_full', {'model.tokenizer_init': 'spread_full'})],
     'K': [('K_5', {'K': 5}), ('K_0', {'prompt': 'none'}), ('K_1', {'K': 1}), ('K_3', {'K': 3}),
           ('K_7', {'K': 7})],
     'alpha': [('alpha_20', {'alpha': 20}), ('alpha_0', {'alpha': 0}), ('alpha_10', {'alpha': 10}),

@@ -181,6 +181,24 @@ def test_middle_init_is_the_symmetric_start_for_comparisons():
     tokenizer.GaussianTokenizer(centre_init='uniform').init(jax.random.PRNGKey(0), zero)
 
 
+@pytest.mark.parametrize('init, centres, width', [
+    ('spread', [1.5, 4.5, 7.5, 10.5, 13.5], 1.6),  # (T-1)(k-0.5)/K and T/(2K), T = 16, K = 5
+    ('middle', [7.5] * 5, 0.5 + np.log(2.0)),  # zero biases: sigmoid(0), softplus(0) + 0.5
+    ('spread_narrow', [1.5, 4.5, 7.5, 10.5, 13.5], 0.5 + np.log(2.0)),
+    ('middle_half', [7.5] * 5, 1.6),
+    ('spread_full', [1.5, 4.5, 7.5, 10.5, 13.5], 3.2),  # T/K
+])
+def test_each_start_puts_centres_and_widths_where_its_name_says(init, centres, width):
+  """On an input the heads' weights ignore (zeros), the centres and widths are the biases' values,
+  written out by hand from the formulas, not from the tokenizer's helpers."""
+  tok = tokenizer.GaussianTokenizer(num_tokens=5, hidden_size=12, feature_dim=8, patch_size=8,
+                                    centre_init=init)
+  zero = jnp.zeros((1, 16, 32, 32, 3), jnp.float32)
+  _, aux = tok.apply(tok.init(jax.random.PRNGKey(0), zero), zero)
+  np.testing.assert_allclose(aux['mu'][0], centres, atol=1e-4)
+  np.testing.assert_allclose(aux['sigma'][0], width, atol=1e-4)
+
+
 @pytest.mark.parametrize('size', [(32, 24), (37, 29)])  # 37 x 29: VALID drops the remainder
 def test_patch_conv_is_flax_strided_conv(size):
   """The tokenizer's frame convolution (patch rows times a matrix) against ``nn.Conv``: the same

@@ -79,7 +79,7 @@ class MPT(nn.Module):
     adapter_reduction: r.
     tokenizer_dim: C of the tokenizer's per-frame conv.
     tokenizer_patch: kernel size and stride of that conv.
-    tokenizer_init: ``spread`` (docs/method.md §4) | ``middle`` (symmetric start, comparison only).
+    tokenizer_init: the tokenizer's start, a key of ``tokenizer.INITS`` (docs/method.md §4).
     magnifier: the (parameter-free) motion extractor.
     backbone_family: ``vit`` (in21k ViT) or ``clip`` (:mod:`mpt_jax.models.clip`).
     dtype: ``float32`` | ``bfloat16``: compute dtype of the backbone's, adapters' and tokenizer's
@@ -260,9 +260,9 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
   except ValueError as e:
     raise errors.UserError(str(e)) from e
   tokenizer_init = model_config.get('tokenizer_init', 'spread')
-  if tokenizer_init not in ('spread', 'middle'):
-    raise errors.UserError(f"config.model.tokenizer_init must be 'spread' or 'middle', got "
-                           f'{tokenizer_init!r}')
+  if tokenizer_init not in tokenizer_lib.INITS:
+    raise errors.UserError(f'config.model.tokenizer_init must be one of '
+                           f'{", ".join(tokenizer_lib.INITS)}, got {tokenizer_init!r}')
   if model_config.image_size % backbone.patch_size:
     raise errors.UserError(f'config.model.image_size {model_config.image_size} is not a multiple '
                            f'of the patch size {backbone.patch_size}')

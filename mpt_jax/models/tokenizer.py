@@ -14,8 +14,10 @@ behave like K = 1. The centre biases therefore start at ``logit((k - 0.5) / K)``
 ``mu_k = (T-1)(k - 0.5)/K`` (evenly spread), and the width biases at ``softplus^-1(T/(2K) - 0.5)``,
 so that ``sigma_k = T/(2K)`` (neighbouring Gaussians overlap at about one standard deviation), for an
 input that contributes nothing through ``W_mu`` / ``W_sigma``. The weight matrices keep their
-default initialisation. ``centre_init='middle'`` (zero biases, every centre at the middle) reproduces the
-symmetric start for comparisons only.
+default initialisation. ``centre_init='middle'`` (zero biases: every centre at the middle, width
+``softplus(0) + 0.5`` ~ 1.19 frames) is the symmetric start; :data:`INITS` also holds the mixed
+starts (spread centres with the narrow width, middle centres with ``T/(2K)``, spread centres with
+``T/K``) that the studies use to tell the centres' effect from the width's.
 """
 
 from typing import Any, Tuple
@@ -38,9 +40,23 @@ def initial_centres(num_frames: int, num_tokens: int) -> np.ndarray:
   return (num_frames - 1) * (np.arange(1, num_tokens + 1) - 0.5) / num_tokens
 
 
-def initial_width(num_frames: int, num_tokens: int, min_sigma: float = 0.5) -> float:
-  """The starting width ``T/(2K)`` (never below ``min_sigma`` + 0.05, the softplus floor)."""
-  return max(num_frames / (2.0 * num_tokens), min_sigma + 0.05)
+# The starts of the centre and width heads: name -> (centres, width). Centres: ``spread``
+# ((T-1)(k-0.5)/K) or ``middle`` (zero bias: (T-1)/2). Width: ``half`` (T/(2K)), ``full`` (T/K) or
+# ``narrow`` (zero bias: softplus(0) + min_sigma, ~1.19 frames).
+INITS = {
+    'spread': ('spread', 'half'),
+    'middle': ('middle', 'narrow'),
+    'spread_narrow': ('spread', 'narrow'),
+    'middle_half': ('middle', 'half'),
+    'spread_full': ('spread', 'full'),
+}
+_SPANS = {'half': 2.0, 'full': 1.0}  # width = T / (span * K)
+
+
+def initial_width(num_frames: int, num_tokens: int, min_sigma: float = 0.5,
+                  width: str = 'half') -> float:
+  """The starting width ``T/(2K)`` (``width='full'``: ``T/K``), never below ``min_sigma`` + 0.05."""
+  return max(num_frames / (_SPANS[width] * num_tokens), min_sigma + 0.05)
 
 
 def centre_bias(num_frames: int, num_tokens: int) -> np.ndarray:
@@ -49,9 +65,10 @@ def centre_bias(num_frames: int, num_tokens: int) -> np.ndarray:
   return np.log(q / (1.0 - q))
 
 
-def width_bias(num_frames: int, num_tokens: int, min_sigma: float = 0.5) -> np.ndarray:
+def width_bias(num_frames: int, num_tokens: int, min_sigma: float = 0.5,
+               width: str = 'half') -> np.ndarray:
   """Bias of the width head so that ``softplus(b) + min_sigma`` is :func:`initial_width`."""
-  y = initial_width(num_frames, num_tokens, min_sigma) - min_sigma
+  y = initial_width(num_frames, num_tokens, min_sigma, width) - min_sigma
   return np.full((num_tokens,), np.log(np.expm1(y)))
 
 
@@ -109,8 +126,9 @@ class GaussianTokenizer(nn.Module):
     feature_dim: C, the channels of the per-frame conv.
     patch_size: the conv's kernel size and stride.
     min_sigma: lower bound of the Gaussian widths (in frames).
-    centre_init: ``spread`` (docs/method.md §4: centres evenly spread, width T/(2K)) or
-      ``middle`` (zero biases: every centre at the clip's middle; the symmetric start, kept for comparison only).
+    centre_init: the start of the centre and width heads, a key of :data:`INITS`: ``spread``
+      (docs/method.md §4: centres evenly spread, width T/(2K)), ``middle`` (zero biases: every
+      centre at the clip's middle, width ~1.19 frames) or a mix of the two for comparisons.
     dtype: compute dtype of the per-frame conv and the output projection (float32 results); the
       centre and width heads and the Gaussian pooling stay float32.
   """
@@ -137,13 +155,13 @@ class GaussianTokenizer(nn.Module):
     feats = jnp.mean(nn.gelu(x, approximate=True), axis=(1, 2)).reshape(b, t_count, -1)  # f_t
     flat = feats.reshape(b, t_count * self.feature_dim)  # F
     k = self.num_tokens
-    if self.centre_init == 'spread':
-      mu_bias = _constant_init(centre_bias(t_count, k))
-      sigma_bias = _constant_init(width_bias(t_count, k, self.min_sigma))
-    elif self.centre_init == 'middle':
-      mu_bias = sigma_bias = nn.initializers.zeros
-    else:
-      raise ValueError(f"centre_init must be 'spread' or 'middle', got {self.centre_init!r}")
+    if self.centre_init not in INITS:
+      raise ValueError(f'centre_init must be one of {sorted(INITS)}, got {self.centre_init!r}')
+    centres, width = INITS[self.centre_init]
+    mu_bias = (_constant_init(centre_bias(t_count, k)) if centres == 'spread'
+               else nn.initializers.zeros)
+    sigma_bias = (nn.initializers.zeros if width == 'narrow'
+                  else _constant_init(width_bias(t_count, k, self.min_sigma, width)))
     mu_head = nn.Dense(k, bias_init=mu_bias, name='mu')
     sigma_head = nn.Dense(k, bias_init=sigma_bias, name='sigma')
     mu = (t_count - 1) * nn.sigmoid(mu_head(flat))
