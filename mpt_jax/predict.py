@@ -26,6 +26,7 @@ from PIL import Image
 from absl import logging
 
 from mpt_jax import errors
+from mpt_jax import frame_files
 from mpt_jax import input_pipeline
 from mpt_jax import partition
 from mpt_jax import pretrained
@@ -42,8 +43,7 @@ def read_frames(path: str) -> List[np.ndarray]:
   """RGB uint8 frames of a frame folder or a video file."""
   path = wd.resolve(path)
   if os.path.isdir(path):
-    from tfds_builders import common  # pylint: disable=g-import-not-at-top
-    frames = common.list_frames(path)
+    frames = frame_files.list_frames(path)
     if not frames:
       raise PredictError(f'{path}: no image files with a frame number in their name')
     out = []
@@ -210,8 +210,7 @@ def count_frames(path: str) -> int:
   """Frames of a frame folder or a video file, without decoding them (0 if unknown)."""
   path = wd.resolve(path)
   if os.path.isdir(path):
-    from tfds_builders import common  # pylint: disable=g-import-not-at-top
-    return len(common.list_frames(path))
+    return len(frame_files.list_frames(path))
   if not os.path.isfile(path):
     return 0
   import cv2  # pylint: disable=g-import-not-at-top

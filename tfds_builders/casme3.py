@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
+from mpt_jax import frame_files
 from tfds_builders import common
 
 FPS = 30.0
@@ -135,7 +136,7 @@ def scan(manual_dir: str, config: Casme3Config) -> Tuple[List[common.Clip], comm
       report.add(where, 'no frame folder for this row', 'skipped')
       continue
     long_video = folder.endswith('color')
-    frames = common.list_frames(folder)
+    frames = frame_files.list_frames(folder)
     apex = onset
     if frames:
       onset, apex, offset = common.resolve_apex(report, where, frames, onset, cell('Apex'), offset,

@@ -30,11 +30,10 @@ import tensorflow_datasets as tfds
 from mpt_jax import clip_frames
 from mpt_jax import errors
 from mpt_jax import face_align
+from mpt_jax import frame_files
 from mpt_jax import prepared_version
 
 FRAME_SIZE = 224
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
-_LAST_INT = re.compile(r'(\d+)(?!.*\d)')
 
 
 class DatasetLayoutError(errors.UserError):
@@ -43,28 +42,6 @@ class DatasetLayoutError(errors.UserError):
 
 class CorruptImageError(errors.UserError):
   """An image file could not be decoded (the message names the file)."""
-
-
-def frame_number(name: str) -> int:
-  """The last integer in a file name's stem: ``reg_img46.jpg`` -> 46, ``006_05562.jpg`` -> 5562."""
-  stem = os.path.splitext(os.path.basename(name))[0]
-  m = _LAST_INT.search(stem)
-  if not m:
-    raise ValueError(f'No frame number in file name {name!r}')
-  return int(m.group(1))
-
-
-def list_frames(folder: str) -> List[Tuple[int, str]]:
-  """``(frame_number, path)`` of every image in ``folder``, sorted numerically (never lexicographically)."""
-  out = []
-  for name in os.listdir(folder):
-    if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.'):
-      try:
-        out.append((frame_number(name), os.path.join(folder, name)))
-      except ValueError:
-        continue
-  out.sort()
-  return out
 
 
 @dataclasses.dataclass
@@ -116,14 +93,10 @@ class Report:
         'num_clips': len(clips),
         'num_subjects': len(per_subject),
         'per_class': per_class,
-        'per_subject': {s: per_subject[s] for s in sorted(per_subject, key=natural_key)},
+        'per_subject': {s: per_subject[s]
+                        for s in sorted(per_subject, key=frame_files.natural_key)},
         'issues': self.issues,
     }
-
-
-def natural_key(s: str):
-  """Sort key that orders embedded integers numerically (``s2`` < ``s10``)."""
-  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
 
 
 def first_of_each_number(report: Report, where: str, frames: List[Tuple[int, str]]
@@ -147,10 +120,10 @@ def select_frames(report: Report, where: str, folder: str, onset: int, offset: i
 
   ``long_video``: the folder is a whole recording the clip is cut from (CAS(ME)^3), so frames
   outside onset..offset are expected and not reported. ``frames``: the folder's
-  :func:`list_frames`, when the caller has listed it already. Returns None (and reports why) when
-  fewer than ``min_frames`` frames remain.
+  :func:`mpt_jax.frame_files.list_frames`, when the caller has listed it already. Returns None
+  (and reports why) when fewer than ``min_frames`` frames remain.
   """
-  frames = list_frames(folder) if frames is None else frames
+  frames = frame_files.list_frames(folder) if frames is None else frames
   if not frames:
     report.add(where, f'folder {folder} has no image files', 'skipped')
     return None
@@ -416,7 +389,7 @@ def clips_from_sheet(dataset: str, sheet: str, root: str, manual_dir: str, subje
     if not os.path.isdir(folder):
       report.add(where, f'no folder {os.path.relpath(folder, manual_dir)}', 'skipped')
       continue
-    frames = list_frames(folder)
+    frames = frame_files.list_frames(folder)
     apex = onset  # replaced below; a folder without frames is reported and skipped
     if frames:
       onset, apex, offset = resolve_apex(report, where, frames, onset, cell('Apex Frame'), offset)
@@ -701,7 +674,8 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
       raise DatasetLayoutError(f'{self.DATASET}: found no usable clip under {manual_dir} '
                                f'({self.EXPECTED_LAYOUT}). Problems: '
                                f'{json.dumps(report.issues[:10])}')
-    clips.sort(key=lambda c: (natural_key(c.subject), natural_key(c.clip)))
+    clips.sort(key=lambda c: (frame_files.natural_key(c.subject),
+                              frame_files.natural_key(c.clip)))
     keys = [c.key for c in clips]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:

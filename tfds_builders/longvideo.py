@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mpt_jax import frame_files
 from mpt_jax.spotting import params
 from tfds_builders import common
 
@@ -98,7 +99,7 @@ def add_video_frames(report: common.Report, where: str, folder: str, fps: float
   """``(frame numbers, paths, stride)`` of a video folder's frames at the working rate, or None
   (reported) when it has no frame. Frames are sorted by the number in their names (``img999`` <
   ``img1000``); gaps in the numbering are reported."""
-  frames = common.list_frames(folder)
+  frames = frame_files.list_frames(folder)
   if not frames:
     report.add(where, f'folder {folder} has no image files', 'skipped')
     return None
@@ -163,7 +164,8 @@ def summary(report: common.Report, videos: Sequence[Video]) -> Dict[str, Any]:
       'per_type': per_type,
       'me_per_emotion': dict(sorted(per_emotion.items())),
       'negatives': sum(len(v.negatives) for v in videos),
-      'per_subject': {s: per_subject[s] for s in sorted(per_subject, key=common.natural_key)},
+      'per_subject': {s: per_subject[s]
+                      for s in sorted(per_subject, key=frame_files.natural_key)},
       'issues': report.issues,
   }
 
@@ -257,7 +259,8 @@ class LongVideoBuilder(common.MEBuilder):
       raise common.DatasetLayoutError(f'{self.DATASET}: found no usable video under {manual_dir} '
                                       f'({self.EXPECTED_LAYOUT}). Problems: '
                                       f'{json.dumps(report.issues[:10])}')
-    videos.sort(key=lambda v: (common.natural_key(v.subject), common.natural_key(v.video)))
+    videos.sort(key=lambda v: (frame_files.natural_key(v.subject),
+                               frame_files.natural_key(v.video)))
     align = self._align == 'always' or (self._align == 'auto' and not self._released_cropped())
     tasks = [video_frames.VideoTask(i, tuple(v.frames), self.FRAME_SIZE, align,
                                     self._align_margin) for i, v in enumerate(videos)]

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
+from mpt_jax import frame_files
 from tfds_builders import common
 
 FIVE_CLASSES = ('anger', 'contempt', 'happiness', 'surprise', 'other')
@@ -46,7 +47,7 @@ class SammConfig(tfds.core.BuilderConfig):
 def _is_subject_root(path: str) -> bool:
   for s in [d for d in common.subdirs(path) if re.fullmatch(r'\d{3}', d)][:3]:
     for clip in common.subdirs(os.path.join(path, s))[:2]:
-      if clip.startswith(s + '_') and common.list_frames(os.path.join(path, s, clip)):
+      if clip.startswith(s + '_') and frame_files.list_frames(os.path.join(path, s, clip)):
         return True
   return False
 

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
+from mpt_jax import frame_files
 from tfds_builders import common
 
 CLASSES = ('negative', 'positive', 'surprise')
@@ -90,7 +91,7 @@ def scan_modality(manual_dir: str, modality: str, dataset: str = 'smic'
         if m and TOKENS.get(m.group(1)) not in (None, emotion.lower()):
           report.add(where, f'clip token {m.group(1)!r} disagrees with folder {emotion!r}',
                      'used the folder')
-        frames = common.list_frames(os.path.join(micro, emotion, name))
+        frames = frame_files.list_frames(os.path.join(micro, emotion, name))
         if len(frames) < 2:
           report.add(where, f'{len(frames)} frame(s)', 'skipped')
           continue
