@@ -35,6 +35,7 @@ from typing import Dict, List, Tuple
 
 import tensorflow_datasets as tfds
 
+from mpt_jax.spotting import metrics
 from tfds_builders import annotations
 from tfds_builders import discovery
 from tfds_builders import longvideo
@@ -174,7 +175,7 @@ def scan(manual_dir: str, config: Casme2LongConfig
       continue
     apex = annotations.fix_apex(report, where, onset, apex if apex > 0 else '', offset)
     e = longvideo.Expression(onset, apex, offset, kind,
-                             emotion=longvideo.coarse_emotion(r[6]),
+                             emotion=metrics.coarse_emotion(r[6]),
                              emotion_detail=sheets.cell_text(r[8]).lower(),
                              action_units=sheets.cell_text(r[5]), name=expr_id)
     longvideo.add_expression(report, where, video, e)

@@ -25,6 +25,7 @@ from typing import Dict, List, Tuple
 
 import tensorflow_datasets as tfds
 
+from mpt_jax.spotting import metrics
 from tfds_builders import annotations
 from tfds_builders import discovery
 from tfds_builders import longvideo
@@ -121,7 +122,7 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], annotations.Report]:
     if kind == 'me' and emotions and not detail:
       report.add(where, f'no label-sheet row for {subject}/{vid} {onset}..{offset}',
                  'ME stored without emotion')
-    e = longvideo.Expression(onset, apex, offset, kind, emotion=longvideo.coarse_emotion(detail),
+    e = longvideo.Expression(onset, apex, offset, kind, emotion=metrics.coarse_emotion(detail),
                              emotion_detail=detail.lower(),
                              action_units=sheets.cell_text(r[c['AU']]),
                              name=f'{vid}_{onset}')

@@ -34,13 +34,6 @@ from tfds_builders import me_builder
 from tfds_builders import sheets
 
 FRAME_SIZE = 128  # stored face side (the spotter's working size)
-# Coarse emotion of a detailed one (SAMM's estimated emotions, CAS(ME)^3's labels), as MEGC's STR
-# task groups them.
-COARSE = {'anger': 'negative', 'angry': 'negative', 'contempt': 'negative',
-          'disgust': 'negative', 'fear': 'negative', 'sadness': 'negative', 'sad': 'negative',
-          'happiness': 'positive', 'happy': 'positive', 'surprise': 'surprise',
-          'other': 'others', 'others': 'others', 'negative': 'negative',
-          'positive': 'positive', 'repression': 'negative'}
 
 
 @dataclasses.dataclass
@@ -71,10 +64,6 @@ class Video:
   @property
   def key(self) -> str:
     return f'{self.dataset}/{self.subject}/{self.video}'
-
-
-def coarse_emotion(text: str) -> str:
-  return COARSE.get(' '.join(str(text).split()).lower(), '')
 
 
 def frame_number(report: annotations.Report, where: str, value: Any, what: str,

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
+from mpt_jax.spotting import metrics
 from tfds_builders import annotations
 from tfds_builders import discovery
 from tfds_builders import longvideo
@@ -158,7 +159,7 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], annotations.Report]:
       detail = emotions.get(name, '')
       if not detail:
         report.add(where, f'{name} is not in the short-clip sheet', 'ME stored without emotion')
-    e = longvideo.Expression(onset, apex, offset, kind, emotion=longvideo.coarse_emotion(detail),
+    e = longvideo.Expression(onset, apex, offset, kind, emotion=metrics.coarse_emotion(detail),
                              emotion_detail=detail.lower(),
                              action_units=sheets.cell_text(cell('Action Units')), name=name)
     longvideo.add_expression(report, where, video, e)

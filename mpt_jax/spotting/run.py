@@ -122,8 +122,7 @@ def timeline_png(path: str, title: str, frame_numbers: np.ndarray, result, truth
 # ------------------------------------------------------------------------------- dataset mode
 def coarse_class(name: str) -> str:
   """A recogniser's class as MEGC's STR classes: negative, positive, surprise (else others)."""
-  from tfds_builders import longvideo  # pylint: disable=g-import-not-at-top
-  return longvideo.coarse_emotion(name) or 'others'
+  return metrics.coarse_emotion(name) or 'others'
 
 
 def recognise_intervals(recogniser, video, intervals: Sequence[metrics.Interval]
