@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from mpt_jax import datasets
 from mpt_jax import errors
 from mpt_jax import frame_files
 from mpt_jax.models import dynamic_image
@@ -361,8 +362,7 @@ def load(config) -> ClipSet:
       logging.info('Loaded %d resampled clips from the cache (index %s)', len(cached),
                    _index_path(config))
       return cached
-  from tfds_builders import prepare as prep  # pylint: disable=g-import-not-at-top
-  builder = prep.builder_for(config.data)
+  builder = datasets.builder_for(config.data)
   if not builder.is_prepared():
     cfg_hint = f'{builder.name}' + (f', config {config.data.builder_config}'
                                     if config.data.builder_config else '')

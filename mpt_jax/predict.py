@@ -25,6 +25,7 @@ from PIL import Image
 
 from absl import logging
 
+from mpt_jax import datasets
 from mpt_jax import errors
 from mpt_jax import frame_files
 from mpt_jax import input_pipeline
@@ -151,8 +152,7 @@ class Recogniser:
     if not self.finished:
       raise wd.RunError(f'{self.workdir}: no fold has finished training yet (0 of '
                         f'{len(self.subjects)}); resume training with the same command first')
-    from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
-    self.stored_size = BUILDERS[self.config.data.name].FRAME_SIZE
+    self.stored_size = datasets.builder_class(self.config.data.name).FRAME_SIZE
     self.num_frames = int(self.config.model.num_frames)
 
   def preprocess(self, frames: List[np.ndarray], onset=None, offset=None, crop_face=False,
