@@ -28,7 +28,7 @@ def frame_number(name: str) -> int:
 
 
 def list_frames(folder: str) -> List[Tuple[int, str]]:
-  """``(frame_number, path)`` of every image in ``folder``, sorted numerically (never lexicographically)."""
+  """``(frame_number, path)`` of each image in ``folder``, by number (never lexicographically)."""
   out = []
   for name in os.listdir(folder):
     if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.'):
