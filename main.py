@@ -37,7 +37,23 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mpt_jax import datasets
 from mpt_jax.errors import UserError
+
+
+def _builder_for(data_config):
+  """``tfds_builders.prepare.builder_for``, imported on first use: a run whose resampled clips are
+  cached never imports TensorFlow Datasets."""
+  import tfds_builders.prepare as prep  # pylint: disable=g-import-not-at-top
+  return prep.builder_for(data_config)
+
+
+def _builder_class(name):
+  from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
+  return BUILDERS[name]
+
+
+datasets.provide(_builder_for, _builder_class)  # mpt_jax never imports the builders itself
 
 # The persistent compilation cache: --jax_cache_dir, else $MPT_JAX_CACHE, else this folder.
 DEFAULT_JAX_CACHE = '~/.cache/mpt_jax/jax_cache'

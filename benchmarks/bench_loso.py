@@ -106,6 +106,8 @@ def build_data(args, config):
   elif args.data == 'faces':
     data = faces_data(args.subjects, args.clips, frames, size)
   else:
+    import importlib  # pylint: disable=g-import-not-at-top
+    importlib.import_module('main')  # main.py provides the dataset builders to mpt_jax
     from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     data = input_pipeline.load(config)
   if args.data != 'prepared':

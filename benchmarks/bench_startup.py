@@ -77,8 +77,9 @@ def child(args):
   from mpt_jax import loso  # pylint: disable=g-import-not-at-top
   from mpt_jax import train  # pylint: disable=g-import-not-at-top
   config = config_for(args.data_dir, args.cache, args.num_frames, args.image_size)
+  # main.py is imported as in a run: it provides the dataset builders to mpt_jax.
+  import main as main_lib  # pylint: disable=g-import-not-at-top
   if args.compile_cache:
-    import main as main_lib  # pylint: disable=g-import-not-at-top
     main_lib.configure_jax(config, args.compile_cache)
   t_imports = time.time() - T_START
   t = time.time()

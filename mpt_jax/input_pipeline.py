@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -38,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from mpt_jax import datasets
 from mpt_jax import errors
+from mpt_jax import frame_files
 from mpt_jax.models import dynamic_image
 
 
@@ -61,18 +62,11 @@ class ClipSet:
 
   @property
   def subject_list(self) -> List[str]:
-    return sorted(set(self.subjects.tolist()), key=natural_key)
+    return sorted(set(self.subjects.tolist()), key=frame_files.natural_key)
 
   def subset(self, mask: np.ndarray) -> 'ClipSet':
     return ClipSet(self.clips[mask], self.labels[mask], self.apex[mask], self.subjects[mask],
                    self.names[mask], self.classes)
-
-
-def natural_key(s: str):
-  """Sort key that orders embedded integers numerically (``s2`` < ``s10``): the builders' order
-  (``tfds_builders.common.natural_key``), here so that training never imports the builders
-  (and with them TensorFlow Datasets)."""
-  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
 
 
 def resample_positions(n: int, t_count: int) -> np.ndarray:
@@ -368,8 +362,7 @@ def load(config) -> ClipSet:
       logging.info('Loaded %d resampled clips from the cache (index %s)', len(cached),
                    _index_path(config))
       return cached
-  from tfds_builders import prepare as prep  # pylint: disable=g-import-not-at-top
-  builder = prep.builder_for(config.data)
+  builder = datasets.builder_for(config.data)
   if not builder.is_prepared():
     cfg_hint = f'{builder.name}' + (f', config {config.data.builder_config}'
                                     if config.data.builder_config else '')

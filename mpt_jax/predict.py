@@ -25,7 +25,9 @@ from PIL import Image
 
 from absl import logging
 
+from mpt_jax import datasets
 from mpt_jax import errors
+from mpt_jax import frame_files
 from mpt_jax import input_pipeline
 from mpt_jax import partition
 from mpt_jax import pretrained
@@ -42,8 +44,7 @@ def read_frames(path: str) -> List[np.ndarray]:
   """RGB uint8 frames of a frame folder or a video file."""
   path = wd.resolve(path)
   if os.path.isdir(path):
-    from tfds_builders import common  # pylint: disable=g-import-not-at-top
-    frames = common.list_frames(path)
+    frames = frame_files.list_frames(path)
     if not frames:
       raise PredictError(f'{path}: no image files with a frame number in their name')
     out = []
@@ -151,8 +152,7 @@ class Recogniser:
     if not self.finished:
       raise wd.RunError(f'{self.workdir}: no fold has finished training yet (0 of '
                         f'{len(self.subjects)}); resume training with the same command first')
-    from tfds_builders import BUILDERS  # pylint: disable=g-import-not-at-top
-    self.stored_size = BUILDERS[self.config.data.name].FRAME_SIZE
+    self.stored_size = datasets.builder_class(self.config.data.name).FRAME_SIZE
     self.num_frames = int(self.config.model.num_frames)
 
   def preprocess(self, frames: List[np.ndarray], onset=None, offset=None, crop_face=False,
@@ -210,8 +210,7 @@ def count_frames(path: str) -> int:
   """Frames of a frame folder or a video file, without decoding them (0 if unknown)."""
   path = wd.resolve(path)
   if os.path.isdir(path):
-    from tfds_builders import common  # pylint: disable=g-import-not-at-top
-    return len(common.list_frames(path))
+    return len(frame_files.list_frames(path))
   if not os.path.isfile(path):
     return 0
   import cv2  # pylint: disable=g-import-not-at-top

@@ -1,4 +1,4 @@
-"""The version of the prepared datasets: ``tfds_builders.common.MEBuilder.VERSION``.
+"""The version of the prepared datasets: ``tfds_builders.me_builder.MEBuilder.VERSION``.
 
 Kept in a module that imports nothing, so that code which must start fast without TensorFlow
 Datasets (the resampled cache's lookup in ``input_pipeline.load``) can check it. Bump it (and add

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tfds_builders import fake_releases
 from tfds_builders import casme2
 from tfds_builders import casme3
-from tfds_builders import common
+from tfds_builders import discovery
+from tfds_builders import fake_releases
+from tfds_builders import me_builder
 from tfds_builders import megc2019_composite as composite
 from tfds_builders import prepare
 from tfds_builders import samm
+from tfds_builders import sheets
 from tfds_builders import smic
 
 tfds.disable_progress_bar()
@@ -74,9 +76,9 @@ def test_casme2_all_and_raw_variants(tmp_path):
   assert report.source['sheet_version'] == '20190701'
   assert report.source['frames'] == 'CASME2_RAW_selected'
   assert report.source['frame_variant'] == 'raw'
-  with pytest.raises(common.DatasetLayoutError, match='Cropped/subXX/EPxx/reg_imgN.jpg'):
+  with pytest.raises(discovery.DatasetLayoutError, match='Cropped/subXX/EPxx/reg_imgN.jpg'):
     casme2.scan(root, casme2.Casme2Config(name='5class'))
-  with pytest.raises(common.DatasetLayoutError, match='CASME2-coding-20140508.xlsx'):
+  with pytest.raises(discovery.DatasetLayoutError, match='CASME2-coding-20140508.xlsx'):
     casme2.scan(root, casme2.Casme2Config(name='5class_20140508', sheet='20140508', frames='raw'))
 
 
@@ -100,7 +102,7 @@ def test_samm_scan_exact(tmp_path):
   assert len(report.issues) == 2
   assert report.source['sheet'] == os.path.join('SAMM', 'SAMM', 'SAMM_Micro_FACS_Codes_v2.xlsx')
   assert report.source['frames'] == os.path.join('SAMM', 'SAMM')
-  frame = common.load_frame(got['006_1_2'].frames[0], 16)
+  frame = me_builder.load_frame(got['006_1_2'].frames[0], 16)
   assert frame.shape == (16, 16, 3) and np.array_equal(frame[..., 0], frame[..., 2])
   all_clips, _ = samm.scan(root, samm.SammConfig(name='all', classes=samm.ALL_CLASSES))
   assert len(all_clips) == 6
@@ -118,7 +120,7 @@ def test_smic_scan_exact(tmp_path):
   assert got['s5_ne_01'].onset == 1038175 and got['s5_ne_01'].subject == 's5'
   assert got['s1_ne_01'].apex == 559742 and got['s1_ne_01'].fps == 100.0
   assert not report.issues  # non_micro is ignored silently
-  with pytest.raises(common.DatasetLayoutError, match='VIS/s<N>/micro'):
+  with pytest.raises(discovery.DatasetLayoutError, match='VIS/s<N>/micro'):
     smic.scan_modality(str(tmp_path), 'VIS')
 
 
@@ -222,8 +224,8 @@ def test_prepare_casme2_end_to_end_and_idempotent(tmp_path):
   assert len(e['frames']) == 7 and e['frames'][0].shape == (224, 224, 3)
   assert e['subject'] == b'sub01' and e['apex_index'] == 3 and e['label'] == 0
   # Stored pixels equal the resized source frame (PNG is lossless).
-  src = common.load_frame(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f',
-                                       'reg_img46.jpg'))
+  src = me_builder.load_frame(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f',
+                                          'reg_img46.jpg'))
   np.testing.assert_array_equal(e['frames'][0], src)
   # A second run without a manual_dir reuses the data, says so, and returns the same report.
   mtime = os.path.getmtime(builder.data_dir)
@@ -239,16 +241,16 @@ def test_prepare_casme2_end_to_end_and_idempotent(tmp_path):
 def test_prepare_errors_are_clear(tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()
-  with pytest.raises(common.DatasetLayoutError, match='empty'):
+  with pytest.raises(discovery.DatasetLayoutError, match='empty'):
     prepare.prepare(_data_config('samm', '5class', tmp_path / 'tfds', empty))
-  with pytest.raises(common.DatasetLayoutError, match='does not exist'):
+  with pytest.raises(discovery.DatasetLayoutError, match='does not exist'):
     prepare.prepare(_data_config('samm', '5class', tmp_path / 'tfds', tmp_path / 'nope'))
-  with pytest.raises(common.DatasetLayoutError, match='no manual_dir'):
+  with pytest.raises(discovery.DatasetLayoutError, match='no manual_dir'):
     prepare.prepare(_data_config('samm', '5class', tmp_path / 'tfds', ''))
   wrong = fake_releases.write_smic(str(tmp_path / 'smic_instead'))
-  with pytest.raises(common.DatasetLayoutError, match='Micro_FACS_Codes'):
+  with pytest.raises(discovery.DatasetLayoutError, match='Micro_FACS_Codes'):
     prepare.prepare(_data_config('samm', '5class', tmp_path / 'tfds', wrong))
-  with pytest.raises(common.DatasetLayoutError, match='unknown builder config'):
+  with pytest.raises(discovery.DatasetLayoutError, match='unknown builder config'):
     prepare.builder_for(_data_config('samm', '7class', tmp_path / 'tfds', wrong))
   manual = fake_releases.write_samm(str(tmp_path / 'samm'))
   fake_releases.corrupt(os.path.join(manual, '006', '006_1_2', '006_05563.jpg'))
@@ -325,8 +327,8 @@ def test_damaged_sheets_are_one_clear_error(tmp_path, capfd):
   for name, data in _sheet_files(tmp_path).items():
     path = tmp_path / name
     path.write_bytes(data)
-    with pytest.raises(common.DatasetLayoutError) as e:
-      common.read_sheet(str(path))
+    with pytest.raises(discovery.DatasetLayoutError) as e:
+      sheets.read_sheet(str(path))
     assert str(path) in str(e.value) and '\n' not in str(e.value), (name, e.value)
   out, err = capfd.readouterr()
   assert 'WARNING' not in out + err
@@ -334,9 +336,9 @@ def test_damaged_sheets_are_one_clear_error(tmp_path, capfd):
   good = tmp_path / 'good.xlsx'
   (tmp_path / 'xlsx_named.xls').write_bytes(good.read_bytes())
   (tmp_path / 'xls_named.xlsx').write_bytes((tmp_path / 'good.xls').read_bytes())
-  want = common.read_sheet(str(good))
-  assert common.read_sheet(str(tmp_path / 'xlsx_named.xls'))[0] == want[0]
-  header, rows = common.read_sheet(str(tmp_path / 'xls_named.xlsx'))
+  want = sheets.read_sheet(str(good))
+  assert sheets.read_sheet(str(tmp_path / 'xlsx_named.xls'))[0] == want[0]
+  header, rows = sheets.read_sheet(str(tmp_path / 'xls_named.xlsx'))
   assert header[:2] == want[0][:2] and len(rows) == len(want[1])
 
 
@@ -349,9 +351,9 @@ def test_legacy_xls_sheet_and_worksheet_choice(tmp_path):
   wb.active.title = 'Sheet1'
   wb.create_sheet('Notes')
   wb.save(tmp_path / 'two.xlsx')
-  with pytest.raises(common.DatasetLayoutError,
+  with pytest.raises(discovery.DatasetLayoutError,
                      match=r"no worksheet named 'MICRO_ONLY' and several"):
-    common.read_sheet(str(tmp_path / 'two.xlsx'), sheet='MICRO_ONLY')
+    sheets.read_sheet(str(tmp_path / 'two.xlsx'), sheet='MICRO_ONLY')
 
 
 def test_samm_sheet_choice(tmp_path):
@@ -365,14 +367,14 @@ def test_samm_sheet_choice(tmp_path):
   os.remove(os.path.join(root, 'SAMM_Micro_FACS_Codes_v2.xlsx'))
   ws.cell(row=15, column=1, value='006')
   wb.save(tmp_path / 'SAMM' / 'SAMM_old_Micro_FACS_Codes.xlsx')
-  with pytest.raises(common.DatasetLayoutError,
+  with pytest.raises(discovery.DatasetLayoutError,
                      match=r"several different FACS codes sheet files .*'SAMM_20181215_Micro_FACS_"
                            r"Codes_v2.xlsx', 'SAMM_old_Micro_FACS_Codes.xlsx'"):
     samm.scan(root, samm.SammConfig(name='5class'))
   # Only the ._ file: no sheet (it is not taken for one).
   for name in ('SAMM_20181215_Micro_FACS_Codes_v2.xlsx', 'SAMM_old_Micro_FACS_Codes.xlsx'):
     os.remove(os.path.join(root, name))
-  with pytest.raises(common.DatasetLayoutError, match='no SAMM_Micro_FACS_Codes_v2.xlsx'):
+  with pytest.raises(discovery.DatasetLayoutError, match='no SAMM_Micro_FACS_Codes_v2.xlsx'):
     samm.scan(root, samm.SammConfig(name='5class'))
 
 
@@ -389,7 +391,7 @@ def test_emotion_aliases_and_dropped_rows_reported(tmp_path):
       ("emotion 'contempt' is none of the known ['happiness', 'surprise', 'disgust', 'repression', "
        "'others', 'fear', 'sadness']", 'skipped')]
   # Every sheet row is either a clip or a report entry.
-  header, sheet_rows = common.read_sheet(report_path := os.path.join(root, report.source['sheet']))
+  header, sheet_rows = sheets.read_sheet(report_path := os.path.join(root, report.source['sheet']))
   dropped = {i['where'].split(' (')[0] for i in report.issues if 'row' in i['where']
              and i['action'].startswith('skipped')}
   assert len(clips) + len(dropped) == len(sheet_rows), (report_path, header)
@@ -432,7 +434,7 @@ def test_drop_slash_apex_config_prepares_its_own_variant(tmp_path):
   assert prepare.prepare(cfg)['num_clips'] == 7  # the default variant, prepared beside it
   smic_cfg = _data_config('smic', 'hs_3class', tmp_path / 'tfds', manual)
   smic_cfg.drop_slash_apex = True
-  with pytest.raises(common.DatasetLayoutError, match='no apex annotation'):
+  with pytest.raises(discovery.DatasetLayoutError, match='no apex annotation'):
     prepare.builder_for(smic_cfg)
 
 
@@ -458,7 +460,7 @@ def test_casme3_same_onset_twice_in_one_video(tmp_path):
 def test_casme2_config_names_its_sheet(tmp_path):
   """'5class' is the 20190701 sheet; never silently the other one."""
   root = fake_releases.write_casme2(str(tmp_path))  # only CASME2-coding-20140508.xlsx
-  with pytest.raises(common.DatasetLayoutError,
+  with pytest.raises(discovery.DatasetLayoutError,
                      match='no coding sheet CASME2-coding-20190701.xlsx .* read by '
                            '--config.data.builder_config=5class_20140508'):
     casme2.scan(root, casme2.Casme2Config(name='5class'))
@@ -479,7 +481,7 @@ def test_record_checked_on_reuse_and_rebuild(tmp_path):
   sheet = os.path.join(manual, 'CASME2-coding-20140508.xlsx')
   assert record['manual_dir'] == os.path.realpath(manual)
   assert record['sheet'] == 'CASME2-coding-20140508.xlsx'
-  assert record['sheet_sha256'] == common.file_sha256(sheet)
+  assert record['sheet_sha256'] == discovery.file_sha256(sheet)
   assert record['frames'] == os.path.join('Cropped', 'Cropped')
   builder = prepare.builder_for(cfg)
   assert prepare.stored_record(builder) == record  # stored in metadata.json
@@ -502,7 +504,7 @@ def test_record_checked_on_reuse_and_rebuild(tmp_path):
   with pytest.raises(prepare.PreparedDataError, match='sheet_sha256: CASME2-coding-20140508.xlsx is not the recorded file'):
     prepare.prepare(cfg)
   # A missing manual_dir: the error says what the data_dir holds.
-  with pytest.raises(common.DatasetLayoutError,
+  with pytest.raises(discovery.DatasetLayoutError,
                      match='does not exist.*already holds casme2 prepared from'):
     prepare.prepare(_data_config('casme2', '5class_20140508', tmp_path / 'tfds', tmp_path / 'gone'))
   # rebuild=True prepares it again from the new folder.
@@ -527,5 +529,5 @@ def test_manual_dir_that_is_a_file(tmp_path):
   """A file given as manual_dir is called a file, not "does not exist"."""
   f = tmp_path / 'SAMM.zip'
   f.write_bytes(b'PK\x03\x04')
-  with pytest.raises(common.DatasetLayoutError, match='is a file, not a folder'):
+  with pytest.raises(discovery.DatasetLayoutError, match='is a file, not a folder'):
     prepare.prepare(_data_config('samm', '5class', tmp_path / 'tfds', f))

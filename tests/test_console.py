@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from mpt_jax import console
-from tfds_builders import common
+from tfds_builders import me_builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ('happiness', 'surprise', 'disgust', 'repression', 'others')
@@ -97,7 +97,7 @@ def test_prepare_prints_our_line_instead_of_the_tfds_banner(prepared):
   _assert_quiet(proc)
   lines = proc.stdout.splitlines()
   assert lines[0] == ('preparing synthetic_me/small (generated, no download) into '
-                      f'{data_dir}/synthetic_me/small/{common.MEBuilder.VERSION}'), proc.stdout
+                      f'{data_dir}/synthetic_me/small/{me_builder.MEBuilder.VERSION}'), proc.stdout
   assert lines[1].startswith(f'Prepared {data_dir}/synthetic_me/small/'), proc.stdout
   assert lines[2] == 'synthetic_me: 30 clips, 3 subjects', proc.stdout
 

@@ -107,7 +107,7 @@ def test_samm_without_the_short_clip_sheet(tmp_path):
 def test_missing_workbook_is_one_clear_error(tmp_path):
   lf.write_casme2_longvideo(str(tmp_path))
   os.remove(os.path.join(str(tmp_path), 'CASME_sq', 'CAS(ME)^2code_final.xlsx'))
-  with pytest.raises(casme2_longvideo.common.DatasetLayoutError, match='code_final'):
+  with pytest.raises(casme2_longvideo.discovery.DatasetLayoutError, match='code_final'):
     casme2_longvideo.scan(os.path.join(str(tmp_path), 'CASME_sq'), RAWPIC)
 
 
@@ -151,8 +151,8 @@ def test_samm_prepares_at_the_working_rate(samm_root, tmp_path):
 
 
 def test_intervals_past_the_video_are_clipped_or_skipped():
-  from tfds_builders import common, longvideo  # pylint: disable=g-import-not-at-top
-  report = common.Report('x')
+  from tfds_builders import annotations, longvideo  # pylint: disable=g-import-not-at-top
+  report = annotations.Report('x')
   video = longvideo.Video('d', 's', 'v', 30.0, [], list(range(1, 101)), 1)
   longvideo.add_expression(report, 'r1', video, longvideo.Expression(90, 99, 110, 'mae'))
   got, = video.expressions
@@ -205,10 +205,11 @@ def test_configs_name_their_builder_and_preset(name, tmp_path):
 
 
 def test_duplicate_frame_numbers_keep_the_first_file():
-  from tfds_builders import common  # pylint: disable=g-import-not-at-top
-  report = common.Report('x')
+  from tfds_builders import annotations  # pylint: disable=g-import-not-at-top
+  report = annotations.Report('x')
   frames = [(1, 'a/img1.jpg'), (1, 'a/img001.jpg'), (2, 'a/img2.jpg')]
-  assert common.first_of_each_number(report, 'v', frames) == [(1, 'a/img1.jpg'), (2, 'a/img2.jpg')]
+  assert annotations.first_of_each_number(report, 'v', frames) == [(1, 'a/img1.jpg'),
+                                                                    (2, 'a/img2.jpg')]
   assert [i['action'] for i in report.issues] == ['kept the first file of each number']
-  assert common.first_of_each_number(report, 'v', frames[1:]) == frames[1:]
+  assert annotations.first_of_each_number(report, 'v', frames[1:]) == frames[1:]
   assert len(report.issues) == 1

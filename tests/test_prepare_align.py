@@ -9,9 +9,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mpt_jax import face_align
+from tfds_builders import discovery
 from tfds_builders import fake_faces
 from tfds_builders import fake_releases
-from tfds_builders import common
+from tfds_builders import me_builder
 from tfds_builders import pipeline
 from tfds_builders import prepare
 
@@ -113,8 +114,8 @@ def test_released_crops_are_kept_and_align_is_part_of_the_identity(tmp_path):
   prepare.prepare(auto)
   e = _examples(auto)['EP02_01f']
   assert e['align_method'] == b'none'  # CASME II Cropped is used as released
-  src = common.load_frame(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f',
-                                       'reg_img46.jpg'))
+  src = me_builder.load_frame(os.path.join(manual, 'Cropped', 'Cropped', 'sub01', 'EP02_01f',
+                                          'reg_img46.jpg'))
   np.testing.assert_array_equal(e['frames'][0], src)
   # The stored transform is the plain resize of the 12 x 16 fixture frame.
   np.testing.assert_allclose(e['align_transform'],
@@ -127,7 +128,7 @@ def test_released_crops_are_kept_and_align_is_part_of_the_identity(tmp_path):
   assert _examples(always)['EP02_01f']['align_method'] == b'centre'
   margin = _cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual, align='always', align_margin=0.3)
   assert prepare.builder_for(margin).data_dir not in (b_auto.data_dir, b_always.data_dir)
-  with pytest.raises(common.DatasetLayoutError, match='config.data.align'):
+  with pytest.raises(discovery.DatasetLayoutError, match='config.data.align'):
     prepare.builder_for(_cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual, align='sometimes'))
 
 
@@ -147,7 +148,7 @@ def test_unreadable_frame_is_refused_before_anything_is_written(tmp_path):
   bad = os.path.join(manual, 'Cropped', 'Cropped', 'sub07', 'EP06_02_01', 'reg_img102.jpg')
   fake_releases.corrupt(bad)
   cfg = _cfg('casme2', '5class_20140508', tmp_path / 'tfds', manual)
-  with pytest.raises(common.CorruptImageError) as err:
+  with pytest.raises(me_builder.CorruptImageError) as err:
     prepare.prepare(cfg)
   msg = str(err.value)
   assert bad in msg and '\n' not in msg and 'skip_bad_frames' in msg

@@ -171,7 +171,13 @@ def test_index_is_trusted_only_while_its_key_holds(tmp_path, prepared, monkeypat
   assert input_pipeline.read_indexed_cache(config) is not None
 
 
-def test_subject_order_is_the_builders_order():
-  from tfds_builders import common  # pylint: disable=g-import-not-at-top
+def test_subject_order_is_natural():
+  """Folds follow the subjects in the builders' order: numbers inside names compare as numbers."""
+  from mpt_jax import frame_files  # pylint: disable=g-import-not-at-top
   names = ['sub10', 'sub2', 's1', '006', '28', 'sub02', 'a', 'p01']
-  assert sorted(names, key=input_pipeline.natural_key) == sorted(names, key=common.natural_key)
+  natural = ['006', '28', 'a', 'p01', 's1', 'sub2', 'sub02', 'sub10']  # sub2 = sub02: kept in order
+  assert sorted(names, key=frame_files.natural_key) == natural
+  subjects = np.asarray([n for n in names if n != 'sub02'])  # (sub02 = sub2: order of a set)
+  data = input_pipeline.ClipSet(np.zeros((len(subjects), 1)), np.zeros(len(subjects), np.int32),
+                                np.zeros(len(subjects), np.int32), subjects, subjects, ('a',))
+  assert data.subject_list == [n for n in natural if n != 'sub02']

@@ -35,7 +35,9 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
+from tfds_builders import annotations
+from tfds_builders import discovery
+from tfds_builders import me_builder
 
 FIVE_CLASSES = ('happiness', 'surprise', 'disgust', 'repression', 'others')
 ALL_CLASSES = ('happiness', 'surprise', 'disgust', 'repression', 'others', 'fear', 'sadness')
@@ -45,7 +47,7 @@ SHEET_PATTERNS = {
     'ver2': r'CASME2_label_Ver_2\.xls',
 }
 SHEET_CONFIG = {'20190701': '5class', '20140508': '5class_20140508', 'ver2': '5class_ver2'}
-EMOTIONS = common.Emotions(ALL_CLASSES, (('other', 'others'), ('happy', 'happiness'),
+EMOTIONS = annotations.Emotions(ALL_CLASSES, (('other', 'others'), ('happy', 'happiness'),
                                          ('sad', 'sadness'), ('surprised', 'surprise')))
 FPS = 200.0
 
@@ -61,11 +63,11 @@ class Casme2Config(tfds.core.BuilderConfig):
 
 
 def _is_subject_root(path: str, prefix: str) -> bool:
-  subs = [d for d in common.subdirs(path) if re.fullmatch(r'sub\d\d', d)]
+  subs = [d for d in discovery.subdirs(path) if re.fullmatch(r'sub\d\d', d)]
   if not subs:
     return False
   for s in subs[:3]:
-    for ep in common.subdirs(os.path.join(path, s))[:2]:
+    for ep in discovery.subdirs(os.path.join(path, s))[:2]:
       names = os.listdir(os.path.join(path, s, ep))
       if any(re.fullmatch(prefix + r'\d+\.(jpg|jpeg|png|bmp)', n, re.I) for n in names):
         return True
@@ -81,7 +83,7 @@ def find_frame_root(manual_dir: str, frames: str) -> Optional[str]:
   """
   prefix = 'reg_img' if frames == 'cropped' else 'img'
   manual_dir = os.path.abspath(manual_dir)
-  roots = common.find_dirs(manual_dir, lambda p: _is_subject_root(p, prefix))
+  roots = discovery.find_dirs(manual_dir, lambda p: _is_subject_root(p, prefix))
   if frames == 'raw':
     roots.sort(key=lambda p: ('selected' not in os.path.relpath(p, manual_dir).lower(), len(p)))
   return roots[0] if roots else None
@@ -91,18 +93,18 @@ def find_sheet(manual_dir: str, which: str) -> Tuple[str, str]:
   """``(version, path)`` of the coding sheet to use (the config's; 'newest': the newest present)."""
   order = ['20190701', '20140508', 'ver2'] if which == 'newest' else [which]
   for version in order:
-    path = common.choose_file(manual_dir, 'casme2', 'coding sheet', SHEET_PATTERNS[version])
+    path = discovery.choose_file(manual_dir, 'casme2', 'coding sheet', SHEET_PATTERNS[version])
     if path:
       return version, path
   want = ' or '.join(SHEET_PATTERNS[v].replace('\\', '') for v in order)
   present = [v for v in SHEET_PATTERNS if v not in order and
-             common.find_files(manual_dir, SHEET_PATTERNS[v])]
+             discovery.find_files(manual_dir, SHEET_PATTERNS[v])]
   hint = ''
   if present:
     hint = ('; the sheet(s) present are read by --config.data.builder_config=' +
             ' or '.join(SHEET_CONFIG[v] for v in present))
-  raise common.DatasetLayoutError(f'casme2: no coding sheet {want} under {manual_dir}{hint}'
-                                  f'{common.layout_hint(manual_dir) if not present else ""}')
+  raise discovery.DatasetLayoutError(f'casme2: no coding sheet {want} under {manual_dir}{hint}'
+                                     f'{discovery.layout_hint(manual_dir) if not present else ""}')
 
 
 def sources(manual_dir: str, config: Casme2Config) -> Dict[str, str]:
@@ -112,27 +114,28 @@ def sources(manual_dir: str, config: Casme2Config) -> Dict[str, str]:
   if root is None:
     layout = ('Cropped/subXX/EPxx/reg_imgN.jpg' if config.frames == 'cropped'
               else 'CASME2_RAW_selected/subXX/EPxx/imgN.jpg')
-    raise common.DatasetLayoutError(f'casme2: no frame folders like {layout} under {manual_dir}')
+    raise discovery.DatasetLayoutError(f'casme2: no frame folders like {layout} under {manual_dir}')
   return {'sheet': sheet, 'sheet_version': version, 'frames': root}
 
 
-def scan(manual_dir: str, config: Casme2Config) -> Tuple[List[common.Clip], common.Report]:
+def scan(manual_dir: str, config: Casme2Config
+         ) -> Tuple[List[annotations.Clip], annotations.Report]:
   """Parses the sheet and validates every clip folder."""
-  report = common.Report('casme2')
+  report = annotations.Report('casme2')
   src = sources(manual_dir, config)
   root = src['frames']
   report.source = {'sheet': os.path.relpath(src['sheet'], manual_dir),
                    'sheet_version': src['sheet_version'],
                    'frames': os.path.relpath(root, manual_dir) or '.',
                    'frame_variant': config.frames}
-  clips, annotated = common.clips_from_sheet(
+  clips, annotated = annotations.clips_from_sheet(
       'casme2', src['sheet'], root, manual_dir, lambda n: f'sub{n:02d}', EMOTIONS,
       config.classes, FPS, report, drop_slash_apex=config.drop_slash_apex)
-  common.report_unannotated_folders(root, annotated, report)
+  annotations.report_unannotated_folders(root, annotated, report)
   return clips, report
 
 
-class Casme2(common.MEBuilder):
+class Casme2(me_builder.MEBuilder):
   """CASME II micro-expressions (Yan et al. 2014), 200 fps, LOSO by subject (``subXX``)."""
 
   DATASET = 'casme2'

@@ -35,8 +35,11 @@ from typing import Dict, List, Tuple
 
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
+from mpt_jax.spotting import metrics
+from tfds_builders import annotations
+from tfds_builders import discovery
 from tfds_builders import longvideo
+from tfds_builders import sheets
 
 FPS = 30.0
 WORKBOOK_PATTERN = r'.*code_final.*\.xlsx|CASME_sq_gt\.xlsx'
@@ -52,8 +55,8 @@ class Casme2LongConfig(tfds.core.BuilderConfig):
 
 
 def _is_frame_root(path: str, cropped: bool) -> bool:
-  for s in [d for d in common.subdirs(path) if re.fullmatch(r's\d+', d)][:3]:
-    for v in [d for d in common.subdirs(os.path.join(path, s)) if _VIDEO_DIR.match(d)][:2]:
+  for s in [d for d in discovery.subdirs(path) if re.fullmatch(r's\d+', d)][:3]:
+    for v in [d for d in discovery.subdirs(os.path.join(path, s)) if _VIDEO_DIR.match(d)][:2]:
       names = os.listdir(os.path.join(path, s, v))[:50]
       pattern = r'img_\d+\.(jpg|jpeg|png|bmp)' if cropped else r'img\d+\.(jpg|jpeg|png|bmp)'
       if any(re.fullmatch(pattern, n, re.I) for n in names):
@@ -62,27 +65,27 @@ def _is_frame_root(path: str, cropped: bool) -> bool:
 
 
 def sources(manual_dir: str, config: Casme2LongConfig) -> Dict[str, str]:
-  book = common.choose_file(manual_dir, 'casme2_longvideo', 'coding workbook', WORKBOOK_PATTERN,
-                            (WORKBOOK_NAME, 'code_final.xlsx'))
+  book = discovery.choose_file(manual_dir, 'casme2_longvideo', 'coding workbook', WORKBOOK_PATTERN,
+                               (WORKBOOK_NAME, 'code_final.xlsx'))
   if book is None:
-    raise common.DatasetLayoutError(
+    raise discovery.DatasetLayoutError(
         f'casme2_longvideo: no {WORKBOOK_NAME} (or code_final.xlsx / CASME_sq_gt.xlsx) under '
-        f'{manual_dir}{common.layout_hint(manual_dir)}')
+        f'{manual_dir}{discovery.layout_hint(manual_dir)}')
   cropped = config.frames == 'cropped'
-  roots = common.find_dirs(manual_dir, lambda p: _is_frame_root(p, cropped))
+  roots = discovery.find_dirs(manual_dir, lambda p: _is_frame_root(p, cropped))
   if not roots:
     layout = ('s15/15_0101.../img_1.jpg' if cropped
               else 'rawpic/s15/15_0101disgustingteeth/img001.jpg')
     other = ('; the rawpic/ frames are read by the default builder config' if cropped and
-             common.find_dirs(manual_dir, lambda p: _is_frame_root(p, False)) else '')
-    raise common.DatasetLayoutError(f'casme2_longvideo: no frame folders like {layout} under '
-                                    f'{manual_dir}{other}')
+             discovery.find_dirs(manual_dir, lambda p: _is_frame_root(p, False)) else '')
+    raise discovery.DatasetLayoutError(f'casme2_longvideo: no frame folders like {layout} under '
+                                       f'{manual_dir}{other}')
   roots.sort(key=lambda p: (os.path.basename(p) != 'rawpic', len(p)))
   return {'sheet': book, 'frames': roots[0]}
 
 
 def _code(value) -> str:
-  text = common.cell_text(value)
+  text = sheets.cell_text(value)
   return text.zfill(4) if text.isdigit() else text
 
 
@@ -92,23 +95,24 @@ def naming_rules(book: str) -> Tuple[Dict[int, Tuple[str, str]], Dict[str, str]]
   for sheet, out in ((RULE1, subjects), (RULE2, videos)):
     name, rows = longvideo.read_all_rows(book, sheet)
     if name != sheet:
-      raise common.DatasetLayoutError(f'{book}: no worksheet {sheet!r} (it maps the '
-                                      f'{"subjects" if out is subjects else "video codes"})')
+      raise discovery.DatasetLayoutError(f'{book}: no worksheet {sheet!r} (it maps the '
+                                         f'{"subjects" if out is subjects else "video codes"})')
     for _, r in rows:
       r = list(r) + [None] * 3
       if out is subjects:
-        index = common.to_int(r[2])
-        if index is not None and common.cell_text(r[1]):
-          prefix = common.cell_text(r[0])
+        index = sheets.to_int(r[2])
+        if index is not None and sheets.cell_text(r[1]):
+          prefix = sheets.cell_text(r[0])
           prefix = prefix.zfill(2) if prefix.isdigit() else prefix
-          subjects[index] = (prefix, common.cell_text(r[1]))
-      elif common.cell_text(r[0]) and common.cell_text(r[1]):
-        videos[common.cell_text(r[1]).lower()] = _code(r[0])
+          subjects[index] = (prefix, sheets.cell_text(r[1]))
+      elif sheets.cell_text(r[0]) and sheets.cell_text(r[1]):
+        videos[sheets.cell_text(r[1]).lower()] = _code(r[0])
   return subjects, videos
 
 
-def scan(manual_dir: str, config: Casme2LongConfig) -> Tuple[List[longvideo.Video], common.Report]:
-  report = common.Report('casme2_longvideo')
+def scan(manual_dir: str, config: Casme2LongConfig
+         ) -> Tuple[List[longvideo.Video], annotations.Report]:
+  report = annotations.Report('casme2_longvideo')
   src = sources(manual_dir, config)
   book, root = src['sheet'], src['frames']
   report.source = {'sheet': os.path.relpath(book, manual_dir),
@@ -116,8 +120,8 @@ def scan(manual_dir: str, config: Casme2LongConfig) -> Tuple[List[longvideo.Vide
                    'frame_variant': config.frames}
   subjects, codes = naming_rules(book)
   videos: Dict[Tuple[str, str], longvideo.Video] = {}
-  for subject in [d for d in common.subdirs(root) if re.fullmatch(r's\d+', d)]:
-    for vdir in [d for d in common.subdirs(os.path.join(root, subject)) if _VIDEO_DIR.match(d)]:
+  for subject in [d for d in discovery.subdirs(root) if re.fullmatch(r's\d+', d)]:
+    for vdir in [d for d in discovery.subdirs(os.path.join(root, subject)) if _VIDEO_DIR.match(d)]:
       where = f'casme2_longvideo/{subject}/{vdir}'
       got = longvideo.add_video_frames(report, where, os.path.join(root, subject, vdir), FPS)
       if got is None:
@@ -131,15 +135,15 @@ def scan(manual_dir: str, config: Casme2LongConfig) -> Tuple[List[longvideo.Vide
   for rownum, r in rows:
     r = list(r) + [None] * 9
     where = f'{os.path.basename(book)}:{sheet} row {rownum}'
-    index, expr_id = common.to_int(r[0]), common.cell_text(r[1])
+    index, expr_id = sheets.to_int(r[0]), sheets.cell_text(r[1])
     onset = longvideo.frame_number(report, where, r[2], 'onset')
     if index is None or onset is None or not expr_id:
-      report.add(where, f'not an annotation row ({[common.cell_text(c) for c in r[:4]]})',
+      report.add(where, f'not an annotation row ({[sheets.cell_text(c) for c in r[:4]]})',
                  'skipped')
       continue
-    kind = TYPES.get(common.cell_text(r[7]).lower())
+    kind = TYPES.get(sheets.cell_text(r[7]).lower())
     if kind is None:
-      report.add(where, f'type {common.cell_text(r[7])!r} is neither of {list(TYPES)}', 'skipped')
+      report.add(where, f'type {sheets.cell_text(r[7])!r} is neither of {list(TYPES)}', 'skipped')
       continue
     if index not in subjects:
       report.add(where, f'subject index {index} is not in {RULE1!r}', 'skipped')
@@ -169,11 +173,11 @@ def scan(manual_dir: str, config: Casme2LongConfig) -> Tuple[List[longvideo.Vide
     if offset < onset:
       report.add(where, f'offset {offset} before onset {onset}', 'skipped')
       continue
-    apex = common.fix_apex(report, where, onset, apex if apex > 0 else '', offset)
+    apex = annotations.fix_apex(report, where, onset, apex if apex > 0 else '', offset)
     e = longvideo.Expression(onset, apex, offset, kind,
-                             emotion=longvideo.coarse_emotion(r[6]),
-                             emotion_detail=common.cell_text(r[8]).lower(),
-                             action_units=common.cell_text(r[5]), name=expr_id)
+                             emotion=metrics.coarse_emotion(r[6]),
+                             emotion_detail=sheets.cell_text(r[8]).lower(),
+                             action_units=sheets.cell_text(r[5]), name=expr_id)
     longvideo.add_expression(report, where, video, e)
   return longvideo.finish_scan(videos, report)
 

@@ -27,14 +27,18 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
+from mpt_jax import frame_files
+from tfds_builders import annotations
+from tfds_builders import discovery
+from tfds_builders import me_builder
+from tfds_builders import sheets
 
 FPS = 30.0
 EMOTIONS = ('disgust', 'surprise', 'others', 'fear', 'anger', 'sad', 'happy')
 THREE = {'disgust': 'negative', 'fear': 'negative', 'anger': 'negative', 'sad': 'negative',
          'happy': 'positive', 'surprise': 'surprise'}
 FOUR = dict(THREE, others='others')
-ALIASES = common.Emotions(EMOTIONS, (('other', 'others'), ('sadness', 'sad'),
+ALIASES = annotations.Emotions(EMOTIONS, (('other', 'others'), ('sadness', 'sad'),
                                      ('happiness', 'happy'), ('angry', 'anger'),
                                      ('disgusted', 'disgust')))
 SHEET_PATTERN = r'cas\(me\)3_part_A_ME_label.*\.xlsx'
@@ -50,30 +54,30 @@ class Casme3Config(tfds.core.BuilderConfig):
 
 def _find_video_root(manual_dir: str) -> Optional[str]:
   def ok(p):
-    subs = [d for d in common.subdirs(p) if re.fullmatch(r'spNO\.\d+', d)]
+    subs = [d for d in discovery.subdirs(p) if re.fullmatch(r'spNO\.\d+', d)]
     return any(os.path.isdir(os.path.join(p, s, v, 'color'))
-               for s in subs[:3] for v in common.subdirs(os.path.join(p, s))[:3])
-  roots = common.find_dirs(manual_dir, ok, max_depth=6)
+               for s in subs[:3] for v in discovery.subdirs(os.path.join(p, s))[:3])
+  roots = discovery.find_dirs(manual_dir, ok, max_depth=6)
   return roots[0] if roots else None
 
 
 def _find_clip_root(manual_dir: str) -> Optional[str]:
   def ok(p):
-    return any(re.fullmatch(r'spNO\.\d+_[a-z]+\d*_\d+', d) for d in common.subdirs(p)[:20])
-  roots = common.find_dirs(manual_dir, ok, max_depth=6)
+    return any(re.fullmatch(r'spNO\.\d+_[a-z]+\d*_\d+', d) for d in discovery.subdirs(p)[:20])
+  roots = discovery.find_dirs(manual_dir, ok, max_depth=6)
   return roots[0] if roots else None
 
 
 def sources(manual_dir: str) -> Dict[str, str]:
   """The files the prepared data is made from: the ``sheet`` and the ``frames`` root."""
-  sheet = common.choose_file(manual_dir, 'casme3', 'annotation sheet', SHEET_PATTERN, (SHEET_NAME,),
-                             max_depth=6)
+  sheet = discovery.choose_file(manual_dir, 'casme3', 'annotation sheet', SHEET_PATTERN,
+                                (SHEET_NAME,), max_depth=6)
   if sheet is None:
-    raise common.DatasetLayoutError(f'casme3: no {SHEET_NAME} under {manual_dir}'
-                                    f'{common.layout_hint(manual_dir)}')
+    raise discovery.DatasetLayoutError(f'casme3: no {SHEET_NAME} under {manual_dir}'
+                                       f'{discovery.layout_hint(manual_dir)}')
   video_root, clip_root = _find_video_root(manual_dir), _find_clip_root(manual_dir)
   if video_root is None and clip_root is None:
-    raise common.DatasetLayoutError(
+    raise discovery.DatasetLayoutError(
         f'casme3: no frames under {manual_dir} (expected part_A/spNO.1/a/color/355.jpg or '
         'Part_A_ME_clip/spNO.1_a_355/355.jpg)')
   out = {'sheet': sheet, 'frames': video_root or clip_root}
@@ -82,36 +86,37 @@ def sources(manual_dir: str) -> Dict[str, str]:
   return out
 
 
-def scan(manual_dir: str, config: Casme3Config) -> Tuple[List[common.Clip], common.Report]:
-  report = common.Report('casme3')
+def scan(manual_dir: str, config: Casme3Config
+         ) -> Tuple[List[annotations.Clip], annotations.Report]:
+  report = annotations.Report('casme3')
   src = sources(manual_dir)
   sheet = src['sheet']
   video_root = _find_video_root(manual_dir)
   clip_root = src.get('clip_frames') or (None if video_root else src['frames'])
   report.source = {'sheet': os.path.relpath(sheet, manual_dir),
                    'frames': os.path.relpath(src['frames'], manual_dir)}
-  header, rows = common.read_sheet(sheet, 'Subject', sheet='label')
-  cols = common.column_index(header, ['Subject', 'Filename', 'Onset', 'Apex', 'Offset', 'AU',
+  header, rows = sheets.read_sheet(sheet, 'Subject', sheet='label')
+  cols = sheets.column_index(header, ['Subject', 'Filename', 'Onset', 'Apex', 'Offset', 'AU',
                                       'emotion'], sheet)
   mapping = config.mapping or {e: e for e in EMOTIONS}
   clips = []
   named: Dict[Tuple[str, str], Tuple[int, tuple]] = {}  # (subject, clip name) -> (row, its values)
   for rownum, row in rows:
     cell = lambda name: row[cols[name]] if cols[name] < len(row) else None  # pylint: disable=cell-var-from-loop,unnecessary-lambda-assignment
-    subject, video = common.cell_text(cell('Subject')), common.cell_text(cell('Filename'))
-    onset, offset = common.to_int(cell('Onset')), common.to_int(cell('Offset'))
+    subject, video = sheets.cell_text(cell('Subject')), sheets.cell_text(cell('Filename'))
+    onset, offset = sheets.to_int(cell('Onset')), sheets.to_int(cell('Offset'))
     where = f'{os.path.basename(sheet)} row {rownum} ({subject}/{video})'
     if not re.fullmatch(r'spNO\.\d+', subject) or not video or onset is None or offset is None \
         or offset < onset:
       report.add(where, 'unreadable Subject/Filename/Onset/Offset', 'skipped')
       continue
-    emotion = common.protocol_emotion(report, where, cell('emotion'), ALIASES, mapping)
+    emotion = annotations.protocol_emotion(report, where, cell('emotion'), ALIASES, mapping)
     if emotion is None:
       continue
-    if config.drop_slash_apex and common.is_slash_apex(cell('Apex')):
+    if config.drop_slash_apex and annotations.is_slash_apex(cell('Apex')):
       report.add(where, "apex is '/'", 'skipped (drop_slash_apex)')
       continue
-    values = tuple(common.cell_text(cell(c)) for c in ('Onset', 'Apex', 'Offset', 'AU'))
+    values = tuple(sheets.cell_text(cell(c)) for c in ('Onset', 'Apex', 'Offset', 'AU'))
     values += (emotion,)
     name = f'{video}_{onset}'
     if (subject, name) in named:
@@ -135,22 +140,23 @@ def scan(manual_dir: str, config: Casme3Config) -> Tuple[List[common.Clip], comm
       report.add(where, 'no frame folder for this row', 'skipped')
       continue
     long_video = folder.endswith('color')
-    frames = common.list_frames(folder)
+    frames = frame_files.list_frames(folder)
     apex = onset
     if frames:
-      onset, apex, offset = common.resolve_apex(report, where, frames, onset, cell('Apex'), offset,
-                                                long_video=long_video)
-    selected = common.select_frames(report, where, folder, onset, offset, long_video=long_video,
-                                    frames=frames)
+      onset, apex, offset = annotations.resolve_apex(report, where, frames, onset, cell('Apex'),
+                                                     offset, long_video=long_video)
+    selected = annotations.select_frames(report, where, folder, onset, offset,
+                                         long_video=long_video, frames=frames)
     if selected is None:
       continue
     nums, paths = selected
-    clips.append(common.Clip('casme3', subject, name, emotion, mapping[emotion],
-                             onset, apex, offset, common.cell_text(cell('AU')), FPS, paths, nums))
+    clips.append(annotations.Clip('casme3', subject, name, emotion, mapping[emotion],
+                                  onset, apex, offset, sheets.cell_text(cell('AU')), FPS, paths,
+                                  nums))
   return clips, report
 
 
-class Casme3(common.MEBuilder):
+class Casme3(me_builder.MEBuilder):
   """CAS(ME)^3 part A micro-expressions (Li et al. 2022), 30 fps colour."""
 
   DATASET = 'casme3'

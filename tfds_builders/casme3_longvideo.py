@@ -25,8 +25,11 @@ from typing import Dict, List, Tuple
 
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
+from mpt_jax.spotting import metrics
+from tfds_builders import annotations
+from tfds_builders import discovery
 from tfds_builders import longvideo
+from tfds_builders import sheets
 
 FPS = 30.0
 SHEET_PATTERN = r'CAS\(ME\)3_part_A_v2\.xlsx?'
@@ -35,36 +38,36 @@ TYPES = {'macro-expression': 'mae', 'micro-expression': 'me'}
 
 
 def _is_video_root(path: str) -> bool:
-  subs = [d for d in common.subdirs(path) if re.fullmatch(r'spNO\.\d+', d)]
+  subs = [d for d in discovery.subdirs(path) if re.fullmatch(r'spNO\.\d+', d)]
   return any(os.path.isdir(os.path.join(path, s, v, 'color'))
-             for s in subs[:3] for v in common.subdirs(os.path.join(path, s))[:3])
+             for s in subs[:3] for v in discovery.subdirs(os.path.join(path, s))[:3])
 
 
 def sources(manual_dir: str) -> Dict[str, str]:
-  sheet = common.choose_file(manual_dir, 'casme3_longvideo', 'part A annotation', SHEET_PATTERN,
-                             max_depth=6)
+  sheet = discovery.choose_file(manual_dir, 'casme3_longvideo', 'part A annotation', SHEET_PATTERN,
+                                max_depth=6)
   if sheet is None:
-    raise common.DatasetLayoutError(f'casme3_longvideo: no CAS(ME)3_part_A_v2.xls under '
-                                    f'{manual_dir}{common.layout_hint(manual_dir)}')
-  roots = common.find_dirs(manual_dir, _is_video_root, max_depth=6)
+    raise discovery.DatasetLayoutError(f'casme3_longvideo: no CAS(ME)3_part_A_v2.xls under '
+                                       f'{manual_dir}{discovery.layout_hint(manual_dir)}')
+  roots = discovery.find_dirs(manual_dir, _is_video_root, max_depth=6)
   if not roots:
-    raise common.DatasetLayoutError(f'casme3_longvideo: no frame folders like '
-                                    f'part_A/spNO.1/a/color/1.jpg under {manual_dir}')
+    raise discovery.DatasetLayoutError(f'casme3_longvideo: no frame folders like '
+                                       f'part_A/spNO.1/a/color/1.jpg under {manual_dir}')
   out = {'sheet': sheet, 'frames': roots[0]}
-  labels = common.choose_file(manual_dir, 'casme3_longvideo', 'ME label sheet', LABEL_PATTERN,
-                              max_depth=6)
+  labels = discovery.choose_file(manual_dir, 'casme3_longvideo', 'ME label sheet', LABEL_PATTERN,
+                                 max_depth=6)
   if labels:
     out['emotion_sheet'] = labels
   return out
 
 
 def _rows(path: str, sheet: str, columns) -> Tuple[List[Tuple[int, List]], Dict[str, int]]:
-  header, rows = common.read_sheet(path, 'Subject', sheet=sheet)
-  return rows, common.column_index(header, columns, path)
+  header, rows = sheets.read_sheet(path, 'Subject', sheet=sheet)
+  return rows, sheets.column_index(header, columns, path)
 
 
-def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
-  report = common.Report('casme3_longvideo')
+def scan(manual_dir: str) -> Tuple[List[longvideo.Video], annotations.Report]:
+  report = annotations.Report('casme3_longvideo')
   src = sources(manual_dir)
   sheet, root = src['sheet'], src['frames']
   report.source = {'sheet': os.path.relpath(sheet, manual_dir),
@@ -75,16 +78,16 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
     rows, c = _rows(src['emotion_sheet'], 'label',
                     ('Subject', 'Filename', 'Onset', 'Offset', 'emotion'))
     for _, r in rows:
-      onset, offset = common.to_int(r[c['Onset']]), common.to_int(r[c['Offset']])
+      onset, offset = sheets.to_int(r[c['Onset']]), sheets.to_int(r[c['Offset']])
       if onset is not None and offset is not None:
-        emotions[(common.cell_text(r[c['Subject']]), common.cell_text(r[c['Filename']]),
-                  onset, offset)] = common.cell_text(r[c['emotion']])
+        emotions[(sheets.cell_text(r[c['Subject']]), sheets.cell_text(r[c['Filename']]),
+                  onset, offset)] = sheets.cell_text(r[c['emotion']])
   else:
     report.add('casme3_longvideo', 'no ME label sheet (cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx)',
                'MEs stored without emotion')
   videos: Dict[Tuple[str, str], longvideo.Video] = {}
-  for subject in [d for d in common.subdirs(root) if re.fullmatch(r'spNO\.\d+', d)]:
-    for vid in common.subdirs(os.path.join(root, subject)):
+  for subject in [d for d in discovery.subdirs(root) if re.fullmatch(r'spNO\.\d+', d)]:
+    for vid in discovery.subdirs(os.path.join(root, subject)):
       folder = os.path.join(root, subject, vid, 'color')
       if not os.path.isdir(folder):
         continue
@@ -98,10 +101,10 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
                                         'Expression type'))
   for rownum, r in rows:
     where = f'{base}:AU+Emotion row {rownum}'
-    subject, vid = common.cell_text(r[c['Subject']]), common.cell_text(r[c['Filename']])
-    kind = TYPES.get(common.cell_text(r[c['Expression type']]).lower())
+    subject, vid = sheets.cell_text(r[c['Subject']]), sheets.cell_text(r[c['Filename']])
+    kind = TYPES.get(sheets.cell_text(r[c['Expression type']]).lower())
     if kind is None:
-      report.add(where, f'Expression type {common.cell_text(r[c["Expression type"]])!r} is '
+      report.add(where, f'Expression type {sheets.cell_text(r[c["Expression type"]])!r} is '
                  f'neither of {list(TYPES)}', 'skipped')
       continue
     video = videos.get((subject, vid))
@@ -111,23 +114,23 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
     onset = longvideo.frame_number(report, where, r[c['Onset']], 'onset')
     offset = longvideo.frame_number(report, where, r[c['Offset']], 'offset')
     if onset is None or offset is None or offset < onset:
-      report.add(where, f'onset/offset {common.cell_text(r[c["Onset"]])!r}/'
-                 f'{common.cell_text(r[c["Offset"]])!r} not an interval', 'skipped')
+      report.add(where, f'onset/offset {sheets.cell_text(r[c["Onset"]])!r}/'
+                 f'{sheets.cell_text(r[c["Offset"]])!r} not an interval', 'skipped')
       continue
-    apex = common.fix_apex(report, where, onset, r[c['Apex']], offset)
+    apex = annotations.fix_apex(report, where, onset, r[c['Apex']], offset)
     detail = emotions.get((subject, vid, onset, offset), '') if kind == 'me' else ''
     if kind == 'me' and emotions and not detail:
       report.add(where, f'no label-sheet row for {subject}/{vid} {onset}..{offset}',
                  'ME stored without emotion')
-    e = longvideo.Expression(onset, apex, offset, kind, emotion=longvideo.coarse_emotion(detail),
+    e = longvideo.Expression(onset, apex, offset, kind, emotion=metrics.coarse_emotion(detail),
                              emotion_detail=detail.lower(),
-                             action_units=common.cell_text(r[c['AU']]),
+                             action_units=sheets.cell_text(r[c['AU']]),
                              name=f'{vid}_{onset}')
     longvideo.add_expression(report, where, video, e)
   rows, c = _rows(sheet, 'eye blink', ('Subject', 'Filename', 'Onset', 'Offset'))
   for rownum, r in rows:
-    video = videos.get((common.cell_text(r[c['Subject']]), common.cell_text(r[c['Filename']])))
-    onset, offset = common.to_int(r[c['Onset']]), common.to_int(r[c['Offset']])
+    video = videos.get((sheets.cell_text(r[c['Subject']]), sheets.cell_text(r[c['Filename']])))
+    onset, offset = sheets.to_int(r[c['Onset']]), sheets.to_int(r[c['Offset']])
     if video is None or onset is None or offset is None or offset < onset:
       report.add(f'{base}:eye blink row {rownum}', 'no such video or not an interval', 'skipped')
       continue

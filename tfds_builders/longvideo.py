@@ -1,8 +1,8 @@
 """Shared machinery of the long-video (spotting) builders: one example per recorded video.
 
 Each builder parses its annotation into :class:`Video` records (every path checked and every
-quirk fixed or skipped listed in the :class:`tfds_builders.common.Report`), then the frames are
-decoded, aligned with one transform per video and stored by a process pool
+quirk fixed or skipped listed in the :class:`tfds_builders.annotations.Report`), then the frames
+are decoded, aligned with one transform per video and stored by a process pool
 (:func:`mpt_jax.spotting.video_frames.process_video`), streamed to TFDS as each video is done.
 
 Stored example (:func:`features`):
@@ -26,17 +26,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mpt_jax import frame_files
 from mpt_jax.spotting import params
-from tfds_builders import common
+from tfds_builders import annotations
+from tfds_builders import discovery
+from tfds_builders import me_builder
+from tfds_builders import sheets
 
 FRAME_SIZE = 128  # stored face side (the spotter's working size)
-# Coarse emotion of a detailed one (SAMM's estimated emotions, CAS(ME)^3's labels), as MEGC's STR
-# task groups them.
-COARSE = {'anger': 'negative', 'angry': 'negative', 'contempt': 'negative',
-          'disgust': 'negative', 'fear': 'negative', 'sadness': 'negative', 'sad': 'negative',
-          'happiness': 'positive', 'happy': 'positive', 'surprise': 'surprise',
-          'other': 'others', 'others': 'others', 'negative': 'negative',
-          'positive': 'positive', 'repression': 'negative'}
 
 
 @dataclasses.dataclass
@@ -69,11 +66,7 @@ class Video:
     return f'{self.dataset}/{self.subject}/{self.video}'
 
 
-def coarse_emotion(text: str) -> str:
-  return COARSE.get(' '.join(str(text).split()).lower(), '')
-
-
-def frame_number(report: common.Report, where: str, value: Any, what: str,
+def frame_number(report: annotations.Report, where: str, value: Any, what: str,
                  counts: Optional[Dict[str, int]] = None) -> Optional[int]:
   """A sheet's frame number as an int: fractional values rounded half up (reported, counted in
   ``counts['fractional']`` and listed for the first few), text that is no number -> None."""
@@ -93,16 +86,16 @@ def frame_number(report: common.Report, where: str, value: Any, what: str,
   return n
 
 
-def add_video_frames(report: common.Report, where: str, folder: str, fps: float
+def add_video_frames(report: annotations.Report, where: str, folder: str, fps: float
                      ) -> Optional[Tuple[List[int], List[str], int]]:
   """``(frame numbers, paths, stride)`` of a video folder's frames at the working rate, or None
   (reported) when it has no frame. Frames are sorted by the number in their names (``img999`` <
   ``img1000``); gaps in the numbering are reported."""
-  frames = common.list_frames(folder)
+  frames = frame_files.list_frames(folder)
   if not frames:
     report.add(where, f'folder {folder} has no image files', 'skipped')
     return None
-  frames = common.first_of_each_number(report, where, frames)
+  frames = annotations.first_of_each_number(report, where, frames)
   nums = [n for n, _ in frames]
   if nums[0] > 1:
     report.add(where, f'the first frame is {nums[0]} (frames 1..{nums[0] - 1} are missing)',
@@ -118,7 +111,7 @@ def add_video_frames(report: common.Report, where: str, folder: str, fps: float
   return [n for n, _ in kept], [p for _, p in kept], stride
 
 
-def add_expression(report: common.Report, where: str, video: 'Video', e: Expression) -> None:
+def add_expression(report: annotations.Report, where: str, video: 'Video', e: Expression) -> None:
   """Adds ``e`` to ``video`` if it lies within the video's frames (clipped to them if it reaches
   past an end); an interval wholly outside is skipped. Both are reported."""
   first, last = video.frame_numbers[0], video.frame_numbers[-1] + video.stride - 1
@@ -134,8 +127,8 @@ def add_expression(report: common.Report, where: str, video: 'Video', e: Express
   video.expressions.append(e)
 
 
-def finish_scan(videos: Dict[Any, 'Video'], report: common.Report
-                ) -> Tuple[List['Video'], common.Report]:
+def finish_scan(videos: Dict[Any, 'Video'], report: annotations.Report
+                ) -> Tuple[List['Video'], annotations.Report]:
   """A scan's result: every video (those without an expression reported, and kept)."""
   for v in videos.values():
     if not v.expressions:
@@ -143,7 +136,7 @@ def finish_scan(videos: Dict[Any, 'Video'], report: common.Report
   return list(videos.values()), report
 
 
-def summary(report: common.Report, videos: Sequence[Video]) -> Dict[str, Any]:
+def summary(report: annotations.Report, videos: Sequence[Video]) -> Dict[str, Any]:
   per_type = {'mae': 0, 'me': 0}
   per_emotion: Dict[str, int] = {}
   per_subject: Dict[str, Dict[str, int]] = {}
@@ -163,7 +156,8 @@ def summary(report: common.Report, videos: Sequence[Video]) -> Dict[str, Any]:
       'per_type': per_type,
       'me_per_emotion': dict(sorted(per_emotion.items())),
       'negatives': sum(len(v.negatives) for v in videos),
-      'per_subject': {s: per_subject[s] for s in sorted(per_subject, key=common.natural_key)},
+      'per_subject': {s: per_subject[s]
+                      for s in sorted(per_subject, key=frame_files.natural_key)},
       'issues': report.issues,
   }
 
@@ -225,7 +219,7 @@ def example(video: Video, prepared: Dict[str, Any]) -> Dict[str, Any]:
   }
 
 
-class LongVideoBuilder(common.MEBuilder):
+class LongVideoBuilder(me_builder.MEBuilder):
   """Base class: subclasses implement :meth:`_scan_videos` (validated videos and a report) and
   :meth:`_align_frames` (whether this release needs face alignment under ``align='auto'``)."""
 
@@ -241,7 +235,7 @@ class LongVideoBuilder(common.MEBuilder):
                                  features=features(self.FRAME_SIZE), supervised_keys=None,
                                  metadata=tfds.core.MetadataDict())
 
-  def _scan_videos(self, manual_dir: str) -> Tuple[List[Video], common.Report]:
+  def _scan_videos(self, manual_dir: str) -> Tuple[List[Video], annotations.Report]:
     raise NotImplementedError
 
   def _released_cropped(self) -> bool:
@@ -250,14 +244,15 @@ class LongVideoBuilder(common.MEBuilder):
   def _split_generators(self, dl_manager):
     from mpt_jax.spotting import video_frames  # pylint: disable=g-import-not-at-top
     from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
-    manual_dir = common.check_manual_dir(str(dl_manager.manual_dir), self.DATASET,
-                                         self.EXPECTED_LAYOUT)
+    manual_dir = discovery.check_manual_dir(str(dl_manager.manual_dir), self.DATASET,
+                                            self.EXPECTED_LAYOUT)
     videos, report = self._scan_videos(manual_dir)
     if not videos:
-      raise common.DatasetLayoutError(f'{self.DATASET}: found no usable video under {manual_dir} '
-                                      f'({self.EXPECTED_LAYOUT}). Problems: '
-                                      f'{json.dumps(report.issues[:10])}')
-    videos.sort(key=lambda v: (common.natural_key(v.subject), common.natural_key(v.video)))
+      raise discovery.DatasetLayoutError(f'{self.DATASET}: found no usable video under '
+                                         f'{manual_dir} ({self.EXPECTED_LAYOUT}). Problems: '
+                                         f'{json.dumps(report.issues[:10])}')
+    videos.sort(key=lambda v: (frame_files.natural_key(v.subject),
+                               frame_files.natural_key(v.video)))
     align = self._align == 'always' or (self._align == 'auto' and not self._released_cropped())
     tasks = [video_frames.VideoTask(i, tuple(v.frames), self.FRAME_SIZE, align,
                                     self._align_margin) for i, v in enumerate(videos)]
@@ -281,7 +276,7 @@ class LongVideoBuilder(common.MEBuilder):
         results.append({k: v for k, v in res.items() if k != 'pngs'})
         yield video.key, example(video, res)
       if not kept:
-        raise common.DatasetLayoutError(f'{self.DATASET}: no video has two readable frames')
+        raise discovery.DatasetLayoutError(f'{self.DATASET}: no video has two readable frames')
       out = summary(report, kept)
       out['alignment'] = pipeline.alignment_summary(self._align, self._align_margin,
                                                     [v.key for v in kept], results, '')
@@ -306,7 +301,7 @@ class LongVideoBuilder(common.MEBuilder):
 
 def read_all_rows(path: str, sheet: Optional[str]) -> Tuple[str, List[Tuple[int, List[Any]]]]:
   """``(worksheet, [(excel row number, cells)])`` of every non-empty row (no header expected)."""
-  name, table = common.read_table(path, sheet)
+  name, table = sheets.read_table(path, sheet)
   return name, [(i + 1, list(r)) for i, r in enumerate(table)
-                if any(common.cell_text(c) for c in r)]
+                if any(sheets.cell_text(c) for c in r)]
 

@@ -19,8 +19,10 @@ from typing import Dict, List, Tuple
 
 import tensorflow_datasets as tfds
 
+from tfds_builders import annotations
 from tfds_builders import casme2
-from tfds_builders import common
+from tfds_builders import discovery
+from tfds_builders import me_builder
 from tfds_builders import samm
 from tfds_builders import smic
 
@@ -124,21 +126,22 @@ def read_gt_csv(path: str) -> Dict[Tuple[str, str, str], int]:
     with open(path, newline='', encoding='utf-8-sig') as f:
       rows = list(csv.reader(f))
   except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise common.DatasetLayoutError(f'{path}: cannot be read as the dataset,subject,filename,label '
-                                    f'CSV ({type(e).__name__}: {e})') from e
+    raise discovery.DatasetLayoutError(f'{path}: cannot be read as the '
+                                       'dataset,subject,filename,label CSV '
+                                       f'({type(e).__name__}: {e})') from e
   out = {}
   for i, row in enumerate(rows, start=1):
     if not row or not ''.join(row).strip():
       continue
     if len(row) < 4:
-      raise common.DatasetLayoutError(f'{path} line {i}: expected dataset,subject,filename,label; '
-                                      f'got {row}')
+      raise discovery.DatasetLayoutError(f'{path} line {i}: expected '
+                                         f'dataset,subject,filename,label; got {row}')
     if i == 1 and not row[3].strip().isdigit():
       continue  # a header line (HTNet's edited copy has one)
     try:
       out[normalise_row(row[0], row[1], row[2])] = int(row[3])
     except ValueError as e:
-      raise common.DatasetLayoutError(f'{path} line {i}: cannot read {row} ({e})') from e
+      raise discovery.DatasetLayoutError(f'{path} line {i}: cannot read {row} ({e})') from e
   return out
 
 
@@ -152,7 +155,8 @@ def sources(manual_dir: str) -> Dict[str, str]:
   """The files the prepared data is made from: the three datasets' sheets and frame roots and the
   membership CSV (when present)."""
   out = {}
-  gt = common.choose_file(manual_dir, 'megc2019_composite', 'membership list', re.escape(GT_NAME))
+  gt = discovery.choose_file(manual_dir, 'megc2019_composite', 'membership list',
+                             re.escape(GT_NAME))
   if gt:
     out['membership'] = gt
   out.update({f'casme2_{k}': v for k, v in casme2.sources(manual_dir, CASME2_CONFIG).items()})
@@ -161,16 +165,17 @@ def sources(manual_dir: str) -> Dict[str, str]:
   return out
 
 
-def scan(manual_dir: str) -> Tuple[List[common.Clip], common.Report]:
-  report = common.Report('megc2019_composite')
-  gt = common.choose_file(manual_dir, 'megc2019_composite', 'membership list', re.escape(GT_NAME))
+def scan(manual_dir: str) -> Tuple[List[annotations.Clip], annotations.Report]:
+  report = annotations.Report('megc2019_composite')
+  gt = discovery.choose_file(manual_dir, 'megc2019_composite', 'membership list',
+                             re.escape(GT_NAME))
   if gt:
     members = read_gt_csv(gt)
     report.source['membership'] = os.path.relpath(gt, manual_dir)
   else:
     members = builtin_membership()
     report.source['membership'] = 'built-in copy of combined_3class_gt.csv'
-  found: Dict[Tuple[str, str, str], common.Clip] = {}
+  found: Dict[Tuple[str, str, str], annotations.Clip] = {}
   c_clips, c_report = casme2.scan(manual_dir, CASME2_CONFIG)
   s_clips, s_report = samm.scan(manual_dir, samm.SammConfig(name='x', classes=samm.ALL_CLASSES))
   m_clips, m_report = smic.scan_modality(manual_dir, 'HS')
@@ -195,7 +200,7 @@ def scan(manual_dir: str) -> Tuple[List[common.Clip], common.Report]:
   return clips, report
 
 
-class Megc2019Composite(common.MEBuilder):
+class Megc2019Composite(me_builder.MEBuilder):
   """MEGC2019 composite dataset (CASME II + SAMM + SMIC-HS), 3 classes, 442 clips, 68 subjects."""
 
   DATASET = 'megc2019_composite'

@@ -27,7 +27,8 @@ import tensorflow_datasets as tfds
 from mpt_jax import console
 from mpt_jax import errors
 from tfds_builders import BUILDERS
-from tfds_builders import common
+from tfds_builders import discovery
+from tfds_builders import me_builder
 
 RECORD_KEY = 'preparation_record'  # metadata.json key of the record
 STATUS_KEY = 'preparation_status'  # added to the returned report: what this run did
@@ -43,8 +44,8 @@ def _base_config(cls, name: str):
   for c in cls.BUILDER_CONFIGS:
     if c.name == name:
       return c
-  raise common.DatasetLayoutError(f'{cls.name}: unknown builder config {name!r}; known: '
-                                  f'{[c.name for c in cls.BUILDER_CONFIGS]}')
+  raise discovery.DatasetLayoutError(f'{cls.name}: unknown builder config {name!r}; known: '
+                                     f'{[c.name for c in cls.BUILDER_CONFIGS]}')
 
 
 def builder_for(data_config) -> tfds.core.DatasetBuilder:
@@ -56,20 +57,21 @@ def builder_for(data_config) -> tfds.core.DatasetBuilder:
   """
   name = data_config.name
   if name not in BUILDERS:
-    raise common.DatasetLayoutError(f'Unknown dataset {name!r}; known: {sorted(BUILDERS)}')
+    raise discovery.DatasetLayoutError(f'Unknown dataset {name!r}; known: {sorted(BUILDERS)}')
   cls = BUILDERS[name]
   kwargs = {'data_dir': os.path.expanduser(data_config.data_dir), 'file_format': 'array_record'}
   base = _base_config(cls, data_config.builder_config)
   if data_config.get('drop_slash_apex', False):
     if base is None or not hasattr(base, 'drop_slash_apex'):
-      raise common.DatasetLayoutError(f'{name}: config.data.drop_slash_apex does not apply: this '
-                                      'dataset has no apex annotation to drop rows by')
+      raise discovery.DatasetLayoutError(f'{name}: config.data.drop_slash_apex does not apply: '
+                                         'this dataset has no apex annotation to drop rows by')
     kwargs['config'] = dataclasses.replace(
         base, name=f'{base.name}_drop_slash_apex', drop_slash_apex=True,
         description=f"{base.description}; rows whose apex is '/' dropped")
   elif data_config.builder_config:
     kwargs['config'] = data_config.builder_config
-  if issubclass(cls, common.MEBuilder):  # preparation options; align and margin select the dataset
+  # Preparation options; align and margin select the dataset.
+  if issubclass(cls, me_builder.MEBuilder):
     kwargs.update(align=data_config.get('align', 'auto'),
                   align_margin=float(data_config.get('align_margin', 0.2)),
                   skip_bad_frames=bool(data_config.get('skip_bad_frames', False)),
@@ -111,7 +113,7 @@ def prepared_data_record(builder: tfds.core.DatasetBuilder,
   }
   if not hasattr(builder, 'source_files'):
     return record  # generated data (synthetic_me): nothing is read from disk
-  manual = common.check_manual_dir(manual_dir, builder.name, builder.EXPECTED_LAYOUT)
+  manual = discovery.check_manual_dir(manual_dir, builder.name, builder.EXPECTED_LAYOUT)
   real = os.path.realpath(manual)
   record['manual_dir'] = real
   for key, value in sorted(builder.source_files(manual).items()):
@@ -119,7 +121,7 @@ def prepared_data_record(builder: tfds.core.DatasetBuilder,
     if os.path.isabs(path) and os.path.exists(path):
       record[key] = os.path.relpath(os.path.realpath(path), real)
       if os.path.isfile(path):
-        record[f'{key}_sha256'] = common.file_sha256(path)
+        record[f'{key}_sha256'] = discovery.file_sha256(path)
     else:
       record[key] = value
   return record
@@ -200,7 +202,8 @@ def prepare(data_config) -> Dict[str, Any]:
   Raises:
     PreparedDataError: the data_dir holds this dataset prepared from other sources (the message
       names the differing record keys) and ``config.data.rebuild`` is not set.
-    common.DatasetLayoutError: the manual_dir is missing, not a folder, empty or in another layout.
+    discovery.DatasetLayoutError: the manual_dir is missing, not a folder, empty or in another
+      layout.
   """
   builder = builder_for(data_config)
   manual = data_config.get('manual_dir', '')
@@ -219,8 +222,8 @@ def prepare(data_config) -> Dict[str, Any]:
     return _with_status(builder, 'reused', stored)
   try:
     current = prepared_data_record(builder, manual)
-  except common.DatasetLayoutError as e:
-    raise common.DatasetLayoutError(
+  except discovery.DatasetLayoutError as e:
+    raise discovery.DatasetLayoutError(
         f'{e} The data_dir already holds {builder.name} prepared from {_describe(stored)}; leave '
         'out --config.data.manual_dir to reuse it') from e
   keys = differing_keys(stored, current)

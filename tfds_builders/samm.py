@@ -26,13 +26,16 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
+from mpt_jax import frame_files
+from tfds_builders import annotations
+from tfds_builders import discovery
+from tfds_builders import me_builder
 
 FIVE_CLASSES = ('anger', 'contempt', 'happiness', 'surprise', 'other')
 ALL_CLASSES = ('anger', 'contempt', 'happiness', 'surprise', 'other', 'disgust', 'fear', 'sadness')
 SHEET_PATTERN = r'.*Micro_FACS_Codes.*\.xlsx'
 SHEET_NAME = 'SAMM_Micro_FACS_Codes_v2.xlsx'  # the released file name (preferred)
-EMOTIONS = common.Emotions(ALL_CLASSES, (('others', 'other'), ('happy', 'happiness'),
+EMOTIONS = annotations.Emotions(ALL_CLASSES, (('others', 'other'), ('happy', 'happiness'),
                                          ('sad', 'sadness'), ('angry', 'anger')))
 FPS = 200.0
 
@@ -44,15 +47,15 @@ class SammConfig(tfds.core.BuilderConfig):
 
 
 def _is_subject_root(path: str) -> bool:
-  for s in [d for d in common.subdirs(path) if re.fullmatch(r'\d{3}', d)][:3]:
-    for clip in common.subdirs(os.path.join(path, s))[:2]:
-      if clip.startswith(s + '_') and common.list_frames(os.path.join(path, s, clip)):
+  for s in [d for d in discovery.subdirs(path) if re.fullmatch(r'\d{3}', d)][:3]:
+    for clip in discovery.subdirs(os.path.join(path, s))[:2]:
+      if clip.startswith(s + '_') and frame_files.list_frames(os.path.join(path, s, clip)):
         return True
   return False
 
 
 def find_frame_root(manual_dir: str) -> Optional[str]:
-  roots = common.find_dirs(manual_dir, _is_subject_root)
+  roots = discovery.find_dirs(manual_dir, _is_subject_root)
   return roots[0] if roots else None
 
 
@@ -62,31 +65,33 @@ def normalise_emotion(text: str) -> str:
 
 def sources(manual_dir: str) -> Dict[str, str]:
   """The files the prepared data is made from: the ``sheet`` and the ``frames`` root."""
-  sheet = common.choose_file(manual_dir, 'samm', 'FACS codes sheet', SHEET_PATTERN, (SHEET_NAME,))
+  sheet = discovery.choose_file(manual_dir, 'samm', 'FACS codes sheet', SHEET_PATTERN,
+                                (SHEET_NAME,))
   if sheet is None:
-    raise common.DatasetLayoutError(f'samm: no {SHEET_NAME} (or other *Micro_FACS_Codes*.xlsx) '
-                                    f'sheet under {manual_dir}{common.layout_hint(manual_dir)}')
+    raise discovery.DatasetLayoutError(f'samm: no {SHEET_NAME} (or other *Micro_FACS_Codes*.xlsx) '
+                                       f'sheet under {manual_dir}'
+                                       f'{discovery.layout_hint(manual_dir)}')
   root = find_frame_root(manual_dir)
   if root is None:
-    raise common.DatasetLayoutError(f'samm: no frame folders like 006/006_1_2/006_05562.jpg under '
-                                    f'{manual_dir}')
+    raise discovery.DatasetLayoutError(f'samm: no frame folders like 006/006_1_2/006_05562.jpg '
+                                       f'under {manual_dir}')
   return {'sheet': sheet, 'frames': root}
 
 
-def scan(manual_dir: str, config: SammConfig) -> Tuple[List[common.Clip], common.Report]:
-  report = common.Report('samm')
+def scan(manual_dir: str, config: SammConfig) -> Tuple[List[annotations.Clip], annotations.Report]:
+  report = annotations.Report('samm')
   src = sources(manual_dir)
   sheet, root = src['sheet'], src['frames']
   report.source = {'sheet': os.path.relpath(sheet, manual_dir),
                    'frames': os.path.relpath(root, manual_dir) or '.'}
-  clips, annotated = common.clips_from_sheet(
+  clips, annotated = annotations.clips_from_sheet(
       'samm', sheet, root, manual_dir, lambda n: f'{n:03d}', EMOTIONS, config.classes,
       FPS, report, sheet_name='MICRO_ONLY', drop_slash_apex=config.drop_slash_apex)
-  common.report_unannotated_folders(root, annotated, report)
+  annotations.report_unannotated_folders(root, annotated, report)
   return clips, report
 
 
-class Samm(common.MEBuilder):
+class Samm(me_builder.MEBuilder):
   """SAMM spontaneous micro-facial movements (Davison et al. 2016), 200 fps grayscale."""
 
   DATASET = 'samm'

@@ -31,8 +31,11 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
+from mpt_jax.spotting import metrics
+from tfds_builders import annotations
+from tfds_builders import discovery
 from tfds_builders import longvideo
+from tfds_builders import sheets
 
 FPS = 200.0
 SHEET_PATTERN = r'SAMM_LongVideos_V(\d+)_Release\.xlsx'
@@ -43,7 +46,7 @@ COLUMNS = ('Subject', 'Filename', 'Onset', 'Apex', 'Offset', 'Type', 'Action Uni
 
 
 def _is_frame_root(path: str) -> bool:
-  for v in [d for d in common.subdirs(path) if re.fullmatch(r'\d{3}_\d+', d)][:3]:
+  for v in [d for d in discovery.subdirs(path) if re.fullmatch(r'\d{3}_\d+', d)][:3]:
     names = os.listdir(os.path.join(path, v))[:50]
     if any(re.fullmatch(re.escape(v) + r'_\d+\.(jpg|jpeg|png|bmp)', n, re.I) for n in names):
       return True
@@ -51,23 +54,23 @@ def _is_frame_root(path: str) -> bool:
 
 
 def sources(manual_dir: str) -> Dict[str, str]:
-  found = sorted(common.find_files(manual_dir, SHEET_PATTERN),
+  found = sorted(discovery.find_files(manual_dir, SHEET_PATTERN),
                  key=lambda p: int(re.search(r'_V(\d+)_', os.path.basename(p)).group(1)))
   if not found:
-    raise common.DatasetLayoutError(f'samm_longvideo: no SAMM_LongVideos_V*_Release.xlsx sheet '
-                                    f'under {manual_dir}{common.layout_hint(manual_dir)}')
+    raise discovery.DatasetLayoutError(f'samm_longvideo: no SAMM_LongVideos_V*_Release.xlsx sheet '
+                                       f'under {manual_dir}{discovery.layout_hint(manual_dir)}')
   newest = int(re.search(r'_V(\d+)_', os.path.basename(found[-1])).group(1))
   same = [p for p in found if f'_V{newest}_' in os.path.basename(p)]
-  if len({common.file_sha256(p) for p in same}) > 1:
-    raise common.DatasetLayoutError(f'samm_longvideo: several different V{newest} sheets under '
-                                    f'{manual_dir}: {same}; keep only the one to use')
-  roots = common.find_dirs(manual_dir, _is_frame_root)
+  if len({discovery.file_sha256(p) for p in same}) > 1:
+    raise discovery.DatasetLayoutError(f'samm_longvideo: several different V{newest} sheets under '
+                                       f'{manual_dir}: {same}; keep only the one to use')
+  roots = discovery.find_dirs(manual_dir, _is_frame_root)
   if not roots:
-    raise common.DatasetLayoutError(f'samm_longvideo: no frame folders like '
-                                    f'SAMM_longvideos/006_1/006_1_0001.jpg under {manual_dir}')
+    raise discovery.DatasetLayoutError(f'samm_longvideo: no frame folders like '
+                                       f'SAMM_longvideos/006_1/006_1_0001.jpg under {manual_dir}')
   out = {'sheet': same[0], 'sheet_version': f'V{newest}', 'frames': roots[0]}
-  short = common.choose_file(manual_dir, 'samm_longvideo', 'short-clip FACS codes sheet',
-                             SHORT_PATTERN, (SHORT_NAME,))
+  short = discovery.choose_file(manual_dir, 'samm_longvideo', 'short-clip FACS codes sheet',
+                                SHORT_PATTERN, (SHORT_NAME,))
   if short is not None:
     out['emotion_sheet'] = short
   return out
@@ -75,10 +78,10 @@ def sources(manual_dir: str) -> Dict[str, str]:
 
 def short_clip_emotions(path: str) -> Dict[str, str]:
   """``{Filename: Estimated Emotion}`` of the SAMM short-clip sheet (its micro-movements)."""
-  header, rows = common.read_sheet(path, 'Subject', sheet='MICRO_ONLY')
-  cols = common.column_index(header, ('Filename', 'Estimated Emotion'), path)
-  return {common.cell_text(r[cols['Filename']]): common.cell_text(r[cols['Estimated Emotion']])
-          for _, r in rows if common.cell_text(r[cols['Filename']])}
+  header, rows = sheets.read_sheet(path, 'Subject', sheet='MICRO_ONLY')
+  cols = sheets.column_index(header, ('Filename', 'Estimated Emotion'), path)
+  return {sheets.cell_text(r[cols['Filename']]): sheets.cell_text(r[cols['Estimated Emotion']])
+          for _, r in rows if sheets.cell_text(r[cols['Filename']])}
 
 
 def _type(text: str) -> Optional[str]:
@@ -90,8 +93,8 @@ def _type(text: str) -> Optional[str]:
   return None
 
 
-def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
-  report = common.Report('samm_longvideo')
+def scan(manual_dir: str) -> Tuple[List[longvideo.Video], annotations.Report]:
+  report = annotations.Report('samm_longvideo')
   src = sources(manual_dir)
   sheet, root = src['sheet'], src['frames']
   report.source = {'sheet': os.path.relpath(sheet, manual_dir),
@@ -105,27 +108,27 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
     report.add('samm_longvideo', f'no short-clip sheet {SHORT_NAME} (the ME emotions)',
                'MEs stored without emotion (spotting works; STR needs the emotions)')
   videos: Dict[str, longvideo.Video] = {}
-  for vdir in [d for d in common.subdirs(root) if re.fullmatch(r'\d{3}_\d+', d)]:
+  for vdir in [d for d in discovery.subdirs(root) if re.fullmatch(r'\d{3}_\d+', d)]:
     got = longvideo.add_video_frames(report, f'samm_longvideo/{vdir}', os.path.join(root, vdir),
                                      FPS)
     if got is not None:
       nums, paths, stride = got
       videos[vdir] = longvideo.Video('samm_longvideo', vdir.split('_')[0], vdir, FPS, paths, nums,
                                      stride)
-  header, rows = common.read_sheet(sheet, 'Subject', sheet=WORKSHEET)
-  cols = common.column_index(header, COLUMNS, sheet)
+  header, rows = sheets.read_sheet(sheet, 'Subject', sheet=WORKSHEET)
+  cols = sheets.column_index(header, COLUMNS, sheet)
   base = os.path.basename(sheet)
   for rownum, r in rows:
     where = f'{base} row {rownum}'
     cell = lambda name, r=r: r[cols[name]] if cols[name] < len(r) else None  # pylint: disable=all
-    name = common.cell_text(cell('Filename'))
+    name = sheets.cell_text(cell('Filename'))
     parts = name.split('_')
     if len(parts) < 3 or not all(p.isdigit() for p in parts):
       report.add(where, f'Filename {name!r} is not <subject>_<video>_<index>', 'skipped')
       continue
-    kind = _type(common.cell_text(cell('Type')))
+    kind = _type(sheets.cell_text(cell('Type')))
     if kind is None:
-      report.add(where, f'Type {common.cell_text(cell("Type"))!r} is neither Macro nor Micro',
+      report.add(where, f'Type {sheets.cell_text(cell("Type"))!r} is neither Macro nor Micro',
                  'skipped')
       continue
     video = videos.get('_'.join(parts[:2]))
@@ -136,8 +139,8 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
     offset = longvideo.frame_number(report, where, cell('Offset'), 'offset')
     apex = longvideo.frame_number(report, where, cell('Apex'), 'apex')
     if onset is None or offset is None:
-      report.add(where, f'onset/offset {common.cell_text(cell("Onset"))!r}/'
-                 f'{common.cell_text(cell("Offset"))!r} not numbers', 'skipped')
+      report.add(where, f'onset/offset {sheets.cell_text(cell("Onset"))!r}/'
+                 f'{sheets.cell_text(cell("Offset"))!r} not numbers', 'skipped')
       continue
     if onset == 0:
       report.add(where, 'onset 0 (frames are 1-based)', 'onset set to 1, the first frame')
@@ -149,16 +152,16 @@ def scan(manual_dir: str) -> Tuple[List[longvideo.Video], common.Report]:
     if apex is not None and apex < 0:
       report.add(where, f'apex {apex} (not annotated)', f'apex set to the midpoint '
                  f'{(onset + offset) // 2}')
-    apex = common.fix_apex(report, where, onset, apex_cell, offset) if apex_cell != '' else (
+    apex = annotations.fix_apex(report, where, onset, apex_cell, offset) if apex_cell != '' else (
         (onset + offset) // 2)
     detail = ''
     if kind == 'me' and emotions:
       detail = emotions.get(name, '')
       if not detail:
         report.add(where, f'{name} is not in the short-clip sheet', 'ME stored without emotion')
-    e = longvideo.Expression(onset, apex, offset, kind, emotion=longvideo.coarse_emotion(detail),
+    e = longvideo.Expression(onset, apex, offset, kind, emotion=metrics.coarse_emotion(detail),
                              emotion_detail=detail.lower(),
-                             action_units=common.cell_text(cell('Action Units')), name=name)
+                             action_units=sheets.cell_text(cell('Action Units')), name=name)
     longvideo.add_expression(report, where, video, e)
   return longvideo.finish_scan(videos, report)
 

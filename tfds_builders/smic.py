@@ -23,7 +23,10 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
+from mpt_jax import frame_files
+from tfds_builders import annotations
+from tfds_builders import discovery
+from tfds_builders import me_builder
 
 CLASSES = ('negative', 'positive', 'surprise')
 TOKENS = {'ne': 'negative', 'po': 'positive', 'sur': 'surprise'}
@@ -49,8 +52,8 @@ def find_modality_root(manual_dir: str, modality: str) -> Optional[str]:
   def ok(p):
     return os.path.basename(p).upper() == modality and any(
         re.fullmatch(r's\d+', d) and os.path.isdir(os.path.join(p, d, 'micro'))
-        for d in common.subdirs(p))
-  roots = common.find_dirs(manual_dir, ok)
+        for d in discovery.subdirs(p))
+  roots = discovery.find_dirs(manual_dir, ok)
   roots.sort(key=lambda p: (frame_variant(manual_dir, p) != 'cropped', len(p)))
   return roots[0] if roots else None
 
@@ -59,20 +62,20 @@ def sources(manual_dir: str, modality: str) -> Dict[str, str]:
   """What the prepared data is made from: the ``frames`` root (SMIC has no sheet)."""
   root = find_modality_root(manual_dir, modality)
   if root is None:
-    raise common.DatasetLayoutError(
+    raise discovery.DatasetLayoutError(
         f'smic: no {modality}/s<N>/micro/<emotion>/<clip>/ folders under {manual_dir} (expected '
         f'SMIC_all_cropped/{modality}/s1/micro/negative/s1_ne_01/...)')
   return {'frames': root}
 
 
 def scan_modality(manual_dir: str, modality: str, dataset: str = 'smic'
-                  ) -> Tuple[List[common.Clip], common.Report]:
-  report = common.Report(dataset)
+                  ) -> Tuple[List[annotations.Clip], annotations.Report]:
+  report = annotations.Report(dataset)
   root = sources(manual_dir, modality)['frames']
   report.source = {'frames': os.path.relpath(root, manual_dir) or '.', 'modality': modality,
                    'frame_variant': frame_variant(manual_dir, root)}
   clips = []
-  for subject in common.subdirs(root):
+  for subject in discovery.subdirs(root):
     if not re.fullmatch(r's\d+', subject):
       report.add(subject, 'not a subject folder (s<N>)', 'ignored')
       continue
@@ -80,33 +83,33 @@ def scan_modality(manual_dir: str, modality: str, dataset: str = 'smic'
     if not os.path.isdir(micro):
       continue  # subjects with only non_micro material
     subj_id = f's{int(subject[1:])}'
-    for emotion in common.subdirs(micro):
+    for emotion in discovery.subdirs(micro):
       if emotion.lower() not in CLASSES:
         report.add(f'{subject}/micro/{emotion}', 'unknown emotion folder', 'skipped')
         continue
-      for name in common.subdirs(os.path.join(micro, emotion)):
+      for name in discovery.subdirs(os.path.join(micro, emotion)):
         where = f'{subject}/micro/{emotion}/{name}'
         m = re.fullmatch(r's\d+_([a-z]+)_\d+', name)
         if m and TOKENS.get(m.group(1)) not in (None, emotion.lower()):
           report.add(where, f'clip token {m.group(1)!r} disagrees with folder {emotion!r}',
                      'used the folder')
-        frames = common.list_frames(os.path.join(micro, emotion, name))
+        frames = frame_files.list_frames(os.path.join(micro, emotion, name))
         if len(frames) < 2:
           report.add(where, f'{len(frames)} frame(s)', 'skipped')
           continue
         nums = [n for n, _ in frames]
-        selected = common.select_frames(report, where, os.path.join(micro, emotion, name),
-                                        nums[0], nums[-1])
+        selected = annotations.select_frames(report, where, os.path.join(micro, emotion, name),
+                                             nums[0], nums[-1])
         if selected is None:
           continue
         nums, paths = selected
         apex = nums[len(nums) // 2]
-        clips.append(common.Clip(dataset, subj_id, name, emotion.lower(), emotion.lower(),
-                                 nums[0], apex, nums[-1], '', FPS[modality], paths, nums))
+        clips.append(annotations.Clip(dataset, subj_id, name, emotion.lower(), emotion.lower(),
+                                      nums[0], apex, nums[-1], '', FPS[modality], paths, nums))
   return clips, report
 
 
-class Smic(common.MEBuilder):
+class Smic(me_builder.MEBuilder):
   """SMIC spontaneous micro-expressions (Li et al. 2013); HS 100 fps, VIS/NIR 25 fps."""
 
   DATASET = 'smic'

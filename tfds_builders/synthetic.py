@@ -22,7 +22,8 @@ from typing import Dict, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
+from tfds_builders import annotations
+from tfds_builders import me_builder
 
 CLASSES = ('happiness', 'surprise', 'disgust', 'repression', 'others')
 AUS = {'happiness': '12', 'surprise': '1+2', 'disgust': '4+9', 'repression': '24', 'others': '45'}
@@ -151,7 +152,7 @@ def make_clip(subject_idx: int, emotion: str, index: int, config: SyntheticConfi
   return np.stack(frames), onset_frame, onset_frame + apex, onset_frame + n - 1
 
 
-class GeneratedBuilder(common.MEBuilder, skip_registration=True):
+class GeneratedBuilder(me_builder.MEBuilder, skip_registration=True):
   """A dataset generated offline, clip by clip: subclasses set the class attributes below."""
 
   SUBJECT_PREFIX = 'p'  # subjects are named <prefix>01, <prefix>02, ...
@@ -163,13 +164,13 @@ class GeneratedBuilder(common.MEBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     del dl_manager
     cfg = self.builder_config
-    report = common.Report(self.DATASET)
+    report = annotations.Report(self.DATASET)
     report.source = {'generator': f'{self.GENERATOR}, {cfg.num_subjects} subjects, '
                                   f'{cfg.clips_per_class} clips per class'}
     keys = [(s, e, i) for s in range(cfg.num_subjects) for e in cfg.classes
             for i in range(cfg.clips_per_class)]
-    fake = [common.Clip(self.DATASET, self._subject(s), f'{e}_{i:02d}', e, e, 0, 0, 0, '',
-                        self.CLIP_FPS, [], []) for s, e, i in keys]
+    fake = [annotations.Clip(self.DATASET, self._subject(s), f'{e}_{i:02d}', e, e, 0, 0, 0, '',
+                             self.CLIP_FPS, [], []) for s, e, i in keys]
     self.info.metadata['preparation_report'] = report.summary(fake, cfg.classes)
     return {'train': self._generate(keys)}
 

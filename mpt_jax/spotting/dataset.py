@@ -11,6 +11,7 @@ from typing import Iterator, List, Sequence, Tuple
 import cv2
 import numpy as np
 
+from mpt_jax import datasets
 from mpt_jax import input_pipeline
 from mpt_jax.spotting import metrics
 
@@ -46,8 +47,7 @@ def decode_gray(data: bytes) -> np.ndarray:
 
 def open_source(config):
   """``(builder, data source)`` of the configured, prepared dataset (frames left encoded)."""
-  from tfds_builders import prepare as prep  # pylint: disable=g-import-not-at-top
-  builder = prep.builder_for(config.data)
+  builder = datasets.builder_for(config.data)
   if not builder.is_prepared():
     raise input_pipeline.DataError(
         f'Dataset {builder.name} is not prepared in {os.path.expanduser(config.data.data_dir)}. '

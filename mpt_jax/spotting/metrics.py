@@ -35,6 +35,18 @@ import numpy as np
 TYPES = ('mae', 'me')
 IOU_THRESHOLD = 0.5
 STR_CLASSES = ('negative', 'positive', 'surprise')
+# Coarse emotion of a detailed one (SAMM's estimated emotions, CAS(ME)^3's labels, a recogniser's
+# classes), as MEGC's STR task groups them.
+COARSE = {'anger': 'negative', 'angry': 'negative', 'contempt': 'negative',
+          'disgust': 'negative', 'fear': 'negative', 'sadness': 'negative', 'sad': 'negative',
+          'happiness': 'positive', 'happy': 'positive', 'surprise': 'surprise',
+          'other': 'others', 'others': 'others', 'negative': 'negative',
+          'positive': 'positive', 'repression': 'negative'}
+
+
+def coarse_emotion(text: str) -> str:
+  """The STR group of an emotion as written (case and spaces ignored), '' when it has none."""
+  return COARSE.get(' '.join(str(text).split()).lower(), '')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,7 @@ from absl import logging
 
 from mpt_jax import errors
 from mpt_jax import face_align
+from mpt_jax import frame_files
 from mpt_jax import workdir as wd
 from mpt_jax.spotting import metrics
 from mpt_jax.spotting import params as params_lib
@@ -121,8 +122,7 @@ def timeline_png(path: str, title: str, frame_numbers: np.ndarray, result, truth
 # ------------------------------------------------------------------------------- dataset mode
 def coarse_class(name: str) -> str:
   """A recogniser's class as MEGC's STR classes: negative, positive, surprise (else others)."""
-  from tfds_builders import longvideo  # pylint: disable=g-import-not-at-top
-  return longvideo.coarse_emotion(name) or 'others'
+  return metrics.coarse_emotion(name) or 'others'
 
 
 def recognise_intervals(recogniser, video, intervals: Sequence[metrics.Interval]
@@ -330,8 +330,7 @@ def _frame_source(path: str, fps: Optional[float]):
   from mpt_jax import predict  # pylint: disable=g-import-not-at-top
   path = wd.resolve(path)
   if os.path.isdir(path):
-    from tfds_builders import common  # pylint: disable=g-import-not-at-top
-    files = common.list_frames(path)
+    files = frame_files.list_frames(path)
     if not files:
       raise SpotError(f'{path}: no image files with a frame number in their name')
     if not fps:
