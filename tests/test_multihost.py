@@ -24,6 +24,10 @@ def _child(process_id: int, num_processes: int, port: int, data_dir: str, workdi
            log: str) -> None:
   """One process of the run; records every file it writes into ``log``."""
   os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
+  import main  # pylint: disable=g-import-not-at-top
+  # As main.py starts: the builders handed to mpt_jax and the session's compilation cache, so the
+  # two-process run reuses the programs the one-process run compiled (same shapes and flags).
+  main.configure_jax(None)
   import jax  # pylint: disable=g-import-not-at-top
   if num_processes > 1:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
