@@ -6,7 +6,7 @@ Usage::
       [--rounds=3] [--set=model.dtype=bfloat16 ...]
       [--variant=xla:model.attention=xla --variant=lean:model.attention=lean ...]
 
-Builds the runner's programs (:class:`benchmarks.common.RunnerPrograms`: ``loso.Experiment`` on
+Builds the runner's programs (:class:`benchmarks.common.RunnerPrograms`: ``run_plan.make_plan`` on
 random clips, a random frozen backbone, the config's defaults otherwise: ViT-B/16, 224 px,
 T = 16) for every variant (``NAME:key=value,key=value``, applied after ``--set``; without
 ``--variant`` the config alone), then times them interleaved: each round runs one training epoch
