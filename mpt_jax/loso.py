@@ -36,6 +36,7 @@ from mpt_jax import console
 from mpt_jax import fold_groups
 from mpt_jax import fold_programs
 from mpt_jax import input_pipeline
+from mpt_jax import metric_writers
 from mpt_jax import metrics as metrics_lib
 from mpt_jax import partition
 from mpt_jax import pretrained
@@ -257,7 +258,7 @@ def _run(config, workdir, data, plan, init, protocol) -> Dict[str, Any]:
 
       def make_writer(i, seed=seed):
         # Each process writes the TensorBoard scalars of the folds it trains.
-        return console.metric_writer(wd.fold_dir(workdir, seed, plan.subjects[i]))
+        return metric_writers.create_writer(wd.fold_dir(workdir, seed, plan.subjects[i]))
 
       def on_epoch(i, scalars, label=label):
         del i
@@ -287,7 +288,7 @@ def _run(config, workdir, data, plan, init, protocol) -> Dict[str, Any]:
   if not main_process:
     return summary
   wd.write_json(os.path.join(workdir, 'results.json'), summary)
-  run_writer = console.metric_writer(workdir)
+  run_writer = metric_writers.create_writer(workdir)
   for seed, entry in summary['seeds'].items():
     for i, f in enumerate(entry['folds']):
       run_writer.write_scalars(i, {f'seed_{seed}/fold_accuracy': f['accuracy']})
