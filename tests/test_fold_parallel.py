@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from mpt_jax import augment
+from mpt_jax import compiled_programs
 from mpt_jax import evaluate
 from mpt_jax import fold_groups
 from mpt_jax import fold_programs
@@ -543,12 +544,12 @@ def test_float32_programs_compile_without_ynnpack_on_cpu():
   """``compiler_options`` reaches XLA: the float32 program has no YNNPACK fusion (the default
   one has); bfloat16 keeps the default."""
   cpu = jax.devices('cpu')
-  assert train_lib.compiler_options('bfloat16', cpu) == {}
+  assert compiled_programs.compiler_options('bfloat16', cpu) == {}
   fn, x = _dense_program()
   default = fn.lower(x).compile().as_text()
   if '__ynn_fusion' not in default:
     pytest.skip('this jaxlib does not hand products to YNNPACK: nothing to leave out')
-  ahead = train_lib.CompiledAhead(fn, train_lib.compiler_options('float32', cpu))
+  ahead = compiled_programs.CompiledAhead(fn, compiled_programs.compiler_options('float32', cpu))
   np.testing.assert_allclose(ahead(x), fn(x), rtol=1e-6)
   (compiled,) = ahead._compiled.values()  # pylint: disable=protected-access
   assert '__ynn_fusion' not in compiled.as_text()
@@ -556,7 +557,7 @@ def test_float32_programs_compile_without_ynnpack_on_cpu():
 
 def test_compiled_ahead_drops_an_option_xla_does_not_know(caplog):
   fn, x = _dense_program()
-  ahead = train_lib.CompiledAhead(fn, {'xla_no_such_option_anywhere': 'true'})
+  ahead = compiled_programs.CompiledAhead(fn, {'xla_no_such_option_anywhere': 'true'})
   np.testing.assert_allclose(ahead(x), fn(x), rtol=1e-6)
   np.testing.assert_allclose(ahead(x * 2), fn(x * 2), rtol=1e-6)  # the same compiled program
   assert len(ahead._compiled) == 1  # pylint: disable=protected-access
@@ -570,7 +571,7 @@ def test_compiled_ahead_compiles_again_for_a_weak_type_as_jit_does():
   """A weak-typed scalar (a Python float made an array) promotes differently from a float32 one:
   the same shapes and dtypes must not share a program."""
   fn = jax.jit(lambda a, b: a + b)
-  ahead = train_lib.CompiledAhead(fn)
+  ahead = compiled_programs.CompiledAhead(fn)
   a = jnp.ones((3,), jnp.bfloat16)
   for b in (jnp.asarray(1.0), jnp.asarray(1.0, jnp.float32)):
     assert ahead(a, b).dtype == fn(a, b).dtype
