@@ -12,7 +12,7 @@ shapes the programs compile for, once per run).
 import dataclasses
 import math
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -66,6 +66,11 @@ def _get(config, key):
   return node
 
 
+def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+  if value not in choices:
+    raise ConfigError(f'config.{key} is {value!r}; it must be one of {", ".join(choices)}')
+
+
 def validate_config(config: ml_collections.ConfigDict, num_classes: Optional[int] = None):
   """Checks every config value a run uses, without touching data or workdir.
 
@@ -91,26 +96,19 @@ def validate_config(config: ml_collections.ConfigDict, num_classes: Optional[int
   if not math.isfinite(lr) or lr <= 0:
     raise ConfigError(f'config.train.learning_rate is {lr}; it must be a positive number')
   for key, choices in _CHOICES.items():
-    if _get(config, key) not in choices:
-      raise ConfigError(f'config.{key} is {_get(config, key)!r}; it must be one of '
-                        f'{", ".join(choices)}')
+    _check_choice(key, _get(config, key), choices)
   if config.model.training_strategy == 'scratch' and config.model.pretrained_path:
     raise ConfigError(f'training_strategy scratch trains from a random init and would ignore '
                       f'config.model.pretrained_path ({config.model.pretrained_path}); unset it '
                       "(--config.model.pretrained_path='') or choose another strategy")
   cache = config.train.get('motion_cache', 'auto')
-  if cache not in MOTION_CACHE_CHOICES:
-    raise ConfigError(f'config.train.motion_cache is {cache!r}; it must be one of '
-                      f'{", ".join(MOTION_CACHE_CHOICES)}')
+  _check_choice('train.motion_cache', cache, MOTION_CACHE_CHOICES)
   if cache == 'on' and geometric_augmentation(config):
     raise ConfigError("config.train.motion_cache is 'on' but geometric augmentation is on "
                       f'(config.data.max_rotation_deg {config.data.max_rotation_deg}, '
                       f'config.data.min_crop_scale {config.data.min_crop_scale}), which changes '
                       "the motion per draw; set config.train.motion_cache to 'auto' or 'off'")
-  loop = config.train.get('epoch_loop', 'auto')
-  if loop not in EPOCH_LOOP_CHOICES:
-    raise ConfigError(f'config.train.epoch_loop is {loop!r}; it must be one of '
-                      f'{", ".join(EPOCH_LOOP_CHOICES)}')
+  _check_choice('train.epoch_loop', config.train.get('epoch_loop', 'auto'), EPOCH_LOOP_CHOICES)
   if num_classes is None:
     num_classes = int(config.data.get('num_classes', 2) or 2)
   try:
