@@ -176,7 +176,7 @@ def main():
           shutil.rmtree(os.path.join(root, d))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   def start(cache, compile_cache=''):
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', '--data_dir',
+    out = subprocess.run([sys.executable, '-m', 'benchmarks.bench_startup', '--child', '--data_dir',
                           data_dir, '--cache', str(cache), '--num_frames', str(args.num_frames),
                           '--image_size', str(args.image_size), '--compile_cache', compile_cache],
                          env=env, cwd=ROOT, capture_output=True, text=True, check=False)
