@@ -13,7 +13,7 @@
 
 import dataclasses
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -133,7 +133,7 @@ class Programs:
 
 
 def make_programs(plan: run_plan.RunPlan, init: SeedParams,
-                  layout: train_lib.FoldLayout = None) -> Programs:
+                  layout: Optional[train_lib.FoldLayout] = None) -> Programs:
   """The programs of ``layout`` (default: the plan's); ``init`` gives the trainable tree's
   structure (the same for every seed). The schedule's horizon uses the largest fold so that one
   compiled program serves every fold."""
