@@ -4,12 +4,13 @@ Usage:
   python -m benchmarks.bench_epoch_loop [--config=configs/synthetic.py] [--subjects=8]
       [--clips=160] [--rounds=3] [--set key=value ...]
 
-Builds the runner's programs (``loso.Experiment``, :func:`mpt_jax.train.make_steps`) for both
-values of ``config.train.epoch_loop`` on the same in-memory noise clips (``bench_loso``'s
-``random`` data) and times one epoch of the first fold, interleaved (device, host, device, host,
-...): ``device`` runs the epoch's steps with ``lax.scan`` inside one program, ``host`` calls a
-one-step program per step from Python. The first call of each (compilation) is reported apart.
-Prints one JSON line: seconds per epoch (each round and the median) and the ratio.
+Builds the runner's programs (:mod:`mpt_jax.run_plan`, :mod:`mpt_jax.fold_programs`,
+:func:`mpt_jax.train.make_steps`) for both values of ``config.train.epoch_loop`` on the same
+in-memory noise clips (``bench_loso``'s ``random`` data) and times one epoch of the first fold,
+interleaved (device, host, device, host, ...): ``device`` runs the epoch's steps with ``lax.scan``
+inside one program, ``host`` calls a one-step program per step from Python. The first call of each
+(compilation) is reported apart. Prints one JSON line: seconds per epoch (each round and the median)
+and the ratio.
 """
 
 import argparse
@@ -36,28 +37,33 @@ def main(argv=None):
   data = bench_loso.build_data(args, config)
   import jax  # pylint: disable=g-import-not-at-top
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from mpt_jax import loso  # pylint: disable=g-import-not-at-top
+  from mpt_jax import fold_groups  # pylint: disable=g-import-not-at-top
+  from mpt_jax import fold_programs  # pylint: disable=g-import-not-at-top
+  from mpt_jax import run_plan  # pylint: disable=g-import-not-at-top
   from mpt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
 
   runs = {}
   for loop in ('device', 'host'):
     config.train.epoch_loop = loop
     config.train.folds_per_step = 1
-    exp = loso.Experiment(config, data)
-    exp.init(0)
-    layout, steps = exp.layout, exp.steps_per_epoch_max
-    train_idx, _ = input_pipeline.split_for_subject(exp.data, exp.subjects[0])
-    idx, aug, mask = loso.epoch_arrays(config, layout, steps,
-                                       [(train_idx, input_pipeline.fold_seed(0, 0, 1))])
-    state = layout.state_to_device(train_lib.stack_states([exp.fresh_fold_state()]), exp.devices)
-    inputs = (exp.frozen_on_device, exp.train_inputs(), layout.to_device(idx),
-              layout.to_device(aug), layout.to_device(mask))
-    runs[loop] = {'exp': exp, 'state': state, 'inputs': inputs, 'times': [], 'steps': steps}
+    plan = run_plan.make_plan(config, data)
+    init = fold_programs.init_seed(plan, 0)
+    programs = fold_programs.make_programs(plan, init)
+    layout, steps = plan.layout, plan.steps_per_epoch
+    train_idx, _ = input_pipeline.split_for_subject(data, plan.subjects[0])
+    idx, aug, mask = fold_groups.epoch_arrays(config, layout, steps,
+                                              [(train_idx, input_pipeline.fold_seed(0, 0, 1))])
+    state = layout.state_to_device(train_lib.stack_states([programs.fresh_fold_state(init)]),
+                                   plan.devices)
+    inputs = (init.frozen_on_device, fold_programs.DeviceData(plan, data).train_inputs(),
+              layout.to_device(idx), layout.to_device(aug), layout.to_device(mask))
+    runs[loop] = {'train': programs.train, 'state': state, 'inputs': inputs, 'times': [],
+                  'steps': steps}
 
   def epoch(loop):
     r = runs[loop]
     t = time.perf_counter()
-    r['state'], m = r['exp'].p_train(r['state'], *r['inputs'])
+    r['state'], m = r['train'](r['state'], *r['inputs'])
     jax.block_until_ready(m)
     return time.perf_counter() - t
 

@@ -6,7 +6,7 @@ Usage::
       [--rounds=3] [--set=model.dtype=bfloat16 ...]
       [--variant=xla:model.attention=xla --variant=lean:model.attention=lean ...]
 
-Builds the runner's programs (:class:`benchmarks.common.RunnerPrograms`: ``loso.Experiment`` on
+Builds the runner's programs (:class:`benchmarks.common.RunnerPrograms`: ``run_plan.make_plan`` on
 random clips, a random frozen backbone, the config's defaults otherwise: ViT-B/16, 224 px,
 T = 16) for every variant (``NAME:key=value,key=value``, applied after ``--set``; without
 ``--variant`` the config alone), then times them interleaved: each round runs one training epoch
@@ -34,14 +34,15 @@ def product_rates(repeats: int = 5):
   float32 and with bfloat16 operands (float32 accumulation), compiled with the runner's options."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mpt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from mpt_jax import compiled_programs  # pylint: disable=g-import-not-at-top
   m, k, n = 16 * 202, 768, 3072
   out = {}
   for name, dtype in (('float32', jnp.float32), ('bfloat16', jnp.bfloat16)):
     a = jax.random.normal(jax.random.PRNGKey(1), (m, k)).astype(dtype)
     w = jax.random.normal(jax.random.PRNGKey(2), (k, n)).astype(dtype)
-    prod = train_lib.CompiledAhead(jax.jit(lambda u, v: jnp.dot(
-        u, v, preferred_element_type=jnp.float32)), train_lib.compiler_options(name, jax.devices()))
+    prod = compiled_programs.CompiledAhead(
+        jax.jit(lambda u, v: jnp.dot(u, v, preferred_element_type=jnp.float32)),
+        compiled_programs.compiler_options(name, jax.devices()))
     t = common.time_calls(lambda: jax.block_until_ready(prod(a, w)), repeats=repeats)  # pylint: disable=cell-var-from-loop
     out[name] = round(2 * m * k * n / t['min_s'] / 1e9, 1)
   return out

@@ -74,7 +74,8 @@ def child(args):
   jax.monitoring.register_event_duration_secs_listener(on_duration)
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from mpt_jax import loso  # pylint: disable=g-import-not-at-top
+  from mpt_jax import fold_programs  # pylint: disable=g-import-not-at-top
+  from mpt_jax import run_plan  # pylint: disable=g-import-not-at-top
   from mpt_jax import train  # pylint: disable=g-import-not-at-top
   config = config_for(args.data_dir, args.cache, args.num_frames, args.image_size)
   # main.py is imported as in a run: it provides the dataset builders to mpt_jax.
@@ -86,14 +87,16 @@ def child(args):
   data = input_pipeline.load(config)
   t_load = time.time() - t
   t = time.time()
-  exp = loso.Experiment(config, data)  # checks the config, puts the data on the device
-  jax.block_until_ready(exp.data_on_device)
+  plan = run_plan.make_plan(config, data)  # checks the config
+  on_device = fold_programs.DeviceData(plan, data)  # puts the data on the device
+  jax.block_until_ready(on_device.on_device)
   t_device = time.time() - t
   t = time.time()
-  exp.init(config.seed)  # model parameters (jit of model.init: a compile), optimizer, programs
-  layout = exp.layout
-  state = layout.state_to_device(train.stack_states([exp.fresh_fold_state()] * layout.folds),
-                                 exp.devices)
+  init = fold_programs.init_seed(plan, config.seed)  # parameters (jit of model.init: a compile)
+  programs = fold_programs.make_programs(plan, init)  # optimizer, programs
+  layout = plan.layout
+  state = layout.state_to_device(
+      train.stack_states([programs.fresh_fold_state(init)] * layout.folds), plan.devices)
   # One training step of every fold slot: the epoch program called with one step per epoch (a run
   # calls it with its epoch's steps; the per-step work is the same).
   train_idx, _ = input_pipeline.split_for_subject(data, data.subject_list[0])
@@ -104,13 +107,13 @@ def child(args):
   args = [layout.to_device(a) for a in (idx, aug, mask)]
   t_init = time.time() - t
   t = time.time()
-  state, m = exp.p_train(state, exp.frozen_on_device, exp.train_inputs(), *args)
+  state, m = programs.train(state, init.frozen_on_device, on_device.train_inputs(), *args)
   jax.block_until_ready(m)
   t_step = time.time() - t
   t_first = time.time() - T_START
   t_compile = union_seconds(compiling)
   t = time.time()
-  state, m = exp.p_train(state, exp.frozen_on_device, exp.train_inputs(), *args)
+  state, m = programs.train(state, init.frozen_on_device, on_device.train_inputs(), *args)
   jax.block_until_ready(m)
   t_step2 = time.time() - t
   print(json.dumps({'imports_s': round(t_imports, 2), 'load_data_s': round(t_load, 2),
@@ -174,7 +177,7 @@ def main():
           shutil.rmtree(os.path.join(root, d))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   def start(cache, compile_cache=''):
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', '--data_dir',
+    out = subprocess.run([sys.executable, '-m', 'benchmarks.bench_startup', '--child', '--data_dir',
                           data_dir, '--cache', str(cache), '--num_frames', str(args.num_frames),
                           '--image_size', str(args.image_size), '--compile_cache', compile_cache],
                          env=env, cwd=ROOT, capture_output=True, text=True, check=False)

@@ -9,16 +9,16 @@ Usage::
 
 Both sides run the same model: ViT-B/16 at 224 px, T = 16, the default MPT (motion prompts, group
 adapters, a random frozen backbone), Adam at 3e-4 for training. Ours is the runner's own program
-(:class:`benchmarks.common.RunnerPrograms`: ``loso.Experiment`` with the config's compile options,
-motion cache, epoch loop and attention): ``train_bN`` one training step of a batch of N (an epoch
-of one step), ``infer_bN`` the held-out evaluation of N clips. Every task runs in a FRESH process
-(its peak RSS is its own: ``getrusage(RUSAGE_SELF).ru_maxrss``, as the peer reports it) with the
-peer's protocol: a first call (compilation), one warm-up, then timed repeats; ``clips_per_s`` is
+(:class:`benchmarks.common.RunnerPrograms`: ``run_plan.make_plan`` with the config's compile
+options, motion cache, epoch loop and attention): ``train_bN`` one training step of a batch of N (an
+epoch of one step), ``infer_bN`` the held-out evaluation of N clips. Every task runs in a FRESH
+process (its peak RSS is its own: ``getrusage(RUSAGE_SELF).ru_maxrss``, as the peer reports it) with
+the peer's protocol: a first call (compilation), one warm-up, then timed repeats; ``clips_per_s`` is
 batch / median seconds. Tasks alternate ours (each variant), peer, ours, peer, ... for every round;
-the script prints one JSON line with each side's median over the rounds and the ratios (ours /
-peer clips/s, ours / peer peak RSS). The peer (``bench_torch.py`` in ``--peer_dir``) is not part
-of this repository. ``--set`` applies to every variant of ours (e.g. ``train.motion_cache=off``
-for the work the peer does: the runner's default on CPUs reads the motion cache).
+the script prints one JSON line with each side's median over the rounds and the ratios (ours / peer
+clips/s, ours / peer peak RSS). The peer (``bench_torch.py`` in ``--peer_dir``) is not part of this
+repository. ``--set`` applies to every variant of ours (e.g. ``train.motion_cache=off`` for the work
+the peer does: the runner's default on CPUs reads the motion cache).
 
 The machine is shared and noisy: compare only numbers of one interleaved run.
 """

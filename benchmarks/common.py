@@ -6,8 +6,8 @@ Run the scripts as modules from the repository root (``python -m benchmarks.benc
 
 * :func:`load_config`: ``configs/x.py[:arg]`` plus ``key.path=value`` overrides, parsed by
   ml_collections' own ``--config.key.path=value`` flag mechanism (what ``main.py`` takes).
-* :class:`RunnerPrograms`: the runner's ``loso.Experiment`` on in-memory random clips, with its
-  compiled programs (:func:`mpt_jax.train.make_steps` through the experiment: compile options,
+* :class:`RunnerPrograms`: the runner's plan (:mod:`mpt_jax.run_plan`) on in-memory random
+  clips, with its compiled programs (:func:`mpt_jax.fold_programs.make_programs`: compile options,
   epoch loop, motion cache, fold layout and frozen-weight casting as in a LOSO run); a benchmark
   times ``train_epoch`` and ``evaluate``, never a copy of the step.
 * :func:`time_calls`: first call (compilation), warm-up, timed repeats.
@@ -141,17 +141,20 @@ class RunnerPrograms:
   """The runner's training and evaluation programs of ``config`` with ``folds`` fold slots, each
   epoch ``steps`` steps of ``config.train.batch_size`` clips per fold, on random clips.
 
-  ``loso.Experiment`` builds everything as a LOSO run does (:meth:`mpt_jax.loso.Experiment.init`:
-  the model from ``config.model``, the frozen backbone on the devices, ``train.make_steps``); the
-  fold-stacked state, the epoch's index arrays (:func:`mpt_jax.loso.epoch_arrays`) and the calls
-  are the runner's (:func:`mpt_jax.loso.train_group`). :meth:`train_epoch` runs one epoch of every
+  Everything is built as a LOSO run builds it (:func:`mpt_jax.run_plan.make_plan`,
+  :func:`mpt_jax.fold_programs.init_seed` and :func:`mpt_jax.fold_programs.make_programs`: the model
+  from ``config.model``, the frozen backbone on the devices, ``train.make_steps``); the fold-stacked
+  state, the epoch's index arrays (:func:`mpt_jax.fold_groups.epoch_arrays`) and the calls are the
+  runner's (:func:`mpt_jax.fold_groups.train_group`). :meth:`train_epoch` runs one epoch of every
   fold slot and blocks until it is done; :meth:`evaluate` runs the held-out evaluation program
   over every slot's held-out clips.
   """
 
   def __init__(self, config, folds: int = 1, steps: int = 2, eval_clips_per_fold: int = 0):
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from mpt_jax import loso  # pylint: disable=g-import-not-at-top
+    from mpt_jax import fold_groups  # pylint: disable=g-import-not-at-top
+    from mpt_jax import fold_programs  # pylint: disable=g-import-not-at-top
+    from mpt_jax import run_plan  # pylint: disable=g-import-not-at-top
     from mpt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     self.config = config = config.copy_and_resolve_references()
     batch = int(config.train.batch_size)
@@ -165,61 +168,63 @@ class RunnerPrograms:
                           int(config.model.image_size), int(config.data.get('num_classes', 5) or 5))
     config.data.num_classes = len(data.classes)
     config.data.subjects = ()
-    self.exp = exp = loso.Experiment(config, data)
-    exp.init(int(config.seed))
-    self.layout = layout = exp.layout
-    self.steps = exp.steps_per_epoch_max
-    self.model = exp.model
+    self.plan = plan = run_plan.make_plan(config, data)
+    self.init = init = fold_programs.init_seed(plan, int(config.seed))
+    self.data = fold_programs.DeviceData(plan, data)
+    self.programs = fold_programs.make_programs(plan, init)
+    self.layout = layout = plan.layout
+    self.steps = plan.steps_per_epoch
+    self.model = plan.model
     self.clips_per_epoch = sum(int((data.subjects != s).sum())
-                               for s in exp.subjects[:layout.folds])
+                               for s in plan.subjects[:layout.folds])
     state = layout.state_to_device(
-        train_lib.stack_states([exp.fresh_fold_state()] * layout.folds), exp.devices)
+        train_lib.stack_states([self.programs.fresh_fold_state(init)] * layout.folds),
+        plan.devices)
     self._state = [state]
-    plans = [(np.flatnonzero(data.subjects != s), 1) for s in exp.subjects[:layout.folds]]
+    plans = [(np.flatnonzero(data.subjects != s), 1) for s in plan.subjects[:layout.folds]]
     plans += [None] * (layout.folds - len(plans))
-    idx, aug, mask = loso.epoch_arrays(config, layout, self.steps, plans)
+    idx, aug, mask = fold_groups.epoch_arrays(config, layout, self.steps, plans)
     self._epoch_args = [layout.to_device(x) for x in (idx, aug, mask)]
-    self._eval = exp.eval_arrays([np.flatnonzero(data.subjects == s)
-                                  for s in exp.subjects[:layout.folds]], layout)
+    self._eval = fold_programs.eval_arrays(plan, [np.flatnonzero(data.subjects == s)
+                                                  for s in plan.subjects[:layout.folds]], layout)
 
   def train_epoch(self):
     """One epoch of the runner's train program; returns its metrics (on the host)."""
     import jax  # pylint: disable=g-import-not-at-top
-    exp = self.exp
-    state, metrics = exp.p_train(self._state[0], exp.frozen_on_device, exp.train_inputs(),
-                                 *self._epoch_args)
+    state, metrics = self.programs.train(self._state[0], self.init.frozen_on_device,
+                                         self.data.train_inputs(), *self._epoch_args)
     self._state[0] = state
     return jax.device_get(metrics)
 
   def evaluate(self):
     """The runner's held-out evaluation of every fold slot; returns the logits per slot."""
-    exp = self.exp
-    return exp.evaluate_folds(exp.p_eval, self.layout, self._state[0].params,
-                              exp.frozen_on_device, *self._eval)
+    from mpt_jax import fold_programs  # pylint: disable=g-import-not-at-top
+    return fold_programs.evaluate_folds(self.data, self.programs, self._state[0].params,
+                                        self.init.frozen_on_device, *self._eval)
 
   def step_flops(self) -> Optional[float]:
     """XLA's flop count of one training step of every fold slot (the runner's one-step program,
     as lowered, before any backend optimisation: XLA:GPU's count of the compiled program leaves
     out the products it hands to cuBLAS)."""
     from mpt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-    exp = self.exp
+    plan = self.plan
     train_step, _ = train_lib.make_steps(
-        exp.model, exp.tx_trainable, self.layout, exp.devices,
-        geometric_augmentation=exp.geometric, motion_cache=exp.motion_cache, epoch_loop='host')
-    args = (self._state[0], exp.frozen_on_device, exp.train_inputs()) + tuple(
+        plan.model, self.programs.tx, self.layout, plan.devices,
+        geometric_augmentation=plan.geometric, motion_cache=plan.motion_cache, epoch_loop='host')
+    args = (self._state[0], self.init.frozen_on_device, self.data.train_inputs()) + tuple(
         x[:, 0] for x in self._epoch_args)
     cost = train_step.step_program.lower(*args).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     if not cost or 'flops' not in cost:
       return None
-    return float(cost['flops']) * len(exp.devices)  # pmapped: the count is per device
+    return float(cost['flops']) * len(plan.devices)  # pmapped: the count is per device
 
   def describe(self) -> Dict[str, Any]:
-    exp = self.exp
+    plan = self.plan
     return {'folds': self.layout.folds, 'steps_per_epoch': self.steps,
-            'batch_per_fold': int(self.config.train.batch_size), 'dtype': exp.model.dtype,
-            'attention': exp.model.attention, 'motion_cache': exp.motion_cache,
-            'epoch_loop': exp.epoch_loop}
+            'batch_per_fold': int(self.config.train.batch_size), 'dtype': plan.model.dtype,
+            'attention': plan.model.attention, 'motion_cache': plan.motion_cache,
+            'epoch_loop': plan.epoch_loop}
 
 
 def device_label() -> str:

@@ -8,18 +8,18 @@ Two parts, each in its own subprocess with a hard time limit, so the whole stays
 memory loses only itself:
 
 1. ``steps``: the runner's training program (:class:`benchmarks.common.RunnerPrograms`:
-   ``loso.Experiment`` and ``train.make_steps`` as in a LOSO run, with the config's motion cache,
-   epoch loop, attention and compile options; ViT-B/16, 224 px, T = 16, batch 16 per fold, 5
-   classes, random frozen backbone) in float32 and bfloat16 (``config.model.dtype``) for F = 1, 8
-   and 26 folds at once. Per entry: ``compile_s`` (the first epoch, compilation included),
-   ``step_ms`` (an epoch of 2 steps of every fold, over 2), ``clips_per_s`` (F x 16 clips per
-   step), ``gflop_per_step`` (XLA's cost analysis of the runner's one-step program, as lowered, 2
-   flops per multiply-add), ``tflops`` achieved and ``mfu`` against the card's dense peak
-   (bfloat16: H100 SXM / H200 989, H100 PCIe 756, A100 312 TFLOP/s; float32 against the TF32 peak,
-   half of that, as XLA runs float32 products as TF32 on these cards by default), and
-   ``profile``: one epoch (two steps) under ``jax.profiler``, the top 15 kernels by time (name,
-   ms, share of all kernel time). Measured in the order f32 F=1, bf16 F=1, bf16 F=8, bf16 F=26,
-   f32 F=8, f32 F=26; entries the part's time limit leaves no room for say ``skipped``.
+   ``run_plan.make_plan`` and ``fold_programs.make_programs`` as in a LOSO run, with the config's
+   motion cache, epoch loop, attention and compile options; ViT-B/16, 224 px, T = 16, batch 16 per
+   fold, 5 classes, random frozen backbone) in float32 and bfloat16 (``config.model.dtype``) for F =
+   1, 8 and 26 folds at once. Per entry: ``compile_s`` (the first epoch, compilation included),
+   ``step_ms`` (an epoch of 2 steps of every fold, over 2), ``clips_per_s`` (F x 16 clips per step),
+   ``gflop_per_step`` (XLA's cost analysis of the runner's one-step program, as lowered, 2 flops per
+   multiply-add), ``tflops`` achieved and ``mfu`` against the card's dense peak (bfloat16: H100 SXM
+   / H200 989, H100 PCIe 756, A100 312 TFLOP/s; float32 against the TF32 peak, half of that, as XLA
+   runs float32 products as TF32 on these cards by default), and ``profile``: one epoch (two steps)
+   under ``jax.profiler``, the top 15 kernels by time (name, ms, share of all kernel time). Measured
+   in the order f32 F=1, bf16 F=1, bf16 F=8, bf16 F=26, f32 F=8, f32 F=26; entries the part's time
+   limit leaves no room for say ``skipped``.
 2. ``loso``: a CASME II-sized LOSO end to end through the real runner (``benchmarks.bench_loso``:
    26 subjects, 249 random clips made in memory, T = 16, 224 px, 20 epochs, random frozen
    ViT-B/16, every fold at once, bfloat16), with ``train_s`` (training, evaluation and records,

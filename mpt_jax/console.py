@@ -173,9 +173,9 @@ class Progress:
   Usage (``mpt_jax/loso.py``)::
 
     progress = console.Progress(num_folds=seeds * subjects, num_epochs=epochs)
-    writer = progress.writer(metric_writer, fold_number)   # advances the bar every epoch
+    progress.epoch(fold_number, epoch, scalars, subject)   # after every epoch of a fold
     ...
-    progress.fold_done(subject, result, seconds)
+    progress.fold_done(fold_number, result, seconds)
     progress.close()
   """
 
@@ -229,12 +229,6 @@ class Progress:
       if scalars and 'train_loss' in scalars:
         post['loss'] = f"{float(scalars['train_loss']):.3f}"
       self._bar.set_postfix(post, refresh=True)
-
-  def start_fold(self, fold_number: int, subject: Optional[str] = None) -> None:
-    """Fold ``fold_number`` (0-based over the run) starts or resumes training."""
-    self._ensure_bar()
-    self._advance(fold_number * self.num_epochs, counted=False)
-    self._postfix(fold_number, subject)
 
   def epoch(self, fold_number: int, epoch: int, scalars: Optional[Mapping[str, Any]] = None,
             subject: Optional[str] = None) -> None:
@@ -301,11 +295,6 @@ class Progress:
     else:
       print(line, file=self.out, flush=True)
 
-  def writer(self, metric_writer, fold_number: int, subject: Optional[str] = None):
-    """Wraps a clu metric writer so that every epoch's ``write_scalars`` advances the progress."""
-    self.start_fold(fold_number, subject)
-    return _ProgressWriter(metric_writer, self, fold_number, subject)
-
   def close(self) -> None:
     if self._bar is not None:
       handler = logging.get_absl_handler().python_handler
@@ -342,121 +331,6 @@ def _is_terminal(stream) -> bool:
     return os.get_terminal_size(stream.fileno()).columns > 0
   except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
     return True  # a terminal-like object without a file descriptor
-
-
-class _ProgressWriter:
-  """A clu ``MetricWriter`` passing everything on and reporting each epoch to a Progress."""
-
-  def __init__(self, inner, progress: Progress, fold_number: int, subject: Optional[str]):
-    self._inner, self._progress = inner, progress
-    self._fold_number, self._subject = fold_number, subject
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    self._inner.write_scalars(step, scalars)
-    self._progress.epoch(self._fold_number, step, scalars, self._subject)
-
-  def __getattr__(self, name):
-    return getattr(self._inner, name)
-
-
-def metric_writer(logdir: str, just_logging: bool = False):
-  """clu's default writer without its console echo: TensorBoard event files in ``logdir`` only.
-
-  ``clu.metric_writers.create_default_writer`` pairs the TensorBoard ``SummaryWriter`` with a
-  ``LoggingWriter`` that repeats every scalar as an INFO log line; the training loop already logs
-  its epochs (INFO, shown with ``--verbosity=0``), so the echo is left out. ``just_logging`` (the
-  non-first processes of a multi-host run) keeps clu's logging-only writer.
-
-  Without clu (or the TensorFlow it writes through), e.g. on a GPU image that has JAX but no
-  TensorFlow, the same scalars go to TensorBoard event files written by the ``tensorboard`` package
-  alone (:class:`_TensorBoardWriter`), and without that package to ``metrics.jsonl`` in ``logdir``
-  (:class:`_JsonLinesWriter`); training itself needs neither.
-  """
-  try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    return _fallback_writer(logdir, just_logging, e)
-  if just_logging:
-    return metric_writers.create_default_writer(None, just_logging=True)
-  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(logdir)])
-
-
-_FALLBACK_NOTED = set()  # fallback kinds already announced (one warning per process)
-
-
-def _fallback_writer(logdir: str, just_logging: bool, why: ImportError):
-  if just_logging:
-    return _LoggingWriter()
-  try:
-    writer = _TensorBoardWriter(logdir)
-    kind = 'TensorBoard event files through the tensorboard package'
-  except ImportError:
-    writer = _JsonLinesWriter(logdir)
-    kind = f'{_JsonLinesWriter.FILENAME} (JSON lines) in each run and fold folder'
-  if kind not in _FALLBACK_NOTED:
-    _FALLBACK_NOTED.add(kind)
-    logging.warning('clu is not importable (%s); training scalars go to %s', why, kind)
-  return writer
-
-
-class _LoggingWriter:
-  """Scalars as INFO log lines only (the ``just_logging`` writer without clu)."""
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    logging.info('[%d] %s', step, ', '.join(f'{k}={float(v):.6g}' for k, v in scalars.items()))
-
-  def flush(self) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
-
-
-class _TensorBoardWriter:
-  """TensorBoard scalar events written by the ``tensorboard`` package (no TensorFlow needed)."""
-
-  def __init__(self, logdir: str):
-    # pylint: disable=g-import-not-at-top
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.compat.proto import summary_pb2
-    from tensorboard.summary.writer import event_file_writer
-    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-    self._writer = event_file_writer.EventFileWriter(logdir)
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    values = [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-              for k, v in scalars.items()]
-    self._writer.add_event(self._event_pb2.Event(
-        wall_time=time.time(), step=int(step), summary=self._summary_pb2.Summary(value=values)))
-
-  def flush(self) -> None:
-    self._writer.flush()
-
-  def close(self) -> None:
-    self._writer.close()
-
-
-class _JsonLinesWriter:
-  """Scalars appended to ``<logdir>/metrics.jsonl``, one ``{"step": .., name: value}`` per call."""
-
-  FILENAME = 'metrics.jsonl'
-
-  def __init__(self, logdir: str):
-    os.makedirs(logdir, exist_ok=True)
-    self.path = os.path.join(logdir, self.FILENAME)
-    self._file = open(self.path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    import json  # pylint: disable=g-import-not-at-top
-    record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    self._file.write(json.dumps(record) + '\n')
-
-  def flush(self) -> None:
-    self._file.flush()
-
-  def close(self) -> None:
-    if not self._file.closed:
-      self._file.close()
 
 
 def prediction_table(result: Dict[str, Any]) -> str:

@@ -11,8 +11,10 @@ from typing import Any, Dict, Optional
 
 from absl import logging
 
+from mpt_jax import fold_programs
 from mpt_jax import input_pipeline
 from mpt_jax import loso
+from mpt_jax import run_plan
 from mpt_jax import train as train_lib
 from mpt_jax import workdir as wd
 
@@ -36,36 +38,41 @@ def evaluate(config: Optional[Any], workdir: str, data=None) -> Dict[str, Any]:
   """
   workdir = wd.resolve(workdir)
   config = wd.load_run_config(workdir, config)
-  loso.validate_config(config)
+  run_plan.validate_config(config)
   info = wd.read_run_info(workdir)
   for s in range(int(config.num_seeds)):  # before loading the data: fold records only
     seed = int(config.seed) + s
     finished = wd.finished_subjects(workdir, seed, info['subjects'])
     if len(finished) < len(info['subjects']):
-      raise loso.RunError(f'{workdir}: {len(finished)} of {len(info["subjects"])} folds of seed '
-                          f'{seed} have finished training; resume training with the same command '
-                          'first')
+      raise wd.RunError(f'{workdir}: {len(finished)} of {len(info["subjects"])} folds of seed '
+                        f'{seed} have finished training; resume training with the same command '
+                        'first')
   data = data if data is not None else input_pipeline.load(config)
-  exp = loso.Experiment(config, data)
+  plan = run_plan.make_plan(config, data)
+  on_device = fold_programs.DeviceData(plan, data)
   wd.check_protocol(info, wd.protocol_record(data.names, data.subjects, data.labels, data.classes),
                     workdir)
-  results_by_seed, identical = {}, True
+  results_by_seed, identical, programs = {}, True, None
   for s in range(int(config.num_seeds)):
     seed = int(config.seed) + s  # (every fold of it finished: checked above)
-    exp.init(seed)
-    wd.check_init_fingerprint(info, seed, exp.init_fingerprint, workdir)
+    init = fold_programs.init_seed(plan, seed)
+    wd.check_init_fingerprint(info, seed, init.fingerprint, workdir)
+    if programs is None:  # one fold's programs, the same for every seed
+      programs = fold_programs.make_programs(plan, init, fold_programs.one_fold_layout(plan))
+    template = train_lib.state_template(plan.config, init.params)
     results = []
-    for i, subject in enumerate(exp.subjects):
+    for i, subject in enumerate(plan.subjects):
       stored = wd.read_json(wd.result_path(workdir, seed, subject))
       try:
-        state = wd.restore_fold(workdir, seed, subject, exp.fresh_state(), exp.strategy,
+        state = wd.restore_fold(workdir, seed, subject, template, plan.strategy,
                                 final_epoch=int(config.train.num_epochs))
       except train_lib.CheckpointDamagedError as e:
         raise train_lib.CheckpointDamagedError(
             f'Fold {subject} (seed {seed}) cannot be evaluated: {e}. Its stored predictions are '
             'in result.json; to recompute them, move the fold folder aside and train again') from e
       _, test_idx = input_pipeline.split_for_subject(data, subject)
-      preds = exp.predict(state.params, test_idx).argmax(-1)
+      preds = fold_programs.predict(on_device, programs, init, state.params,
+                                    test_idx).argmax(-1)
       if stored['predictions'] != preds.tolist():
         identical = False
         logging.warning('Fold %s: recomputed predictions differ from the stored ones', subject)

@@ -34,7 +34,7 @@ a fingerprint on restore.
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import flax
 import jax
@@ -42,12 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
 from flax import traverse_util
 
 from mpt_jax import augment
+from mpt_jax import compiled_programs
 from mpt_jax import errors
-from mpt_jax import host_memory
 from mpt_jax import partition
 
 AXIS = 'batch'
@@ -254,8 +253,9 @@ def build_motion_cache(model, data: Dict[str, jax.Array], num_clips: int, chunk:
     out = jax.lax.map(one_chunk, (idx, flip))  # (flips * chunks, chunk, ...)
     return {k: v.reshape((flips, chunks * chunk) + v.shape[2:]) for k, v in out.items()}
 
-  program = CompiledAhead(jax.jit(compute, out_shardings=replicated),
-                          compiler_options(getattr(model, 'dtype', 'float32'), devices))
+  program = compiled_programs.CompiledAhead(
+      jax.jit(compute, out_shardings=replicated),
+      compiled_programs.compiler_options(getattr(model, 'dtype', 'float32'), devices))
   return program(data, jax.device_put(idx, replicated), jax.device_put(flip, replicated))
 
 
@@ -266,74 +266,6 @@ def cached_inputs(data: Dict[str, jax.Array], flip: Any, idx: jax.Array) -> Dict
 
 
 EPOCH_LOOPS = ('device', 'host')
-
-
-# XLA:CPU hands matrix products (and the elementwise work and reductions around them) to the
-# YNNPACK library by default. For float32 models that was slower and needed more memory than XLA's
-# own kernels (the ViT-B/16 MPT training step and forward); bfloat16 models keep it: their
-# products are about twice as fast there (docs/benchmarks.md).
-_CPU_FLOAT32_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
-
-
-def compiler_options(dtype: str, devices: Sequence[jax.Device]) -> Dict[str, str]:
-  """XLA compile options for the programs of a model computing in ``dtype`` (``config.model.dtype``)
-  on ``devices``: without YNNPACK for float32 on CPUs, none otherwise."""
-  if dtype == 'float32' and devices and devices[0].platform == 'cpu':
-    return dict(_CPU_FLOAT32_OPTIONS)
-  return {}
-
-
-class CompiledAhead:
-  """A jitted or pmapped program that compiles before it first runs, once per argument signature.
-
-  Compiling ViT-B/16's training step frees a few hundred MB that glibc keeps in its heap, and the
-  step's own buffers do not reuse them, so they would sit under the run's peak memory. Compiling
-  ahead (``lower(...).compile()``) and then handing the freed memory back
-  (:func:`mpt_jax.host_memory.release_free_memory`) keeps them out; the result is the program
-  ``jax.jit`` / ``jax.pmap`` would have compiled with ``options`` (:func:`compiler_options`; the
-  persistent compilation cache serves it the same way). An option this jaxlib does not know is
-  dropped with a warning (the program is the same, only its speed may differ).
-  """
-
-  def __init__(self, program: Callable, options: Optional[Dict[str, str]] = None):
-    self._program = program
-    self._options = dict(options or {})
-    self._compiled: Dict[Any, Callable] = {}
-
-  @staticmethod
-  def _signature(args) -> Any:
-    """What ``jax.jit`` retraces for: tree structure, shapes, dtypes and weak types (a weak
-    float32 scalar and a float32 one promote differently). Shardings are not part of it: the
-    runner always passes its arguments with the same placement."""
-    leaves, treedef = jax.tree.flatten(args)
-    return treedef, tuple(
-        (getattr(x, 'shape', None), getattr(x, 'dtype', type(x)),
-         bool(getattr(x, 'weak_type', False))) for x in leaves)
-
-  def _compile(self, args) -> Callable:
-    lowered = self._program.lower(*args)
-    try:
-      return lowered.compile(compiler_options=self._options or None)
-    except jax.errors.JaxRuntimeError as e:
-      unknown = [k for k in self._options if k in str(e)]
-      if not unknown:
-        raise
-      logging.warning('XLA does not take the option(s) %s; compiling without them', unknown)
-      for k in unknown:
-        del self._options[k]
-      return lowered.compile(compiler_options=self._options or None)
-
-  def lower(self, *args):
-    """The program lowered for ``args`` (not compiled): e.g. for XLA's cost analysis."""
-    return self._program.lower(*args)
-
-  def __call__(self, *args):
-    key = self._signature(args)
-    program = self._compiled.get(key)
-    if program is None:
-      program = self._compiled[key] = self._compile(args)
-      host_memory.release_free_memory()
-    return program(*args)
 
 
 def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
@@ -377,7 +309,7 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
   if epoch_loop not in EPOCH_LOOPS:
     raise ValueError(f'epoch_loop must be one of {EPOCH_LOOPS}, got {epoch_loop!r}')
   dp = layout.data_parallel
-  options = compiler_options(getattr(model, 'dtype', 'float32'), devices)
+  options = compiled_programs.compiler_options(getattr(model, 'dtype', 'float32'), devices)
 
   def fold_step(state, frozen, data, idx, aug, mask):
     if motion_cache:  # the cached inputs of each clip as augmented (flipped or not)
@@ -446,8 +378,8 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
       _traced('evaluate')
       return jax.lax.map(lambda i: folds_logits(params, frozen, data, i), idx)
 
-    return (CompiledAhead(pmap_train(train_epoch), options),
-            CompiledAhead(pmap_eval(evaluate), options))
+    return (compiled_programs.CompiledAhead(pmap_train(train_epoch), options),
+            compiled_programs.CompiledAhead(pmap_eval(evaluate), options))
 
   def one_step(state, frozen, data, idx, aug, mask):
     _traced('train_epoch')
@@ -457,8 +389,8 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
     _traced('evaluate')
     return folds_logits(params, frozen, data, idx)
 
-  p_step = CompiledAhead(pmap_train(one_step), options)
-  p_batch = CompiledAhead(pmap_eval(one_batch), options)
+  p_step = compiled_programs.CompiledAhead(pmap_train(one_step), options)
+  p_batch = compiled_programs.CompiledAhead(pmap_eval(one_batch), options)
 
   def host_train_epoch(state, frozen, data, idx, aug, mask):
     metrics = []

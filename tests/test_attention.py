@@ -15,11 +15,11 @@ import optax
 import pytest
 
 from mpt_jax import errors
+from mpt_jax.models import attention
 from mpt_jax.models import mpt
-from mpt_jax.models import vit
 from tests import helpers
 
-HAS_CUDA = any(vit._is_cuda_gpu(d) for d in jax.devices())  # pylint: disable=protected-access
+HAS_CUDA = any(attention._is_cuda_gpu(d) for d in jax.devices())  # pylint: disable=protected-access
 CPU_FORMS = ('lean', 'xla')
 FORMS = CPU_FORMS + (('cudnn',) if HAS_CUDA else ())
 
@@ -45,7 +45,7 @@ def test_attention_forms_match_numpy_and_each_other(form, num_queries):
   q, k, v = _qkv(num_queries)
   g = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
   dtype = jnp.bfloat16 if form == 'cudnn' else jnp.float32
-  out, vjp = jax.vjp(vit.attention_product(form, dtype), q, k, v)
+  out, vjp = jax.vjp(attention.attention_product(form, dtype), q, k, v)
   want = _numpy_attention(q, k, v)
   assert out.dtype == jnp.float32 and out.shape == q.shape
   tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(atol=0.03 * np.abs(want).max())
@@ -130,15 +130,15 @@ def _device(platform, kind='cpu', capability=None):
 def test_auto_chooses_by_backend_and_dtype():
   cpu, h100 = _device('cpu'), _device('gpu', 'NVIDIA H100 80GB HBM3', '9.0')
   v100, tpu = _device('gpu', 'Tesla V100-SXM2-16GB', '7.0'), _device('tpu', 'TPU v4')
-  assert vit.resolve_attention('auto', 'float32', cpu) == 'lean'
-  assert vit.resolve_attention('auto', 'bfloat16', cpu) == 'lean'
-  assert vit.resolve_attention('auto', 'bfloat16', h100) == 'cudnn'
-  assert vit.resolve_attention('auto', 'float32', h100) == 'xla'  # cuDNN takes no float32
-  assert vit.resolve_attention('auto', 'bfloat16', v100) == 'xla'  # no flash attention before sm80
-  assert vit.resolve_attention('auto', 'bfloat16', tpu) == 'xla'
+  assert attention.resolve_attention('auto', 'float32', cpu) == 'lean'
+  assert attention.resolve_attention('auto', 'bfloat16', cpu) == 'lean'
+  assert attention.resolve_attention('auto', 'bfloat16', h100) == 'cudnn'
+  assert attention.resolve_attention('auto', 'float32', h100) == 'xla'  # cuDNN takes no float32
+  assert attention.resolve_attention('auto', 'bfloat16', v100) == 'xla'  # no flash attention before sm80
+  assert attention.resolve_attention('auto', 'bfloat16', tpu) == 'xla'
   for form in ('lean', 'xla'):
-    assert vit.resolve_attention(form, 'float32', cpu) == form
-  assert vit.resolve_attention('cudnn', 'bfloat16', h100) == 'cudnn'
+    assert attention.resolve_attention(form, 'float32', cpu) == form
+  assert attention.resolve_attention('cudnn', 'bfloat16', h100) == 'cudnn'
   assert _model('auto').attention == ('lean' if jax.devices()[0].platform == 'cpu' else 'xla')
 
 
@@ -155,4 +155,4 @@ def test_attention_config_errors_are_one_line_user_errors(attention, dtype, matc
 def test_cudnn_with_float32_on_a_gpu_is_refused():
   h100 = _device('gpu', 'NVIDIA H100 80GB HBM3', '9.0')
   with pytest.raises(ValueError, match="needs config.model.dtype='bfloat16'"):
-    vit.resolve_attention('cudnn', 'float32', h100)
+    attention.resolve_attention('cudnn', 'float32', h100)

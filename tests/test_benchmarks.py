@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from mpt_jax import console
+from mpt_jax import metric_writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIDDEN = 'tensorflow,tensorflow_datasets,clu'
@@ -44,7 +44,7 @@ def _scalars_in_events(logdir):
 
 def test_metric_writer_without_clu_writes_tensorboard_scalars(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'clu', None)  # `from clu import ...` raises ImportError
-  writer = console.metric_writer(str(tmp_path))
+  writer = metric_writers.create_writer(str(tmp_path))
   writer.write_scalars(1, {'train_loss': 0.25, 'test_accuracy': 0.5})
   writer.write_scalars(2, {'train_loss': 0.125})
   writer.flush()
@@ -57,7 +57,7 @@ def test_metric_writer_without_clu_or_tensorboard_writes_json_lines(tmp_path, mo
   for name in ('clu', 'tensorboard', 'tensorboard.compat.proto',
                'tensorboard.summary.writer'):
     monkeypatch.setitem(sys.modules, name, None)
-  writer = console.metric_writer(str(tmp_path))
+  writer = metric_writers.create_writer(str(tmp_path))
   writer.write_scalars(3, {'train_loss': 0.5})
   writer.close()
   with open(tmp_path / 'metrics.jsonl') as f:
@@ -67,7 +67,7 @@ def test_metric_writer_without_clu_or_tensorboard_writes_json_lines(tmp_path, mo
 
 def test_just_logging_writer_without_clu_writes_no_file(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'clu', None)
-  writer = console.metric_writer(str(tmp_path), just_logging=True)
+  writer = metric_writers.create_writer(str(tmp_path), just_logging=True)
   writer.write_scalars(1, {'train_loss': 0.25})
   writer.close()
   assert not os.listdir(tmp_path)

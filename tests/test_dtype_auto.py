@@ -126,18 +126,18 @@ def test_step_reads_the_cast_weights_without_converting_them(bf16_model_and_para
 
 
 def test_runner_hands_the_step_cast_weights(bf16_model_and_params):
-  """``Experiment.frozen_on_device`` (the step's frozen argument) holds the bfloat16 weights."""
+  """``SeedParams.frozen_on_device`` (the step's frozen argument) holds the bfloat16 weights."""
   from mpt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from mpt_jax import loso  # pylint: disable=g-import-not-at-top
+  from mpt_jax import fold_programs  # pylint: disable=g-import-not-at-top
+  from mpt_jax import run_plan  # pylint: disable=g-import-not-at-top
   config = helpers.tiny_config(dtype='bfloat16', prompt_type='vpt_shallow')
   subjects = np.repeat(np.array(['s1', 's2', 's3']), 4)
   data = input_pipeline.ClipSet(
       np.zeros((12, 8, 32, 32, 3), np.float16), np.arange(12, dtype=np.int32) % 3,
       np.full(12, 3, np.int32), subjects, np.array([f'c{i}' for i in range(12)]),
       ('a', 'b', 'c'))
-  exp = loso.Experiment(config, data)
-  exp.init(0)
-  dtypes = {k: v.dtype for k, v in exp.frozen_on_device.items()}
-  want = {k: v.dtype for k, v in mpt.frozen_for_compute(exp.frozen, 'bfloat16').items()}
+  init = fold_programs.init_seed(run_plan.make_plan(config, data), 0)
+  dtypes = {k: v.dtype for k, v in init.frozen_on_device.items()}
+  want = {k: v.dtype for k, v in mpt.frozen_for_compute(init.frozen, 'bfloat16').items()}
   assert dtypes == want and jnp.bfloat16 in dtypes.values()
-  assert all(v.dtype == jnp.float32 for v in exp.frozen.values())  # the host copy: float32
+  assert all(v.dtype == jnp.float32 for v in init.frozen.values())  # the host copy: float32

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from mpt_jax import figures
+from mpt_jax import gradcam
 from mpt_jax.models import mpt
 from tests import helpers
 
@@ -65,19 +66,19 @@ def test_gradcam_peak_is_on_the_moving_region():
   acc = float(np.mean(np.asarray(model.apply({'params': params}, jnp.asarray(x_test))).argmax(-1)
                       == y_test))
   assert acc >= 0.8  # the model has learnt the motion direction
-  cams = figures.gradcam(model, params, x_test, class_index=y_test)  # default map: grad_norm
+  cams = gradcam.gradcam(model, params, x_test, class_index=y_test)  # default map: grad_norm
   assert cams.shape == (len(x_test), GRID, GRID)
   hits = np.mean([_quadrant_of_peak(c) == q for c, q in zip(cams, q_test)])
   # Chance is 1/4 (the peak falls in one of four quadrants).
   assert hits >= 0.6, (hits, acc)
   # Classic channel-weighted Grad-CAM runs on the same tokens (it does not localise here).
-  assert figures.gradcam(model, params, x_test[:2], method='gradcam').shape == (2, GRID, GRID)
+  assert gradcam.gradcam(model, params, x_test[:2], method='gradcam').shape == (2, GRID, GRID)
 
 
 def test_upsample_and_tsne_shapes():
   cam = np.zeros((4, 4), np.float32)
   cam[1, 2] = 1.0
-  up = figures.upsample(cam, 32)
+  up = gradcam.upsample(cam, 32)
   assert up.shape == (32, 32) and up.max() == 1.0
   assert np.unravel_index(np.argmax(up), up.shape)[0] // 8 == 1
   feats = np.concatenate([np.random.default_rng(0).normal(0, 1, (10, 8)),

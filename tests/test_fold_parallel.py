@@ -19,12 +19,17 @@ import jax.numpy as jnp
 import optax
 
 from mpt_jax import augment
+from mpt_jax import compiled_programs
 from mpt_jax import evaluate
+from mpt_jax import fold_groups
+from mpt_jax import fold_programs
 from mpt_jax import input_pipeline
 from mpt_jax import loso
 from mpt_jax import partition
 from mpt_jax import pretrained
+from mpt_jax import run_plan
 from mpt_jax import train as train_lib
+from mpt_jax import workdir as wd
 from mpt_jax.models import mpt
 
 pytestmark = pytest.mark.slow  # LOSO runs end to end
@@ -180,8 +185,8 @@ def test_parallel_folds_equal_a_plain_training_loop(setup):
   results = run(setup, 'f4d2', 4, 2, schedule='cosine')[0]
   config = make_config(setup, 4, 2, schedule='cosine')
   data = setup['data']
-  template = loso.Experiment(config, data)
-  template.init(0)
+  plan = run_plan.make_plan(config, data)
+  template = train_lib.state_template(plan.config, fold_programs.init_seed(plan, 0).params)
   for subject in ('p01', 'p05'):
     losses, probs, steps = reference_fold(config, data, subject)
     np.testing.assert_allclose(results[subject]['history']['train_loss'], losses, rtol=1e-5,
@@ -190,7 +195,7 @@ def test_parallel_folds_equal_a_plain_training_loop(setup):
                                err_msg=subject)
     ckpt = train_lib.FoldCheckpointer(str(setup['root'] / 'f4d2' / 'seed_0' / f'fold_{subject}' /
                                           'checkpoints'), read_only=True)
-    _, state = ckpt.restore(template.fresh_state(), 'mpt')
+    _, state = ckpt.restore(template, 'mpt')
     ckpt.close()
     assert int(state.step) == steps, subject  # no step counted for a masked step
     counts = [int(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) == 0]
@@ -257,13 +262,13 @@ def test_interrupted_group_resumes_fold_by_fold(setup, monkeypatch):
   assert latest == {'p01': 2, 'p02': 1, 'p03': 1, 'p04': 1, 'p05': None}, latest
   mtime = os.path.getmtime(finished)
   groups = []
-  original_group = loso.train_group
+  original_group = fold_groups.train_group
 
-  def recording_group(exp, seed, fold_indices, *args, **kwargs):
-    groups.append([exp.subjects[i] for i in fold_indices])
-    return original_group(exp, seed, fold_indices, *args, **kwargs)
+  def recording_group(plan, data, programs, init, fold_indices, *args, **kwargs):
+    groups.append([plan.subjects[i] for i in fold_indices])
+    return original_group(plan, data, programs, init, fold_indices, *args, **kwargs)
 
-  monkeypatch.setattr(loso, 'train_group', recording_group)
+  monkeypatch.setattr(fold_groups, 'train_group', recording_group)
   loso.train_and_evaluate(config, workdir, data=setup['data'])
   assert groups == [['p02', 'p03', 'p04', 'p05']]  # the finished fold is in no group
   assert os.path.getmtime(finished) == mtime
@@ -286,7 +291,7 @@ def test_checkpoint_cadence_follows_the_clock_and_changes_no_result(setup, monke
       return original(self, epoch, state, strategy)
 
     ticks = iter(range(0, 10**6, 35))  # every look at the clock is 35 s later
-    monkeypatch.setattr(loso, '_clock', lambda ticks=ticks: next(ticks))
+    monkeypatch.setattr(fold_groups, '_clock', lambda ticks=ticks: next(ticks))
     monkeypatch.setattr(train_lib.FoldCheckpointer, 'save', recording_save)
     workdir = str(setup['root'] / f'cadence_{interval:g}')
     loso.train_and_evaluate(make_config(setup, 4, 1, num_epochs=3,
@@ -305,7 +310,7 @@ def test_checkpoint_cadence_follows_the_clock_and_changes_no_result(setup, monke
 
 
 class FakeAccelerator:
-  """A stand-in for a GPU device: what :func:`loso.resolve_folds_per_step` reads of one."""
+  """A stand-in for a GPU device: what :func:`run_plan.resolve_folds_per_step` reads of one."""
   platform = 'gpu'
 
   def __init__(self, gib):
@@ -318,15 +323,15 @@ class FakeAccelerator:
 def test_epoch_loop_choice(setup):
   config = make_config(setup, 1, 1)
   cpu = jax.local_devices()[:1]
-  assert loso.resolve_epoch_loop(config, cpu) == 'host'
-  assert loso.resolve_epoch_loop(config, [FakeAccelerator(80)]) == 'device'
+  assert run_plan.resolve_epoch_loop(config, cpu) == 'host'
+  assert run_plan.resolve_epoch_loop(config, [FakeAccelerator(80)]) == 'device'
   for value in ('host', 'device'):
     config.train.epoch_loop = value
-    assert loso.resolve_epoch_loop(config, cpu) == value
-    assert loso.resolve_epoch_loop(config, [FakeAccelerator(80)]) == value
+    assert run_plan.resolve_epoch_loop(config, cpu) == value
+    assert run_plan.resolve_epoch_loop(config, [FakeAccelerator(80)]) == value
   config.train.epoch_loop = 'scan'
-  with pytest.raises(loso.ConfigError, match='config.train.epoch_loop'):
-    loso.validate_config(config)
+  with pytest.raises(run_plan.ConfigError, match='config.train.epoch_loop'):
+    run_plan.validate_config(config)
 
 
 def test_auto_folds_per_step(setup):
@@ -334,31 +339,32 @@ def test_auto_folds_per_step(setup):
   devices = jax.local_devices()
   assert devices[0].platform == 'cpu'
   # CPU: sequential (all folds at once was measured no faster on this 2-core machine).
-  assert loso.resolve_folds_per_step(config, 5, devices[:1]) == 1
-  assert loso.resolve_folds_per_step(config, 5, devices[:2]) == 1
+  assert run_plan.resolve_folds_per_step(config, 5, devices[:1]) == 1
+  assert run_plan.resolve_folds_per_step(config, 5, devices[:2]) == 1
   # Accelerators: as many folds as the memory estimate allows.
   gpus = [FakeAccelerator(80), FakeAccelerator(80)]
-  assert loso.resolve_folds_per_step(config, 5, gpus[:1]) == 5  # tiny model: every fold
-  assert loso.resolve_folds_per_step(config, 5, gpus) == 6  # rounded to the devices
+  assert run_plan.resolve_folds_per_step(config, 5, gpus[:1]) == 5  # tiny model: every fold
+  assert run_plan.resolve_folds_per_step(config, 5, gpus) == 6  # rounded to the devices
   big = make_config(setup, 0, 1)
   big.model.vit = 'B_16'
   big.model.image_size = 224
   big.model.num_frames = 16
   big.train.batch_size = 16
-  per_fold = loso.fold_bytes_estimate(big)
+  per_fold = run_plan.fold_bytes_estimate(big)
   # 60 % of an 80 GiB card holds 9 folds of ~5.2 GiB; of a 16 GiB card, one (sequential).
-  assert loso.resolve_folds_per_step(big, 26, gpus[:1]) == int(0.6 * 80 * 2**30) // per_fold == 9
-  assert loso.resolve_folds_per_step(big, 26, [FakeAccelerator(16)]) == 1
+  assert (run_plan.resolve_folds_per_step(big, 26, gpus[:1]) == int(0.6 * 80 * 2**30) // per_fold
+          == 9)
+  assert run_plan.resolve_folds_per_step(big, 26, [FakeAccelerator(16)]) == 1
   config.train.folds_per_step = 1
-  assert loso.resolve_folds_per_step(config, 5, devices[:2]) == 1
+  assert run_plan.resolve_folds_per_step(config, 5, devices[:2]) == 1
   config.train.folds_per_step = 3
-  assert loso.resolve_folds_per_step(config, 2, devices[:1]) == 2  # never more than the folds
+  assert run_plan.resolve_folds_per_step(config, 2, devices[:1]) == 2  # never more than the folds
   config = synthetic.get_config('')
   config.model.vit = 'B_16'
   config.model.image_size = 224
   config.model.num_frames = 16
   config.train.batch_size = 16
-  per_fold = loso.fold_bytes_estimate(config)
+  per_fold = run_plan.fold_bytes_estimate(config)
   assert 4 * 2**30 < per_fold < 7 * 2**30  # a measured step peaks at 5.7 GiB
 
 
@@ -366,7 +372,7 @@ def test_motion_cache_gives_the_results_of_computing_in_the_step(setup):
   """``train.motion_cache='on'`` (flips on, 2 seeds, 2 fold groups) equals computing the dynamic
   image and the magnified motion in the step, and its programs compile once per run."""
   config = make_config(setup, 4, 1)
-  assert config.data.hflip and not loso.geometric_augmentation(config)
+  assert config.data.hflip and not run_plan.geometric_augmentation(config)
   reference = run(setup, 'f4d1', 4, 1, num_seeds=2, schedule='cosine')
   train_lib.TRACE_COUNTS.clear()
   cached = run(setup, 'f4d1_cache', 4, 1, num_seeds=2, schedule='cosine', motion_cache='on')
@@ -382,7 +388,7 @@ def test_motion_cache_gives_the_results_of_computing_in_the_step(setup):
   # Same results, so a workdir may change it between runs (like folds_per_step).
   off = make_config(setup, 4, 1, schedule='cosine', motion_cache='off')
   off.num_seeds = 2
-  assert loso.wd.compare_config(off, str(setup['root'] / 'f4d1_cache'))
+  assert wd.compare_config(off, str(setup['root'] / 'f4d1_cache'))
 
 
 def test_motion_cache_cache_matches_precompute_of_flipped_clips(setup):
@@ -413,83 +419,93 @@ def test_held_out_evaluation_reads_the_motion_cache_while_it_exists(setup):
   """
   config = make_config(setup, 1, 1, motion_cache='on')
   data = setup['data']
-  exp = loso.Experiment(config, data)
-  exp.init(0)
+  plan = run_plan.make_plan(config, data)
+  init = fold_programs.init_seed(plan, 0)
+  on_device = fold_programs.DeviceData(plan, data)
+  programs = fold_programs.make_programs(plan, init, fold_programs.one_fold_layout(plan))
   rng = np.random.default_rng(0)  # a head that is not zero (it starts at zero)
   params = jax.tree_util.tree_map_with_path(
       lambda p, x: x + rng.normal(0, 0.1, x.shape).astype(x.dtype)
-      if 'head' in jax.tree_util.keystr(p) else x, exp.fresh_state().params)
+      if 'head' in jax.tree_util.keystr(p) else x, init.params)
+
+  def predict(params):
+    return fold_programs.predict(on_device, programs, init, params, idx)
+
   _, idx = input_pipeline.split_for_subject(data, 'p01')
-  from_clips = exp.predict(params, idx)  # no cache yet
-  cache = exp.train_inputs()['motion_cache']
-  np.testing.assert_allclose(exp.predict(params, idx), from_clips, atol=1e-5)
+  from_clips = predict(params)  # no cache yet
+  cache = on_device.train_inputs()['motion_cache']
+  np.testing.assert_allclose(predict(params), from_clips, atol=1e-5)
   # It is the cache that is read: with its motion zeroed, the logits are those of zero motion.
   zero = {'rgb': cache['rgb'], 'motion': cache['motion'] * 0}
-  exp._motion_cache_arrays = zero  # pylint: disable=protected-access
-  reference = exp.model.apply({'params': params}, None, precomputed={
+  on_device._cache = zero  # pylint: disable=protected-access
+  reference = plan.model.apply({'params': params}, None, precomputed={
       k: jnp.asarray(np.asarray(v)[0, idx]) for k, v in zero.items()})
-  zeroed = exp.predict(params, idx)
+  zeroed = predict(params)
   np.testing.assert_allclose(zeroed, np.asarray(reference), atol=1e-5)
   assert np.abs(zeroed - from_clips).max() > 1e-3
-  exp.release_motion_cache()
-  np.testing.assert_allclose(exp.predict(params, idx), from_clips, atol=1e-6)
+  on_device.release_motion_cache()
+  np.testing.assert_allclose(predict(params), from_clips, atol=1e-6)
 
 
 def test_motion_cache_choice(setup, monkeypatch):
   assert synthetic.get_config().train.motion_cache == 'auto'  # the default
   config = make_config(setup, 0, 1, motion_cache='auto')
-  model = loso.validate_config(config)
+  model = run_plan.validate_config(config)
   cpus = jax.local_devices()[:1]
   gpus = [FakeAccelerator(80)]
-  assert loso.resolve_motion_cache(config, model, 30, 1, cpus)  # auto: on CPUs too, when it fits
-  assert loso.resolve_motion_cache(config, model, 30, 5, gpus)  # tiny: fits
+  assert run_plan.resolve_motion_cache(config, model, 30, 1, cpus)  # auto: on CPUs, when it fits
+  assert run_plan.resolve_motion_cache(config, model, 30, 5, gpus)  # tiny: fits
   need = train_lib.motion_cache_bytes(model, 30, int(config.model.num_frames),
-                                      int(config.model.image_size), loso.cache_flips(config))
-  fold = loso.fold_bytes_estimate(config)
+                                      int(config.model.image_size), run_plan.cache_flips(config))
+  fold = run_plan.fold_bytes_estimate(config)
   with monkeypatch.context() as m:  # a host whose RAM budget holds the fold but not the cache
-    m.setattr(loso, 'memory_budget', lambda devices: need + fold - 1)
-    assert not loso.resolve_motion_cache(config, model, 30, 1, cpus)
-    m.setattr(loso, 'memory_budget', lambda devices: need + fold)
-    assert loso.resolve_motion_cache(config, model, 30, 1, cpus)
+    m.setattr(run_plan, 'memory_budget', lambda devices: need + fold - 1)
+    assert not run_plan.resolve_motion_cache(config, model, 30, 1, cpus)
+    m.setattr(run_plan, 'memory_budget', lambda devices: need + fold)
+    assert run_plan.resolve_motion_cache(config, model, 30, 1, cpus)
   config.train.motion_cache = 'on'
-  assert loso.resolve_motion_cache(config, model, 30, 1, cpus)
+  assert run_plan.resolve_motion_cache(config, model, 30, 1, cpus)
   config.train.motion_cache = 'off'
-  assert not loso.resolve_motion_cache(config, model, 30, 5, gpus)
+  assert not run_plan.resolve_motion_cache(config, model, 30, 5, gpus)
   config.train.motion_cache = 'auto'
   config.data.min_crop_scale = 0.8  # geometric augmentation: never from auto
-  assert not loso.resolve_motion_cache(config, model, 30, 5, gpus)
+  assert not run_plan.resolve_motion_cache(config, model, 30, 5, gpus)
   config.train.motion_cache = 'on'
-  with pytest.raises(loso.ConfigError, match=r"^config.train.motion_cache is 'on' but geometric"):
-    loso.validate_config(config)
+  with pytest.raises(run_plan.ConfigError,
+                     match=r"^config.train.motion_cache is 'on' but geometric"):
+    run_plan.validate_config(config)
   config.train.motion_cache = 'yes'
-  with pytest.raises(loso.ConfigError, match=r"^config.train.motion_cache is 'yes'; it must be"):
-    loso.validate_config(config)
+  with pytest.raises(run_plan.ConfigError,
+                     match=r"^config.train.motion_cache is 'yes'; it must be"):
+    run_plan.validate_config(config)
   # ViT-B/16 at 224 px, T = 16: 249 clips with flips need 4.7 GiB; 9 folds of ~5.2 GiB leave too
   # little of 60 % of an 80 GiB card, 4 folds leave enough.
   big = make_config(setup, 0, 1, motion_cache='auto')
   big.model.vit, big.model.image_size, big.model.num_frames = 'B_16', 224, 16
   big.train.batch_size = 16
-  big_model = loso.validate_config(big)
+  big_model = run_plan.validate_config(big)
   need = train_lib.motion_cache_bytes(big_model, 249, 16, 224, 2)
   assert 4.7 * 2**30 < need < 4.8 * 2**30
-  assert not loso.resolve_motion_cache(big, big_model, 249, 9, gpus)
-  assert loso.resolve_motion_cache(big, big_model, 249, 4, gpus)
+  assert not run_plan.resolve_motion_cache(big, big_model, 249, 9, gpus)
+  assert run_plan.resolve_motion_cache(big, big_model, 249, 4, gpus)
 
 
 def test_predict_puts_only_the_trainable_leaves_on_the_devices(setup, monkeypatch):
-  """``Experiment.predict`` builds no optimizer state and reuses the frozen backbone already on the
-  devices; its logits are those of the model applied to the full tree directly."""
+  """``fold_programs.predict`` builds no optimizer state and reuses the frozen backbone already on
+  the devices; its logits are those of the model applied to the full tree directly."""
   results = run(setup, 'f4d1', 4, 1, num_seeds=2, schedule='cosine')[0]
   config = make_config(setup, 4, 1, schedule='cosine')
   data = setup['data']
-  exp = loso.Experiment(config, data)
-  exp.init(0)
+  plan = run_plan.make_plan(config, data)
+  init = fold_programs.init_seed(plan, 0)
+  on_device = fold_programs.DeviceData(plan, data)
+  programs = fold_programs.make_programs(plan, init, fold_programs.one_fold_layout(plan))
   ckpt = train_lib.FoldCheckpointer(str(setup['root'] / 'f4d1' / 'seed_0' / 'fold_p02' /
                                         'checkpoints'), read_only=True)
-  _, state = ckpt.restore(exp.fresh_state(), exp.strategy)
+  _, state = ckpt.restore(train_lib.state_template(plan.config, init.params), plan.strategy)
   ckpt.close()
   _, test_idx = input_pipeline.split_for_subject(data, 'p02')
-  reference = exp.model.apply({'params': state.params}, jnp.asarray(data.clips[test_idx],
+  reference = plan.model.apply({'params': state.params}, jnp.asarray(data.clips[test_idx],
                                                                     jnp.float32),
                               jnp.asarray(data.apex[test_idx]))
 
@@ -506,15 +522,16 @@ def test_predict_puts_only_the_trainable_leaves_on_the_devices(setup, monkeypatc
 
   monkeypatch.setattr(train_lib, 'trainable_state', no_optimizer_state)
   monkeypatch.setattr(train_lib, 'replicate', recording_replicate)
-  logits = exp.predict(state.params, test_idx)
-  assert any('MlpBlock_3' in k for k in exp.frozen)  # a frozen backbone leaf
+  logits = fold_programs.predict(on_device, programs, init, state.params, test_idx)
+  assert any('MlpBlock_3' in k for k in init.frozen)  # a frozen backbone leaf
   assert not any('MlpBlock_3' in keys for keys in replicated), \
       'the frozen backbone was put on the devices again'
   np.testing.assert_allclose(logits, np.asarray(reference), atol=1e-5)
   assert logits.argmax(-1).tolist() == results['p02']['predictions']
   # Frozen leaves that are not the experiment's own (other objects): used as given.
   copied = jax.tree.map(lambda x: np.array(x), state.params)
-  np.testing.assert_allclose(exp.predict(copied, test_idx), logits, atol=1e-6)
+  np.testing.assert_allclose(fold_programs.predict(on_device, programs, init, copied, test_idx),
+                             logits, atol=1e-6)
   assert any('MlpBlock_3' in keys for keys in replicated)
 
 
@@ -527,12 +544,12 @@ def test_float32_programs_compile_without_ynnpack_on_cpu():
   """``compiler_options`` reaches XLA: the float32 program has no YNNPACK fusion (the default
   one has); bfloat16 keeps the default."""
   cpu = jax.devices('cpu')
-  assert train_lib.compiler_options('bfloat16', cpu) == {}
+  assert compiled_programs.compiler_options('bfloat16', cpu) == {}
   fn, x = _dense_program()
   default = fn.lower(x).compile().as_text()
   if '__ynn_fusion' not in default:
     pytest.skip('this jaxlib does not hand products to YNNPACK: nothing to leave out')
-  ahead = train_lib.CompiledAhead(fn, train_lib.compiler_options('float32', cpu))
+  ahead = compiled_programs.CompiledAhead(fn, compiled_programs.compiler_options('float32', cpu))
   np.testing.assert_allclose(ahead(x), fn(x), rtol=1e-6)
   (compiled,) = ahead._compiled.values()  # pylint: disable=protected-access
   assert '__ynn_fusion' not in compiled.as_text()
@@ -540,7 +557,7 @@ def test_float32_programs_compile_without_ynnpack_on_cpu():
 
 def test_compiled_ahead_drops_an_option_xla_does_not_know(caplog):
   fn, x = _dense_program()
-  ahead = train_lib.CompiledAhead(fn, {'xla_no_such_option_anywhere': 'true'})
+  ahead = compiled_programs.CompiledAhead(fn, {'xla_no_such_option_anywhere': 'true'})
   np.testing.assert_allclose(ahead(x), fn(x), rtol=1e-6)
   np.testing.assert_allclose(ahead(x * 2), fn(x * 2), rtol=1e-6)  # the same compiled program
   assert len(ahead._compiled) == 1  # pylint: disable=protected-access
@@ -554,7 +571,7 @@ def test_compiled_ahead_compiles_again_for_a_weak_type_as_jit_does():
   """A weak-typed scalar (a Python float made an array) promotes differently from a float32 one:
   the same shapes and dtypes must not share a program."""
   fn = jax.jit(lambda a, b: a + b)
-  ahead = train_lib.CompiledAhead(fn)
+  ahead = compiled_programs.CompiledAhead(fn)
   a = jnp.ones((3,), jnp.bfloat16)
   for b in (jnp.asarray(1.0), jnp.asarray(1.0, jnp.float32)):
     assert ahead(a, b).dtype == fn(a, b).dtype

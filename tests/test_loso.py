@@ -14,10 +14,12 @@ import pytest
 
 from configs import synthetic
 from mpt_jax import evaluate
+from mpt_jax import fold_groups
 from mpt_jax import input_pipeline
 from mpt_jax import loso
 from mpt_jax import report as report_lib
 from mpt_jax import predict
+from mpt_jax import run_plan
 from tests import helpers
 
 pytestmark = pytest.mark.slow  # LOSO runs end to end
@@ -191,7 +193,7 @@ def test_step_compiles_once_per_run_not_per_fold(data_dir, tmp_path, monkeypatch
   jax.monitoring.register_event_duration_secs_listener(
       lambda name, *_args, **_kw: events.append(name) if 'backend_compile' in name else None)
   per_group = []
-  original = loso.train_group
+  original = fold_groups.train_group
 
   def counting_train_group(*args, **kwargs):
     before = len(events)
@@ -199,7 +201,7 @@ def test_step_compiles_once_per_run_not_per_fold(data_dir, tmp_path, monkeypatch
     per_group.append(len(events) - before)
     return out
 
-  monkeypatch.setattr(loso, 'train_group', counting_train_group)
+  monkeypatch.setattr(fold_groups, 'train_group', counting_train_group)
   # One fold per step (fresh functions through the learning rate): 3 groups of one fold.
   config = smoke_config(data_dir, num_epochs=2, learning_rate=2e-4, folds_per_step=1)
   loso.train_and_evaluate(config, str(tmp_path / 'compile'))
@@ -265,8 +267,8 @@ def test_smoke_batch_fits_the_smallest_training_fold():
   config.train.folds_per_step = 1
   config.train.num_devices = 1
   assert config.train.fit_batch_to_data and config.train.batch_size == 4
-  exp = loso.Experiment(config, data)
-  assert exp.config.train.batch_size == 2 and config.train.batch_size == 4  # the caller's is kept
+  plan = run_plan.make_plan(config, data)
+  assert plan.config.train.batch_size == 2 and config.train.batch_size == 4  # the caller's is kept
   config.train.fit_batch_to_data = False
   with pytest.raises(loso.RunError, match='larger than the smallest training fold'):
-    loso.Experiment(config, data)
+    run_plan.make_plan(config, data)

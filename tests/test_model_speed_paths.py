@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from mpt_jax import errors
+from mpt_jax.models import attention
 from mpt_jax.models import mpt
 from mpt_jax.models import vit
 from tests import helpers
@@ -158,13 +159,13 @@ def test_lean_attention_matches_plain_autodiff(num_queries):
   q, k, v = (jnp.asarray(rng.normal(size=(2, n, 3, 8)), jnp.float32) * 2
              for n in (num_queries, 7, 7))
   g = jnp.asarray(rng.normal(size=(2, num_queries, 3, 8)), jnp.float32)
-  out, vjp = jax.vjp(lambda *a: vit.lean_attention(*a, jnp.float32), q, k, v)
+  out, vjp = jax.vjp(lambda *a: attention.lean_attention(*a, jnp.float32), q, k, v)
   ref, ref_vjp = jax.vjp(_reference_attention, q, k, v)
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
   for got, want in zip(vjp(g), ref_vjp(g)):
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
   # bfloat16 operands: the same gradients to bfloat16 precision.
-  out16, vjp16 = jax.vjp(lambda *a: vit.lean_attention(*a, jnp.bfloat16), q, k, v)
+  out16, vjp16 = jax.vjp(lambda *a: attention.lean_attention(*a, jnp.bfloat16), q, k, v)
   np.testing.assert_allclose(out16, ref, atol=0.05)
   for got, want in zip(vjp16(g), ref_vjp(g)):
     np.testing.assert_allclose(got, want, atol=0.05 * float(jnp.abs(want).max()))
@@ -178,7 +179,7 @@ def test_lean_dot_general_matches_dot_general(dtype):
   x = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(16, 4, 3)), jnp.float32)  # (in, heads, depth), as DenseGeneral
   dims = (((2,), (0,)), ((), ()))
-  ours = lambda a, b: vit.lean_dot_general(dtype)(a, b, dims)  # pylint: disable=unnecessary-lambda-assignment
+  ours = lambda a, b: attention.lean_dot_general(dtype)(a, b, dims)  # pylint: disable=unnecessary-lambda-assignment
   ref = lambda a, b: jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims,  # pylint: disable=unnecessary-lambda-assignment
                                          preferred_element_type=jnp.float32)
   g = jnp.asarray(rng.normal(size=(2, 5, 4, 3)), jnp.float32)
@@ -204,7 +205,7 @@ def test_attention_projections_transpose_their_kernels_late(monkeypatch):
     return compiled.memory_analysis().temp_size_in_bytes
 
   lean = temp_bytes()
-  monkeypatch.setattr(vit, 'lean_dot_general', lambda dtype: None)  # Flax's own product
+  monkeypatch.setattr(attention, 'lean_dot_general', lambda dtype: None)  # Flax's own product
   assert temp_bytes() - lean >= 3 * 4 * 128 * 128 * 4
 
 
@@ -256,10 +257,11 @@ def test_backward_pass_keeps_less_than_plain_autodiff(monkeypatch):
   # block, 3 of the 4 blocks at least; LayerNorm's saving is small at this width (34 kB
   # here, about 0.2 GB in the ViT-B/16 training step at batch 16), so it must only be positive.
   plain = {
-      '_attention_fn': (lambda dtype, form: nn.dot_product_attention, 6 * attention_matrix),
-      '_ACTIVATIONS': ({'gelu_tanh': lambda x: nn.gelu(x, approximate=True)}, 3 * hidden),
-      'LayerNorm': (nn.LayerNorm, 1)}
-  for name, (value, at_least) in plain.items():
+      'attention_fn': (attention, lambda dtype, form: nn.dot_product_attention,
+                       6 * attention_matrix),
+      '_ACTIVATIONS': (vit, {'gelu_tanh': lambda x: nn.gelu(x, approximate=True)}, 3 * hidden),
+      'LayerNorm': (vit, nn.LayerNorm, 1)}
+  for name, (module, value, at_least) in plain.items():
     with monkeypatch.context() as m:
-      m.setattr(vit, name, value)
+      m.setattr(module, name, value)
       assert temp_bytes() - lean >= at_least, name

@@ -37,6 +37,7 @@ import numpy as np
 
 from mpt_jax import errors
 from mpt_jax import partition
+from mpt_jax.models import attention as attention_lib
 from mpt_jax.models import clip as clip_lib
 from mpt_jax.models import dynamic_image
 from mpt_jax.models import magnification
@@ -88,7 +89,7 @@ class MPT(nn.Module):
     cls_only_last: the last block computes the class token alone (exact; False runs it on every
       token, for comparisons).
     attention: the blocks' attention form, ``lean`` | ``xla`` | ``cudnn``
-      (:func:`mpt_jax.models.vit.attention_product`; :func:`build_model` resolves
+      (:func:`mpt_jax.models.attention.attention_product`; :func:`build_model` resolves
       ``config.model.attention``, ``auto`` included, for the device).
   """
   num_classes: int
@@ -226,12 +227,12 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
                 device: Optional[jax.Device] = None) -> MPT:
   """Builds :class:`MPT` from ``config.model`` (backbone variant, prompts, adapters, motion).
 
-  The prompt and adapter types are those of :func:`mpt_jax.partition.resolve_architecture`: what
-  the training strategy implies unless the config sets them explicitly (a contradiction raises
+  The prompt and adapter types are those of :func:`mpt_jax.partition.resolve_architecture`: what the
+  training strategy implies unless the config sets them explicitly (a contradiction raises
   :class:`mpt_jax.partition.StrategyError`). ``config.model.dtype`` and ``config.model.attention``
   (``auto`` included) are resolved for ``device`` (default: this process's first local device) by
-  :func:`mpt_jax.models.vit.resolve_dtype` and :func:`mpt_jax.models.vit.resolve_attention`; the
-  model's ``dtype`` and ``attention`` say what was chosen.
+  :func:`mpt_jax.models.vit.resolve_dtype` and :func:`mpt_jax.models.attention.resolve_attention`;
+  the model's ``dtype`` and ``attention`` say what was chosen.
   """
   prompt_type, adapter_type = partition.resolve_architecture(model_config)
   is_clip = clip_lib.is_clip(model_config.vit)
@@ -256,7 +257,7 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
   except ValueError as e:
     raise errors.UserError(str(e)) from e
   try:
-    attention = vit.resolve_attention(model_config.get('attention', 'auto'), dtype, device)
+    attention = attention_lib.resolve_attention(model_config.get('attention', 'auto'), dtype, device)
   except ValueError as e:
     raise errors.UserError(str(e)) from e
   tokenizer_init = model_config.get('tokenizer_init', 'spread')
