@@ -55,6 +55,18 @@ def smoke_run_config(data_dir, **train):
   return config
 
 
+def randomised(params, seed=1, scale=0.3):
+  """``params`` with every leaf made non-trivial (LayerNorm scales are all ones and the adapters'
+  ``up`` and the head zeros at init, which would hide a wrong routing): ``+ scale * N(0, 1)``.
+
+  The noise is numpy's (drawn on the host): one ``jax.random.normal`` per leaf shape would compile a
+  program per shape, tens of seconds per model on a 2-core machine.
+  """
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda l: jnp.asarray(np.asarray(l) + scale * rng.standard_normal(l.shape), l.dtype), params)
+
+
 def random_clips(batch=2, frames=8, size=32, seed=0):
   return jnp.asarray(np.random.default_rng(seed).random((batch, frames, size, size, 3)), jnp.float32)
 
@@ -65,11 +77,7 @@ def fake_vit_checkpoint(variant='tiny', image_size=32, seed=0):
   model = vit.VisionTransformer(cfg.patch_size, cfg.hidden_size, cfg.mlp_dim, cfg.num_heads,
                                 cfg.num_layers)
   params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, image_size, image_size, 3)))['params']
-  # Make every leaf non-trivial (LayerNorm scales are all ones at init).
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  leaves = [l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]
-  params = jax.tree.unflatten(tree, leaves)
+  params = randomised(params, seed + 1, scale=0.05)
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep='/').items()}
   d = cfg.hidden_size
   flat['pre_logits/kernel'] = np.zeros((d, d), np.float32)

@@ -80,11 +80,7 @@ def _clips_and_params(**family):
   if key not in _PARAMS:
     clips = helpers.random_clips(batch=3)
     params = jax.jit(_model('lean', **family).init)(jax.random.PRNGKey(0), clips)['params']
-    # Every leaf non-trivial: the adapters' ``up`` and the head start at zero.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    _PARAMS[key] = clips, jax.tree.unflatten(
-        tree, [l + 0.3 * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)])
+    _PARAMS[key] = clips, helpers.randomised(params)
   return _PARAMS[key]
 
 
