@@ -30,11 +30,15 @@ lock: $(STAMP)
 	touch $(STAMP)
 	@echo "$(LOCK): $$(grep -c '==' $(LOCK)) pinned packages"
 
+# The test files are spread over up to 4 worker processes (one per core); a file stays on one
+# worker, so its module fixtures are built once.
+XDIST := -n auto --maxprocesses=4 --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 demo: $(STAMP)
 	$(PY) main.py --mode=prepare --config=configs/synthetic.py

@@ -32,10 +32,10 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.adapter_reduction = 8  # r: adapter bottleneck is hidden_size / r (Table XI).
   m.tokenizer_dim = 64  # C: channels of the tokenizer's per-frame conv.
   m.tokenizer_patch = 16  # Kernel size and stride of the tokenizer's per-frame conv.
-  m.tokenizer_init = 'spread'  # Start of the Gaussian centres and widths (docs/method.md §4):
-  #                              spread (centres (T-1)(k-0.5)/K, width T/(2K)) | middle (zero
-  #                              biases: all K at the clip's middle, width ~1.19 frames) |
-  #                              spread_narrow | middle_half | spread_full (T/K): mixes for studies.
+  m.tokenizer_init = 'middle'  # Start of the Gaussian centres and widths (docs/method.md §4):
+  #                              middle (zero biases: all K at the clip's middle, width ~1.19
+  #                              frames; chosen by the study) | spread (centres (T-1)(k-0.5)/K,
+  #                              width T/(2K)) | spread_narrow | middle_half | spread_full (T/K).
   m.training_strategy = 'mpt'  # What trains, and the architecture (Table VI): mpt | scratch |
   #                              full_finetune | linear_probe | prompt_only | adapter_only.
   m.dtype = 'auto'  # Compute dtype of the backbone, adapters and tokenizer: auto | float32 |

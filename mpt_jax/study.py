@@ -47,8 +47,8 @@ STUDIES: Dict[str, List[Variant]] = {
     'prompts': [('mpt', {}), ('no_prompts', {'prompt': 'none'})],
     # The tokenizer's start: centres (spread / middle) x initial width (T/(2K), T/K, the narrow
     # ~1.19 frames of zero biases); models/tokenizer.py INITS.
-    'tokenizer_init': [('spread', {'model.tokenizer_init': 'spread'}),
-                       ('middle', {'model.tokenizer_init': 'middle'}),
+    'tokenizer_init': [('middle', {'model.tokenizer_init': 'middle'}),
+                       ('spread', {'model.tokenizer_init': 'spread'}),
                        ('spread_narrow', {'model.tokenizer_init': 'spread_narrow'}),
                        ('middle_half', {'model.tokenizer_init': 'middle_half'}),
                        ('spread_full', {'model.tokenizer_init': 'spread_full'})],
@@ -61,12 +61,12 @@ STUDIES: Dict[str, List[Variant]] = {
                ('reflect_border', {'model.magnification.pyr_up_border': 'reflect'})],
     # Changes since an earlier MPT result that a config can undo: the motion cache (on on CPUs),
     # the epoch loop on the host (CPUs), the class-token-only last block, the pyr_up border fix,
-    # the spread tokenizer start. Each should be exact or nearly so; a study says whether it is.
+    # the spread tokenizer start (the default from then until the tokenizer_init study). Each should be exact or nearly so; a study says whether it is.
     'regression': [('current', {}), ('motion_cache_off', {'train.motion_cache': 'off'}),
                    ('epoch_loop_device', {'train.epoch_loop': 'device'}),
                    ('full_last_block', {'model.cls_only_last_block': 'false'}),
                    ('reflect_border', {'model.magnification.pyr_up_border': 'reflect'}),
-                   ('middle_init', {'model.tokenizer_init': 'middle'})],
+                   ('spread_init', {'model.tokenizer_init': 'spread'})],
     # A smoke grid for the tests: 2 variants that compile to the same programs (only the initial
     # tokenizer biases differ), so the persistent compilation cache serves all but the first run.
     'smoke': [('spread', {'model.tokenizer_init': 'spread'}),

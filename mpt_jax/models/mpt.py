@@ -107,7 +107,7 @@ class MPT(nn.Module):
   adapter_reduction: int = 8
   tokenizer_dim: int = 64
   tokenizer_patch: int = 16
-  tokenizer_init: str = 'spread'
+  tokenizer_init: str = 'middle'
   magnifier: Optional[magnification.Magnifier] = None
   backbone_family: str = 'vit'
   dtype: str = 'float32'
@@ -260,7 +260,7 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
     attention = attention_lib.resolve_attention(model_config.get('attention', 'auto'), dtype, device)
   except ValueError as e:
     raise errors.UserError(str(e)) from e
-  tokenizer_init = model_config.get('tokenizer_init', 'spread')
+  tokenizer_init = model_config.get('tokenizer_init', 'middle')
   if tokenizer_init not in tokenizer_lib.INITS:
     raise errors.UserError(f'config.model.tokenizer_init must be one of '
                            f'{", ".join(tokenizer_lib.INITS)}, got {tokenizer_init!r}')
