@@ -301,17 +301,22 @@ def test_group_adapter_routes_each_group_to_its_own_branch():
 def _block_inputs(config, clips):
   """Initialises the model and records the input of every encoder block (in call order)."""
   model = mpt.build_model(config.model, 5)
-  params = model.init(jax.random.PRNGKey(0), clips)['params']
-  seen = []
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), clips)['params']
 
-  def record(next_fun, args, kwargs, context):
-    if isinstance(context.module, vit.Encoder1DBlock) and context.method_name == '__call__':
-      seen.append(np.asarray(args[0]))
-    return next_fun(*args, **kwargs)
+  def run(params, clips):  # jitted: one compilation instead of an op-by-op forward
+    seen = []
 
-  with nn.intercept_methods(record):
-    _, aux = model.apply({'params': params}, clips, return_aux=True)
-  return model, params, aux, seen
+    def record(next_fun, args, kwargs, context):
+      if isinstance(context.module, vit.Encoder1DBlock) and context.method_name == '__call__':
+        seen.append(args[0])
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      _, aux = model.apply({'params': params}, clips, return_aux=True)
+    return aux, seen
+
+  aux, seen = jax.jit(run)(params, clips)
+  return model, params, aux, [np.asarray(s) for s in seen]
 
 
 def test_prompts_follow_the_class_token_without_position_embedding():
