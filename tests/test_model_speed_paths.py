@@ -111,8 +111,10 @@ def test_config_fields_reach_the_model():
 
 
 # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2 %); through 3 blocks of the
-# randomised tiny model the logits stay within 3 % of their largest magnitude (measured: about 1 %).
-BF16_TOLERANCE = 0.03
+# randomised tiny model the logits' largest error is 0.8-4.2 % of their largest magnitude
+# (measured over 7 draws of the randomised weights, middle and spread tokenizer starts); a wrong
+# cast or a wrong weight is off by tens of percent.
+BF16_TOLERANCE = 0.06
 
 
 @pytest.mark.parametrize('family', ['vit', 'clip'])
