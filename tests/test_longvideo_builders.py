@@ -213,3 +213,25 @@ def test_duplicate_frame_numbers_keep_the_first_file():
   assert [i['action'] for i in report.issues] == ['kept the first file of each number']
   assert annotations.first_of_each_number(report, 'v', frames[1:]) == frames[1:]
   assert len(report.issues) == 1
+
+
+def test_unreadable_frame_of_a_long_video_is_refused_or_skipped_and_reported(tmp_path):
+  base, frames, _ = lf.write_casme2_planted(str(tmp_path / 'manual'), n=100)
+  folder = os.path.join(base, 'rawpic', 's15', '15_0101disgustingteeth')
+  bad = os.path.join(folder, 'img005.jpg')
+  with open(bad, 'wb') as f:
+    f.write(b'not a jpeg')
+  # Refused by default, in one line naming the file.
+  with pytest.raises(Exception, match='img005.jpg') as e:
+    _prepare(casme2_lv_config, base, str(tmp_path / 'refused'))
+  assert 'skip_bad_frames' in str(e.value) and '\n' not in str(e.value)
+  # Skipped on request: the video loses that frame only, and the report says so.
+  config = casme2_lv_config.get_config()
+  config.data.manual_dir, config.data.data_dir = base, str(tmp_path / 'skipped')
+  config.data.prepare_workers, config.data.skip_bad_frames = 1, True
+  report = prepare.prepare(config.data)
+  assert any('unreadable frame' in i['problem'] and 'img005.jpg' in i['problem']
+             for i in report['issues']), report['issues']
+  (v,) = list(dataset.iter_videos(config))
+  assert list(v.frame_numbers) == [n for n in range(1, len(frames) + 1) if n != 5]
+  assert v.frames.shape[0] == len(frames) - 1

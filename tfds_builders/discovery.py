@@ -8,11 +8,13 @@ different candidates rather than picking one by sort order), check ``manual_dir`
 """
 
 import hashlib
+import json
 import os
 import re
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from mpt_jax import errors
+from mpt_jax import frame_files
 
 
 class DatasetLayoutError(errors.UserError):
@@ -31,16 +33,18 @@ def find_files(root: str, pattern: str, max_depth: int = 5) -> List[str]:
   files) never match.
   """
   rx = re.compile(pattern, re.IGNORECASE)
-  out = []
+  return [os.path.join(dirpath, f) for dirpath, filenames in _walk(root, max_depth)
+          for f in sorted(filenames) if rx.fullmatch(f) and not is_junk_name(f)]
+
+
+def _walk(root: str, max_depth: int):
+  """``(folder, file names)`` under ``root`` (including it), sorted, at most ``max_depth`` deep."""
   root = os.path.abspath(root)
   for dirpath, dirnames, filenames in os.walk(root):
-    depth = dirpath[len(root):].count(os.sep)
-    if depth >= max_depth:
+    if dirpath[len(root):].count(os.sep) >= max_depth:
       dirnames[:] = []
     dirnames.sort()
-    out.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-               if rx.fullmatch(f) and not is_junk_name(f))
-  return out
+    yield dirpath, filenames
 
 
 def file_sha256(path: str) -> str:
@@ -82,16 +86,7 @@ def layout_hint(manual_dir: str, pattern: str = r'.*\.(xlsx|xls|csv)') -> str:
 
 def find_dirs(root: str, predicate, max_depth: int = 5) -> List[str]:
   """Directories under ``root`` (including it, depth-limited) for which ``predicate(path)`` holds."""
-  out = []
-  root = os.path.abspath(root)
-  for dirpath, dirnames, _ in os.walk(root):
-    depth = dirpath[len(root):].count(os.sep)
-    if depth >= max_depth:
-      dirnames[:] = []
-    dirnames.sort()
-    if predicate(dirpath):
-      out.append(dirpath)
-  return out
+  return [dirpath for dirpath, _ in _walk(root, max_depth) if predicate(dirpath)]
 
 
 def subdirs(path: str) -> List[str]:
@@ -123,3 +118,21 @@ def check_manual_dir(manual_dir: str, dataset: str, expected: str) -> str:
   if not [e for e in entries if not is_junk_name(e)]:
     raise DatasetLayoutError(f'{dataset}: manual_dir {path} is empty ({expected}).')
   return path
+
+
+def scan_release(manual_dir: str, dataset: str, expected_layout: str, scan: Callable[[str], Tuple],
+                 what: str, name: Callable[[object], str]):
+  """A builder's scan of the release in ``manual_dir``: ``(manual_dir, items, report)``.
+
+  ``scan(manual_dir)`` gives ``(items, report)``; the items (clips, videos) come back in the
+  natural order of their subject, then of ``name(item)``. Refuses a missing folder and a release in
+  which the scan found nothing, naming the expected layout and the scan's first problems.
+  """
+  manual_dir = check_manual_dir(str(manual_dir), dataset, expected_layout)
+  items, report = scan(manual_dir)
+  if not items:
+    raise DatasetLayoutError(f'{dataset}: found no usable {what} under {manual_dir} '
+                             f'({expected_layout}). Problems: {json.dumps(report.issues[:10])}')
+  key = frame_files.natural_key
+  items.sort(key=lambda it: (key(it.subject), key(name(it))))
+  return manual_dir, items, report

@@ -20,7 +20,6 @@ Stored example (:func:`features`):
 """
 
 import dataclasses
-import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -244,15 +243,9 @@ class LongVideoBuilder(me_builder.MEBuilder):
   def _split_generators(self, dl_manager):
     from mpt_jax.spotting import video_frames  # pylint: disable=g-import-not-at-top
     from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
-    manual_dir = discovery.check_manual_dir(str(dl_manager.manual_dir), self.DATASET,
-                                            self.EXPECTED_LAYOUT)
-    videos, report = self._scan_videos(manual_dir)
-    if not videos:
-      raise discovery.DatasetLayoutError(f'{self.DATASET}: found no usable video under '
-                                         f'{manual_dir} ({self.EXPECTED_LAYOUT}). Problems: '
-                                         f'{json.dumps(report.issues[:10])}')
-    videos.sort(key=lambda v: (frame_files.natural_key(v.subject),
-                               frame_files.natural_key(v.video)))
+    _, videos, report = discovery.scan_release(dl_manager.manual_dir, self.DATASET,
+                                               self.EXPECTED_LAYOUT, self._scan_videos, 'video',
+                                               lambda v: v.video)
     align = self._align == 'always' or (self._align == 'auto' and not self._released_cropped())
     tasks = [video_frames.VideoTask(i, tuple(v.frames), self.FRAME_SIZE, align,
                                     self._align_margin) for i, v in enumerate(videos)]
@@ -284,19 +277,6 @@ class LongVideoBuilder(me_builder.MEBuilder):
       self._last_report = out  # pylint: disable=attribute-defined-outside-init
     finally:
       stream.close()
-
-  def _keep_readable(self, video, res, report):
-    if not res['bad']:
-      return video, res
-    for path, msg in res['bad']:
-      report.add(video.key, f'unreadable frame {path}: {msg}', 'skipped the frame')
-    keep = [k for k, p in enumerate(res['pngs']) if p is not None]
-    if len(keep) < 2:
-      report.add(video.key, f'only {len(keep)} readable frame(s)', 'skipped')
-      return None, None
-    video = dataclasses.replace(video, frames=[video.frames[k] for k in keep],
-                                frame_numbers=[video.frame_numbers[k] for k in keep])
-    return video, dict(res, pngs=[res['pngs'][k] for k in keep])
 
 
 def read_all_rows(path: str, sheet: Optional[str]) -> Tuple[str, List[Tuple[int, List[Any]]]]:

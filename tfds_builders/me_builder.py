@@ -19,7 +19,6 @@ in memory (CASME II: 255 clips x 16 x 224 x 224 x 3 in float16 is about 1.2 GB).
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -29,7 +28,6 @@ import tensorflow_datasets as tfds
 from mpt_jax import clip_frames
 from mpt_jax import errors
 from mpt_jax import face_align
-from mpt_jax import frame_files
 from mpt_jax import prepared_version
 from tfds_builders import annotations
 from tfds_builders import discovery
@@ -195,15 +193,9 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
-    manual_dir = discovery.check_manual_dir(str(dl_manager.manual_dir), self.DATASET,
-                                            self.EXPECTED_LAYOUT)
-    clips, report = self._scan(manual_dir)
-    if not clips:
-      raise discovery.DatasetLayoutError(f'{self.DATASET}: found no usable clip under '
-                                         f'{manual_dir} ({self.EXPECTED_LAYOUT}). Problems: '
-                                         f'{json.dumps(report.issues[:10])}')
-    clips.sort(key=lambda c: (frame_files.natural_key(c.subject),
-                              frame_files.natural_key(c.clip)))
+    _, clips, report = discovery.scan_release(dl_manager.manual_dir, self.DATASET,
+                                              self.EXPECTED_LAYOUT, self._scan, 'clip',
+                                              lambda c: c.clip)
     keys = [c.key for c in clips]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
@@ -264,7 +256,9 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _keep_readable(self, clip, res, report):
     """``(clip, result)`` without its unreadable frames (each reported), or ``(None, None)`` for a
-    clip left with fewer than 2 frames (reported)."""
+    clip left with fewer than 2 frames (reported). ``clip`` is any item with ``key``, ``frames``
+    and ``frame_numbers`` (a long video too); a result's ``frame`` (the face's reference frame), if
+    any, is renumbered."""
     if not res['bad']:
       return clip, res
     for path, msg in res['bad']:
@@ -276,7 +270,7 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
     if len(keep) < len(res['pngs']):
       clip = dataclasses.replace(clip, frames=[clip.frames[k] for k in keep],
                                  frame_numbers=[clip.frame_numbers[k] for k in keep])
-      frame = res['frame']
-      res = dict(res, pngs=[res['pngs'][k] for k in keep],
-                 frame=keep.index(frame) if frame in keep else frame)
+      res = dict(res, pngs=[res['pngs'][k] for k in keep])
+      if 'frame' in res:
+        res['frame'] = keep.index(res['frame']) if res['frame'] in keep else res['frame']
     return clip, res
