@@ -122,7 +122,7 @@ def check_manual_dir(manual_dir: str, dataset: str, expected: str) -> str:
 
 def scan_release(manual_dir: str, dataset: str, expected_layout: str, scan: Callable[[str], Tuple],
                  what: str, name: Callable[[object], str]):
-  """A builder's scan of the release in ``manual_dir``: ``(manual_dir, items, report)``.
+  """A builder's scan of the release in ``manual_dir``: ``(items, report)``.
 
   ``scan(manual_dir)`` gives ``(items, report)``; the items (clips, videos) come back in the
   natural order of their subject, then of ``name(item)``. Refuses a missing folder and a release in
@@ -135,4 +135,4 @@ def scan_release(manual_dir: str, dataset: str, expected_layout: str, scan: Call
                              f'({expected_layout}). Problems: {json.dumps(report.issues[:10])}')
   key = frame_files.natural_key
   items.sort(key=lambda it: (key(it.subject), key(name(it))))
-  return manual_dir, items, report
+  return items, report

@@ -243,9 +243,9 @@ class LongVideoBuilder(me_builder.MEBuilder):
   def _split_generators(self, dl_manager):
     from mpt_jax.spotting import video_frames  # pylint: disable=g-import-not-at-top
     from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
-    _, videos, report = discovery.scan_release(dl_manager.manual_dir, self.DATASET,
-                                               self.EXPECTED_LAYOUT, self._scan_videos, 'video',
-                                               lambda v: v.video)
+    videos, report = discovery.scan_release(dl_manager.manual_dir, self.DATASET,
+                                            self.EXPECTED_LAYOUT, self._scan_videos, 'video',
+                                            lambda v: v.video)
     align = self._align == 'always' or (self._align == 'auto' and not self._released_cropped())
     tasks = [video_frames.VideoTask(i, tuple(v.frames), self.FRAME_SIZE, align,
                                     self._align_margin) for i, v in enumerate(videos)]

@@ -193,9 +193,9 @@ class MEBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     from tfds_builders import pipeline  # pylint: disable=g-import-not-at-top
-    _, clips, report = discovery.scan_release(dl_manager.manual_dir, self.DATASET,
-                                              self.EXPECTED_LAYOUT, self._scan, 'clip',
-                                              lambda c: c.clip)
+    clips, report = discovery.scan_release(dl_manager.manual_dir, self.DATASET,
+                                           self.EXPECTED_LAYOUT, self._scan, 'clip',
+                                           lambda c: c.clip)
     keys = [c.key for c in clips]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
