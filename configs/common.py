@@ -36,6 +36,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   #                              middle (zero biases: all K at the clip's middle, width ~1.19
   #                              frames; chosen by the study) | spread (centres (T-1)(k-0.5)/K,
   #                              width T/(2K)) | spread_narrow | middle_half | spread_full (T/K).
+  m.tokenizer_grid = 1  # Where a frame's conv features are averaged (docs/method.md §4): 1 = over
+  #                       the whole frame (the paper's mean_xy) | g > 1 = over each cell of a
+  #                       g x g grid, so the prompts know where the motion is (a comparison).
   m.training_strategy = 'mpt'  # What trains, and the architecture (Table VI): mpt | scratch |
   #                              full_finetune | linear_probe | prompt_only | adapter_only.
   m.dtype = 'auto'  # Compute dtype of the backbone, adapters and tokenizer: auto | float32 |

@@ -52,6 +52,10 @@ STUDIES: Dict[str, List[Variant]] = {
                        ('spread_narrow', {'model.tokenizer_init': 'spread_narrow'}),
                        ('middle_half', {'model.tokenizer_init': 'middle_half'}),
                        ('spread_full', {'model.tokenizer_init': 'spread_full'})],
+    # Where the tokenizer averages a frame's conv features: the paper's mean over the frame
+    # against the same model without prompts and a 4 x 4 grid of cell means (models/tokenizer.py).
+    'tokenizer_grid': [('mpt', {}), ('no_prompts', {'prompt': 'none'}),
+                       ('grid_4', {'model.tokenizer_grid': 4})],
     'K': [('K_5', {'K': 5}), ('K_0', {'prompt': 'none'}), ('K_1', {'K': 1}), ('K_3', {'K': 3}),
           ('K_7', {'K': 7})],
     'alpha': [('alpha_20', {'alpha': 20}), ('alpha_0', {'alpha': 0}), ('alpha_10', {'alpha': 10}),

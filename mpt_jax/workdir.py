@@ -32,6 +32,9 @@ RESUMABLE_KEYS = ('data.data_dir', 'data.manual_dir', 'data.rebuild', 'model.pre
                   'train.log_every_steps', 'train.folds_per_step', 'train.deterministic',
                   'train.motion_cache', 'train.checkpoint_min_interval_s',
                   'train.epoch_loop')
+# Config keys added after runs were recorded, with the value the code had before the key existed:
+# a saved config without the key is read as holding that value.
+ADDED_KEYS = {'model.tokenizer_grid': 1}
 LOCK_NAME = 'lock'
 
 
@@ -172,7 +175,7 @@ def compare_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
   path = config_path(workdir)
   if not os.path.exists(path):
     return False
-  saved = _flat(read_json(path))
+  saved = {**ADDED_KEYS, **_flat(read_json(path))}
   now = _flat(json.loads(config.to_json()))
   diff = sorted(k for k in set(saved) | set(now)
                 if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS)

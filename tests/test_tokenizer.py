@@ -44,23 +44,31 @@ def _gelu_tanh(x):
   return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def _numpy_tokenizer(params, motion, patch, min_sigma=0.5):
-  """``p_k = W_o (sum_t w_k(t) f_t) + b_o`` as docs/method.md §4 writes it, loops and all."""
+def _numpy_tokenizer(params, motion, patch, min_sigma=0.5, cells=None):
+  """``p_k = W_o (sum_t w_k(t) f_t) + b_o`` as docs/method.md §4 writes it, loops and all.
+
+  ``cells``: None (f_t is the mean over the frame) or a list of (patch rows, patch columns) cells:
+  f_t is then the concatenation of the means over each cell, in the order given.
+  """
   p = {k: {n: np.asarray(v, np.float64) for n, v in d.items()} for k, d in params.items()}
   motion = np.asarray(motion, np.float64)
   b, t_count, h, w, _ = motion.shape
   kernel, bias = p['frame_conv']['kernel'], p['frame_conv']['bias']  # (p, p, 3, C), (C,)
   c = kernel.shape[-1]
-  feats = np.zeros((b, t_count, c))
+  feats = np.zeros((b, t_count, c * (len(cells) if cells else 1)))
   for i in range(b):
     for t in range(t_count):
-      acts = []
+      acts = {}
       for y in range(0, h - patch + 1, patch):
         for x in range(0, w - patch + 1, patch):
           window = motion[i, t, y:y + patch, x:x + patch]  # (p, p, 3)
-          acts.append(_gelu_tanh(np.einsum('yxi,yxio->o', window, kernel) + bias))
-      feats[i, t] = np.mean(acts, axis=0)  # f_t
-  flat = feats.reshape(b, t_count * c)  # F = [f_1 .. f_T]
+          acts[y // patch, x // patch] = _gelu_tanh(np.einsum('yxi,yxio->o', window, kernel) + bias)
+      if cells is None:
+        feats[i, t] = np.mean(list(acts.values()), axis=0)  # f_t
+      else:
+        feats[i, t] = np.concatenate([np.mean([acts[r, q] for r in rows for q in cols], axis=0)
+                                      for rows, cols in cells])
+  flat = feats.reshape(b, -1)  # F = [f_1 .. f_T]
   mu = (t_count - 1) / (1.0 + np.exp(-(flat @ p['mu']['kernel'] + p['mu']['bias'])))
   sigma = np.log1p(np.exp(flat @ p['sigma']['kernel'] + p['sigma']['bias'])) + min_sigma
   t = np.arange(t_count)
@@ -84,6 +92,25 @@ def test_tokenizer_matches_numpy_spec():
   np.testing.assert_allclose(aux['sigma'], ref_sigma, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(aux['weights'], ref_w, atol=1e-5)
   np.testing.assert_allclose(tokens, ref_tokens, rtol=1e-4, atol=1e-5)
+
+
+def test_grid_tokenizer_pools_each_cell_as_numpy_does():
+  # 32 x 24 px with 8 px patches: 4 x 3 patches; a 2 x 2 grid's bands are rows {0, 1}, {2, 3} and
+  # columns {0, 1}, {2} (the first bands take the extra patch), cells in row-major order.
+  tok = tokenizer.GaussianTokenizer(num_tokens=2, hidden_size=5, feature_dim=3, patch_size=8,
+                                    grid=2)
+  rng = np.random.default_rng(4)
+  motion = jnp.asarray(rng.normal(size=(2, 5, 32, 24, 3)), jnp.float32)
+  params = tok.init(jax.random.PRNGKey(2), motion)['params']
+  params = jax.tree.map(lambda v: v + 0.1 * jnp.asarray(rng.normal(size=v.shape), v.dtype), params)
+  assert params['mu']['kernel'].shape == (5 * 3 * 4, 2) and params['out']['kernel'].shape == (12, 5)
+  tokens, aux = tok.apply({'params': params}, motion)
+  cells = [((0, 1), (0, 1)), ((0, 1), (2,)), ((2, 3), (0, 1)), ((2, 3), (2,))]
+  ref_tokens, ref_mu, _, _ = _numpy_tokenizer(params, motion, patch=8, cells=cells)
+  np.testing.assert_allclose(aux['mu'], ref_mu, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(tokens, ref_tokens, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match='tokenizer grid 5 must lie in 1..4'):
+    tokenizer.cell_means(4, 5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ class MPT(nn.Module):
     tokenizer_dim: C of the tokenizer's per-frame conv.
     tokenizer_patch: kernel size and stride of that conv.
     tokenizer_init: the tokenizer's start, a key of ``tokenizer.INITS`` (docs/method.md §4).
+    tokenizer_grid: 1 (the paper's mean over the frame) or g: the tokenizer pools each frame's
+      conv features over a g x g grid (``tokenizer.GaussianTokenizer.grid``).
     magnifier: the (parameter-free) motion extractor.
     backbone_family: ``vit`` (in21k ViT) or ``clip`` (:mod:`mpt_jax.models.clip`).
     dtype: ``float32`` | ``bfloat16``: compute dtype of the backbone's, adapters' and tokenizer's
@@ -108,6 +110,7 @@ class MPT(nn.Module):
   tokenizer_dim: int = 64
   tokenizer_patch: int = 16
   tokenizer_init: str = 'middle'
+  tokenizer_grid: int = 1
   magnifier: Optional[magnification.Magnifier] = None
   backbone_family: str = 'vit'
   dtype: str = 'float32'
@@ -187,7 +190,8 @@ class MPT(nn.Module):
       motion = precomputed['motion']
       prompts, tok_aux = tokenizer_lib.GaussianTokenizer(
           k, self.hidden_size, self.tokenizer_dim, self.tokenizer_patch,
-          centre_init=self.tokenizer_init, dtype=dtype, name='tokenizer')(motion)
+          grid=self.tokenizer_grid, centre_init=self.tokenizer_init, dtype=dtype,
+          name='tokenizer')(motion)
       aux['motion'] = motion
       aux.update(tok_aux)
     elif self.prompt_type in ('vpt_shallow', 'vpt_deep'):
@@ -264,6 +268,12 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
   if tokenizer_init not in tokenizer_lib.INITS:
     raise errors.UserError(f'config.model.tokenizer_init must be one of '
                            f'{", ".join(tokenizer_lib.INITS)}, got {tokenizer_init!r}')
+  tokenizer_grid = int(model_config.get('tokenizer_grid', 1))
+  tokenizer_rows = int(model_config.image_size) // int(model_config.tokenizer_patch)
+  if not 1 <= tokenizer_grid <= tokenizer_rows:
+    raise errors.UserError(f'config.model.tokenizer_grid must lie in 1..{tokenizer_rows} (the '
+                           f'rows of {model_config.tokenizer_patch} px patches of the '
+                           f'{model_config.image_size} px frame), got {tokenizer_grid}')
   if model_config.image_size % backbone.patch_size:
     raise errors.UserError(f'config.model.image_size {model_config.image_size} is not a multiple '
                            f'of the patch size {backbone.patch_size}')
@@ -276,7 +286,8 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
       adapter_reduction=int(model_config.adapter_reduction),
       tokenizer_dim=int(model_config.tokenizer_dim),
       tokenizer_patch=int(model_config.tokenizer_patch),
-      tokenizer_init=tokenizer_init, magnifier=build_magnifier(model_config),
+      tokenizer_init=tokenizer_init, tokenizer_grid=tokenizer_grid,
+      magnifier=build_magnifier(model_config),
       backbone_family='clip' if is_clip else 'vit', dtype=dtype,
       remat=bool(model_config.get('remat', False)),
       cls_only_last=bool(model_config.get('cls_only_last_block', True)), attention=attention)

@@ -71,6 +71,17 @@ def width_bias(num_frames: int, num_tokens: int, min_sigma: float = 0.5,
   return np.full((num_tokens,), np.log(np.expm1(y)))
 
 
+def cell_means(rows: int, grid: int) -> np.ndarray:
+  """(grid, rows) averaging matrix: row g is the mean over the g-th of ``grid`` near-equal bands of
+  ``rows`` (``np.array_split``'s bands; ``grid = 1``: the mean over all rows)."""
+  if not 1 <= grid <= rows:
+    raise ValueError(f'tokenizer grid {grid} must lie in 1..{rows} (the conv\'s rows of patches)')
+  out = np.zeros((grid, rows), np.float32)
+  for g, band in enumerate(np.array_split(np.arange(rows), grid)):
+    out[g, band] = 1.0 / len(band)
+  return out
+
+
 def _constant_init(value: np.ndarray):
   def init(key, shape, dtype=jnp.float32):
     del key
@@ -125,6 +136,10 @@ class GaussianTokenizer(nn.Module):
     feature_dim: C, the channels of the per-frame conv.
     patch_size: the conv's kernel size and stride.
     min_sigma: lower bound of the Gaussian widths (in frames).
+    grid: ``1`` (the paper's ``mean_xy``): a frame's feature is the conv's mean over the frame;
+      ``g > 1``: the means over the cells of a g x g grid of the frame, concatenated (C g^2 values
+      per frame), so that the prompts can tell where a motion is (docs/method.md §4; an option
+      for comparison, not the paper's tokenizer).
     centre_init: the start of the centre and width heads, a key of :data:`INITS`: ``spread``
       (docs/method.md §4: centres evenly spread, width T/(2K)), ``middle`` (zero biases: every
       centre at the clip's middle, width ~1.19 frames) or a mix of the two for comparisons.
@@ -136,6 +151,7 @@ class GaussianTokenizer(nn.Module):
   feature_dim: int = 64
   patch_size: int = 16
   min_sigma: float = 0.5
+  grid: int = 1
   centre_init: str = 'middle'
   dtype: Any = jnp.float32
 
@@ -151,8 +167,15 @@ class GaussianTokenizer(nn.Module):
     x = motion.reshape(b * t_count, h, w, c)
     x = PatchConv(self.feature_dim, self.patch_size, dtype=self.dtype,
                   name='frame_conv')(x).astype(jnp.float32)
-    feats = jnp.mean(nn.gelu(x, approximate=True), axis=(1, 2)).reshape(b, t_count, -1)  # f_t
-    flat = feats.reshape(b, t_count * self.feature_dim)  # F
+    x = nn.gelu(x, approximate=True)
+    if self.grid == 1:
+      feats = jnp.mean(x, axis=(1, 2))  # f_t
+    else:
+      rows = jnp.asarray(cell_means(x.shape[1], self.grid))
+      cols = jnp.asarray(cell_means(x.shape[2], self.grid))
+      feats = jnp.einsum('gr,nrcf,hc->nghf', rows, x, cols)
+    feats = feats.reshape(b, t_count, -1)
+    flat = feats.reshape(b, -1)  # F
     k = self.num_tokens
     if self.centre_init not in INITS:
       raise ValueError(f'centre_init must be one of {sorted(INITS)}, got {self.centre_init!r}')

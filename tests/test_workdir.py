@@ -1,0 +1,25 @@
+"""The run layout's config record: a saved config is compared key by key, keys added later included."""
+
+import json
+
+import pytest
+
+from configs import synthetic
+from mpt_jax import workdir as wd
+
+
+def test_a_run_recorded_before_a_key_existed_compares_as_its_old_value(tmp_path):
+  config = synthetic.get_config('smoke')
+  saved = json.loads(config.to_json())
+  del saved['model']['tokenizer_grid']  # a run recorded before the key was added
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  assert wd.compare_config(config, str(tmp_path))  # 1, the code's value then: the same run
+  config.model.tokenizer_grid = 4
+  with pytest.raises(wd.RunError, match='model.tokenizer_grid: workdir 1 vs now 4'):
+    wd.compare_config(config, str(tmp_path))
+  # A key the saved config holds is compared as it is.
+  config.model.tokenizer_grid = 1
+  saved['model']['tokenizer_grid'] = 2
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  with pytest.raises(wd.RunError, match='model.tokenizer_grid: workdir 2 vs now 1'):
+    wd.compare_config(config, str(tmp_path))
