@@ -1,5 +1,6 @@
-"""Test setup: two simulated CPU devices (for the pmap path) before JAX initialises, quiet TFDS,
-one persistent compilation cache, and the session's shared smoke data and smoke run.
+"""Test setup: two simulated CPU devices (for the pmap path) and the tests' fast-compile XLA option
+(``helpers.FAST_COMPILE``) before JAX initialises, quiet TFDS, one persistent compilation cache,
+and the session's shared smoke data and smoke run.
 
 The compilation cache is a temporary folder of this test session (never the user's ``~/.cache``),
 used by this process (as ``main.py`` sets it up) and by the ``main.py`` subprocesses, so a program
@@ -11,7 +12,6 @@ import os
 import shutil
 import tempfile
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
@@ -21,13 +21,15 @@ if 'MPT_JAX_CACHE' not in os.environ:
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import helpers  # imports JAX, which reads XLA_FLAGS only when a backend starts
+
+os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=2 {helpers.FAST_COMPILE}')
+
 import pytest
 
 import main
 
 main.configure_jax(None)  # the compilation cache of $MPT_JAX_CACHE, in this process too
-
-from tests import helpers
 
 
 @pytest.fixture(scope='session')

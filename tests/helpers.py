@@ -8,6 +8,11 @@ from flax import traverse_util
 from configs import common
 from mpt_jax.models import vit
 
+# XLA's CPU backend at optimisation level 0 for the tests and their subprocesses: it halves the
+# compile time of the tiny test programs (which dominates them) and slows their few-millisecond
+# steps a little (docs/benchmarks.md, "The test suite"). Users' runs keep XLA's default.
+FAST_COMPILE = '--xla_backend_optimization_level=0'
+
 
 def tiny_config(**model_overrides):
   """The smoke config's model (tiny ViT, 32 px, 8 frames) with optional overrides."""

@@ -68,7 +68,7 @@ def run_main(capsys):
 def run_main_process(*args, env=None):
   """``main.py`` in a subprocess, as a user runs it."""
   env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
-  env.pop('XLA_FLAGS', None)
+  env['XLA_FLAGS'] = helpers.FAST_COMPILE  # one CPU device, as a user's run has
   return subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), *args],
                         capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
 

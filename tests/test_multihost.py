@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests import helpers
+
 pytestmark = pytest.mark.slow  # several processes, each a LOSO run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +25,7 @@ SHARED = ('config.json', 'run_info.json', 'results.json', 'report.md')
 def _child(process_id: int, num_processes: int, port: int, data_dir: str, workdir: str,
            log: str) -> None:
   """One process of the run; records every file it writes into ``log``."""
-  os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
+  os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count=1 {helpers.FAST_COMPILE}'
   import main  # pylint: disable=g-import-not-at-top
   # As main.py starts: the builders handed to mpt_jax and the session's compilation cache, so the
   # two-process run reuses the programs the one-process run compiled (same shapes and flags).
