@@ -9,10 +9,10 @@ from configs import common
 from mpt_jax.models import vit
 
 # XLA's CPU backend at optimisation level 0, with the older loop emitters instead of the fusion
-# emitters, for the tests and their subprocesses: the compile time of the tiny test programs (which
-# dominates them) falls from about 14 s to 3 s for the smoke training epoch (measured interleaved on
-# this CPU) and their few-millisecond steps slow a little (docs/benchmarks.md, "The test suite").
-# Users' runs keep XLA's defaults.
+# emitters, for the tests and their subprocesses: level 0 about halves the compile time of the
+# tiny test programs (which dominates them), the loop emitters take about a third off that, and
+# their few-millisecond steps barely change (docs/benchmarks.md, "The test suite"). Users' runs
+# keep XLA's defaults.
 FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
 
 
