@@ -222,8 +222,8 @@ class RunnerPrograms:
   def describe(self) -> Dict[str, Any]:
     plan = self.plan
     return {'folds': self.layout.folds, 'steps_per_epoch': self.steps,
-            'batch_per_fold': int(self.config.train.batch_size), 'dtype': plan.model.dtype,
-            'attention': plan.model.attention, 'motion_cache': plan.motion_cache,
+            'batch_per_fold': int(self.config.train.batch_size), 'dtype': plan.model.compute.dtype,
+            'attention': plan.model.compute.attention, 'motion_cache': plan.motion_cache,
             'epoch_loop': plan.epoch_loop}
 
 

@@ -50,43 +50,11 @@ class FigureError(errors.UserError):
   """A workdir that cannot give the requested figure (the message names the file)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Readers of the workdir written by mpt_jax.loso (the only code that knows its file layout).
-
-def _read_json(path: str) -> Any:
-  """A finished run's record via :func:`mpt_jax.workdir.read_json`; a hint when it is missing."""
-  if not os.path.exists(path):
-    raise FigureError(f'{path}: missing; is the run finished? (python main.py --config=... '
-                      f'--workdir={os.path.dirname(path)})')
-  return wd.read_json(path)
-
-
-def read_config(workdir: str):
-  """The config a workdir was trained with (``config.json``)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict(_read_json(os.path.join(workdir, 'config.json')))
-
-
-def read_run_info(workdir: str) -> Dict[str, Any]:
-  """``run_info.json``: classes, subjects, backbone fingerprints."""
-  return _read_json(os.path.join(workdir, 'run_info.json'))
-
-
-def read_summary(workdir: str) -> Dict[str, Any]:
-  """``results.json``: metrics per seed and mean/std over seeds."""
-  return _read_json(os.path.join(workdir, 'results.json'))
-
-
 def read_fold_results(workdir: str, seed: Optional[int] = None) -> List[Dict[str, Any]]:
-  """The finished folds' ``seed_<s>/fold_<subject>/result.json`` (default: the run's first seed)."""
+  """The finished folds' ``result.json`` (default: the run's first seed); none is an error."""
   if seed is None:
-    seed = int(read_config(workdir).seed)
-  info = read_run_info(workdir)
-  out = []
-  for subject in info['subjects']:
-    path = wd.result_path(workdir, seed, subject)
-    if os.path.exists(path):
-      out.append(_read_json(path))
+    seed = int(wd.load_run_config(workdir).seed)
+  out = wd.finished_results(workdir, seed, wd.read_run_info(workdir)['subjects'])
   if not out:
     raise FigureError(f'{workdir}: no finished fold (no seed_{seed}/fold_*/result.json)')
   return out
@@ -94,7 +62,7 @@ def read_fold_results(workdir: str, seed: Optional[int] = None) -> List[Dict[str
 
 def run_metrics(workdir: str) -> Dict[str, Dict[str, float]]:
   """``{'accuracy': {'mean', 'std', 'n'}, 'uf1': ...}`` over seeds (last epoch) of a run."""
-  summary = read_summary(workdir)
+  summary = wd.read_results(workdir)
   if 'last_epoch_over_seeds' not in summary:
     raise FigureError(f'{workdir}/results.json has no last_epoch_over_seeds entry')
   return summary['last_epoch_over_seeds']
@@ -115,8 +83,8 @@ class RunView:
   def __init__(self, workdir: str, data_cache: Optional[Dict[str, Any]] = None):
     self.workdir = os.path.abspath(os.path.expanduser(workdir))
     self.label = run_label(self.workdir)
-    self.config = read_config(self.workdir)
-    self.info = read_run_info(self.workdir)
+    self.config = wd.load_run_config(self.workdir)
+    self.info = wd.read_run_info(self.workdir)
     self.classes = list(self.info['classes'])
     self.seed = int(self.config.seed)
     self._data_cache = data_cache if data_cache is not None else {}
@@ -178,7 +146,7 @@ class RunView:
     """
     data = self.data
     n = len(data)
-    feats = np.full((n, self.model.hidden_size), np.nan, np.float32)
+    feats = np.full((n, self.model.backbone.hidden_size), np.nan, np.float32)
     cams, predicted = {}, {}
     fn = gradcam.make_gradcam_fn(self.model, method)
     model = self.model
@@ -279,7 +247,7 @@ def plot_tsne(panels: Sequence[Tuple[str, np.ndarray, np.ndarray, List[str]]], p
 
 def per_class_accuracy(workdir: str) -> Dict[str, Optional[float]]:
   """Per-class accuracy (recall) of a run's first seed, all folds concatenated."""
-  classes = read_run_info(workdir)['classes']
+  classes = wd.read_run_info(workdir)['classes']
   results = read_fold_results(workdir)
   labels = [l for r in results for l in r['labels']]
   preds = [p for r in results for p in r['predictions']]
@@ -347,7 +315,7 @@ def plot_examples(view: RunView, workdirs: Sequence[str], picked: Sequence[int],
 
 def k_of(workdir: str) -> int:
   """K of a run (0 when it has no prompts)."""
-  m = read_config(workdir).model
+  m = wd.load_run_config(workdir).model
   return 0 if m.prompt_type == 'none' else int(m.num_prompts)
 
 
@@ -385,7 +353,7 @@ def paper_confusion(workdir: str) -> Tuple[str, List[str], np.ndarray]:
   The classes are ordered as the paper's datasets section lists them (classes the paper does not
   list follow in the run's order); rows are true classes, columns predicted, last epoch, all folds.
   """
-  summary = read_summary(workdir)
+  summary = wd.read_results(workdir)
   classes = list(summary['classes'])
   seed = sorted(summary['seeds'], key=int)[0]
   cm = np.asarray(summary['seeds'][seed]['last_epoch']['confusion_matrix'], np.int64)
@@ -455,7 +423,7 @@ def write_figures(workdirs: Sequence[str], out_dir: Optional[str] = None,
     labels = ['_'.join(os.path.normpath(w).split(os.sep)[-2:]) for w in workdirs]
   if len(set(labels)) != len(labels):
     raise FigureError(f'Runs must have distinct folder names (they label the figures): {labels}')
-  if len({read_summary(w)['dataset'] for w in workdirs}) > 1:
+  if len({wd.read_results(w)['dataset'] for w in workdirs}) > 1:
     # Runs on different datasets (e.g. CASME II, SAMM, SMIC): Fig. 4 with their confusion
     # matrices side by side; the other figures compare runs of one protocol.
     p = os.path.join(out_dir, f'confusion_{_slug(labels)}.png')

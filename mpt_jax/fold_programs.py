@@ -106,7 +106,7 @@ def init_seed(plan: run_plan.RunPlan, seed: int) -> SeedParams:
   return SeedParams(
       seed=seed, trainable=trainable, frozen=frozen,
       frozen_on_device=train_lib.replicate(
-          mpt_lib.frozen_for_compute(frozen, plan.model.dtype), plan.devices),
+          mpt_lib.frozen_for_compute(frozen, plan.model.compute.dtype), plan.devices),
       fingerprint=partition.tree_fingerprint(params))
 
 
@@ -199,7 +199,7 @@ def predict(data: DeviceData, programs: Programs, init: SeedParams, params: Any,
     frozen_on_device = init.frozen_on_device
   else:
     frozen_on_device = train_lib.replicate(
-        mpt_lib.frozen_for_compute(frozen, plan.model.dtype), plan.devices)
+        mpt_lib.frozen_for_compute(frozen, plan.model.compute.dtype), plan.devices)
   layout = programs.layout
   idx, mask = eval_arrays(plan, [indices], layout)
   return evaluate_folds(data, programs, layout.state_to_device(stacked, plan.devices),

@@ -28,8 +28,8 @@ from mpt_jax import errors
 
 
 def _block_input_shape(model, batch: int) -> Tuple[int, int, int]:
-  tokens = 1 + model.effective_prompts + (model.image_size // model.patch_size) ** 2
-  return batch, tokens, model.hidden_size
+  tokens = 1 + model.effective_prompts + (model.image_size // model.backbone.patch_size) ** 2
+  return batch, tokens, model.backbone.hidden_size
 
 
 METHODS = ('grad_norm', 'gradcam')
@@ -44,9 +44,9 @@ def make_gradcam_fn(model, method: str = 'grad_norm'):
   """
   if method not in METHODS:
     raise errors.UserError(f'Grad-CAM method must be one of {METHODS}, got {method!r}')
-  last = f'encoderblock_{model.num_layers - 1}'
+  last = f'encoderblock_{model.backbone.num_layers - 1}'
   k = model.effective_prompts
-  grid = model.image_size // model.patch_size
+  grid = model.image_size // model.backbone.patch_size
 
   def fn(params, clips, apex, class_index):
     def logit(delta):

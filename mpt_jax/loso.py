@@ -237,8 +237,8 @@ def _run(config, workdir, data, plan, init, protocol) -> Dict[str, Any]:
       info.pop('backbone_fingerprint', None)  # older runs: frozen leaves only
       info.update({'devices': [str(d) for d in plan.devices], 'jax': jax.__version__,
                    'processes': jax.process_count(), 'folds_per_step': plan.layout.folds,
-                   'motion_cache': plan.motion_cache, 'model_dtype': plan.model.dtype,
-                   'attention': plan.model.attention,
+                   'motion_cache': plan.motion_cache, 'model_dtype': plan.model.compute.dtype,
+                   'attention': plan.model.compute.attention,
                    'python': platform.python_version(), 'subjects': list(plan.subjects),
                    'num_clips': len(data), 'classes': list(data.classes), 'protocol': protocol,
                    'trainable_params': partition.count_trainable(init.params, plan.strategy),

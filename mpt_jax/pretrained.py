@@ -251,7 +251,7 @@ def init_params(model: mpt_lib.MPT, model_config, rng: jax.Array) -> Any:
   clip = jnp.zeros((1,) + mpt_lib.input_shape(model_config), jnp.float32)
   params = jax.jit(model.init)(rng, clip)['params']
   if model_config.pretrained_path and strategy != 'scratch':
-    params = load_backbone(model_config.pretrained_path, params, model.num_heads)
+    params = load_backbone(model_config.pretrained_path, params, model.backbone.num_heads)
   # Drawing ViT-B/16's random init (and reading the file) leaves freed heap behind.
   host_memory.release_free_memory()
   return params

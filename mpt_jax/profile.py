@@ -83,12 +83,12 @@ def profile(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     parts['prompt_tokens'] += no_adapter - with_tokens  # replacing the prompts at every block
   if model.prompt_type == 'motion':
     magnifier = mpt_lib.build_magnifier(mc)
-    tok = tokenizer_lib.GaussianTokenizer(int(mc.num_prompts), model.hidden_size,
+    tok = tokenizer_lib.GaussianTokenizer(int(mc.num_prompts), model.backbone.hidden_size,
                                           int(mc.tokenizer_dim), int(mc.tokenizer_patch))
     tok_params = jax.eval_shape(tok.init, jax.random.PRNGKey(0), clip)
     parts['magnification'] = _flops(magnifier, clip)
     parts['tokenizer'] = _flops(lambda p, m: tok.apply(p, m)[0], tok_params, clip)
-  parts['head'] = 2.0 * model.hidden_size * num_classes
+  parts['head'] = 2.0 * model.backbone.hidden_size * num_classes
   return {
       'config': f'{mc.vit} {mc.training_strategy} prompt={model.prompt_type} '
                 f'adapter={model.adapter_type} r={mc.adapter_reduction} K={mc.num_prompts}',

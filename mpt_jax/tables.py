@@ -219,7 +219,7 @@ def run_table(table_arg: str, config: ml_collections.ConfigDict, workdir: str,
     cfg = row_config(config, row.overrides, pretrained)
     rowdir = os.path.join(workdir, row.id)
     loso.run_in_sweep(cfg, rowdir, data_cache, f'Table {name} row {row.id} ({i + 1}/{len(rows)})')
-    summary = figures.read_summary(rowdir)
+    summary = wd.read_results(rowdir)
     prof = _profile(cfg, rowdir)
     records.append({
         'row': row.id, 'ours_only': row.ours, 'overrides': row.overrides, 'workdir': rowdir,

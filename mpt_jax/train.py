@@ -255,7 +255,7 @@ def build_motion_cache(model, data: Dict[str, jax.Array], num_clips: int, chunk:
 
   program = compiled_programs.CompiledAhead(
       jax.jit(compute, out_shardings=replicated),
-      compiled_programs.compiler_options(getattr(model, 'dtype', 'float32'), devices))
+      compiled_programs.compiler_options(model.compute.dtype, devices))
   return program(data, jax.device_put(idx, replicated), jax.device_put(flip, replicated))
 
 
@@ -309,7 +309,7 @@ def make_steps(model, tx: optax.GradientTransformation, layout: FoldLayout,
   if epoch_loop not in EPOCH_LOOPS:
     raise ValueError(f'epoch_loop must be one of {EPOCH_LOOPS}, got {epoch_loop!r}')
   dp = layout.data_parallel
-  options = compiled_programs.compiler_options(getattr(model, 'dtype', 'float32'), devices)
+  options = compiled_programs.compiler_options(model.compute.dtype, devices)
 
   def fold_step(state, frozen, data, idx, aug, mask):
     if motion_cache:  # the cached inputs of each clip as augmented (flipped or not)

@@ -245,6 +245,24 @@ def read_run_info(workdir: str, required: bool = True) -> Dict[str, Any]:
   return read_json(path)
 
 
+
+def results_path(workdir: str) -> str:
+  return os.path.join(workdir, 'results.json')
+
+
+def read_results(workdir: str) -> Dict[str, Any]:
+  """``results.json`` of a finished run: metrics per seed and mean/std over seeds."""
+  path = results_path(workdir)
+  if not os.path.exists(path):
+    raise WorkdirError(f'{path}: missing; is the run finished? (python main.py --config=... '
+                       f'--workdir={workdir})')
+  return read_json(path)
+
+
+def finished_results(workdir: str, seed: int, subjects: List[str]) -> List[Dict[str, Any]]:
+  """The ``result.json`` of each finished fold of ``seed``, in the order of ``subjects``."""
+  return [read_json(result_path(workdir, seed, s)) for s in finished_subjects(workdir, seed, subjects)]
+
 def _git_commit() -> str:
   """The mpt_jax checkout's commit (``+dirty`` with uncommitted changes), or ``unknown``."""
   import subprocess  # pylint: disable=g-import-not-at-top

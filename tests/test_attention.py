@@ -105,7 +105,7 @@ def test_model_logits_and_gradients_do_not_depend_on_the_attention_form(dtype, f
     if form == 'lean' or (form == 'cudnn' and dtype != 'bfloat16'):
       continue
     model = _model(form, dtype, **family)
-    assert model.attention == form
+    assert model.compute.attention == form
     got, got_g = _logits_and_grads(model, params, clips)
     if dtype == 'float32':
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -135,7 +135,7 @@ def test_auto_chooses_by_backend_and_dtype():
   for form in ('lean', 'xla'):
     assert attention.resolve_attention(form, 'float32', cpu) == form
   assert attention.resolve_attention('cudnn', 'bfloat16', h100) == 'cudnn'
-  assert _model('auto').attention == ('lean' if jax.devices()[0].platform == 'cpu' else 'xla')
+  assert _model('auto').compute.attention == ('lean' if jax.devices()[0].platform == 'cpu' else 'xla')
 
 
 @pytest.mark.parametrize('attention,dtype,match', [

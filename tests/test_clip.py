@@ -158,7 +158,7 @@ def test_mpt_with_clip_backbone_untrained_equals_tower(tmp_path):
                                adapter_type='group', input_modality='apex',
                                pretrained_path=path, training_strategy='mpt')
   model = mpt.build_model(config.model, 3)
-  assert model.backbone_family == 'clip'
+  assert model.backbone.family == 'clip'
   params = pretrained.init_params(model, config.model, jax.random.PRNGKey(0))
   assert 'adapter' in params['Transformer']['encoderblock_0']
   assert 'pre_norm' in params['Transformer']

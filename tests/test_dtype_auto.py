@@ -50,9 +50,9 @@ def test_auto_is_bfloat16_only_on_bf16_hardware_and_when_the_switch_is_on():
 def test_the_defaults_are_auto_and_float32_until_the_accuracy_study():
   config = common.get_config()
   assert config.model.dtype == 'auto' and config.model.bfloat16_keeps_accuracy is False
-  assert mpt.build_model(helpers.tiny_config().model, 3).dtype == 'float32'
+  assert mpt.build_model(helpers.tiny_config().model, 3).compute.dtype == 'float32'
   model = mpt.build_model(helpers.tiny_config(bfloat16_keeps_accuracy=True).model, 3)
-  assert model.dtype == ('bfloat16' if vit.hardware_has_bfloat16(jax.devices()[0]) else 'float32')
+  assert model.compute.dtype == ('bfloat16' if vit.hardware_has_bfloat16(jax.devices()[0]) else 'float32')
 
 
 def test_unknown_dtype_is_one_line_user_error():

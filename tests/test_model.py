@@ -326,14 +326,14 @@ def test_prompts_follow_the_class_token_without_position_embedding():
   k = model.num_prompts
   # The tokenizer's K tokens, computed on their own from the same parameters.
   from mpt_jax.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  tok = tokenizer_lib.GaussianTokenizer(k, model.hidden_size, config.model.tokenizer_dim,
+  tok = tokenizer_lib.GaussianTokenizer(k, model.backbone.hidden_size, config.model.tokenizer_dim,
                                         config.model.tokenizer_patch)
   prompts, _ = tok.apply({'params': params['tokenizer']}, aux['motion'])
   # The class token and patches with the position embedding, straight from the parameters.
   pos = np.asarray(params['Transformer']['posembed_input']['pos_embedding'])[0]
   patches = np.asarray(jax.lax.conv_general_dilated(
       mpt.normalise_input(aux['rgb_input'], 'minus_one_one'),
-      params['embedding']['kernel'], (model.patch_size,) * 2, 'VALID',
+      params['embedding']['kernel'], (model.backbone.patch_size,) * 2, 'VALID',
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))) + np.asarray(params['embedding']['bias'])
   patches = patches.reshape(patches.shape[0], -1, patches.shape[-1])
   cls = np.asarray(params['cls'])[0, 0] + pos[0]
@@ -356,7 +356,7 @@ def test_vpt_deep_replaces_the_prompts_at_every_block(prompt_type):
   np.testing.assert_allclose(seen[0][:, 1:1 + k], np.broadcast_to(shallow, seen[0][:, 1:1 + k].shape))
   if prompt_type == 'vpt_deep':
     deep = np.asarray(params['deep_prompt'])
-    assert deep.shape == (3, k, model.hidden_size)
+    assert deep.shape == (3, k, model.backbone.hidden_size)
     for lyr in range(1, 4):
       np.testing.assert_allclose(seen[lyr][:, 1:1 + k],
                                  np.broadcast_to(deep[lyr - 1], seen[lyr][:, 1:1 + k].shape),

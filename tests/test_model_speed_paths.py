@@ -2,6 +2,8 @@
 the motion cache (:meth:`MPT.precompute`), per-block remat, and bfloat16 compute (within a
 documented tolerance)."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,8 +37,8 @@ def _model_and_params(num_classes=4, **overrides):
 def test_class_token_only_last_block_equals_full_block(family, prompt_type, adapter_type):
   model, params, clips = _model_and_params(prompt_type=prompt_type, adapter_type=adapter_type,
                                            **FAMILIES[family])
-  assert model.cls_only_last  # the default
-  full = model.clone(cls_only_last=False)
+  assert model.compute.cls_only_last  # the default
+  full = model.clone(compute=dataclasses.replace(model.compute, cls_only_last=False))
   # Jitted (one compilation each) rather than op by op: the same operations, far less time.
   fast, aux = jax.jit(lambda p: model.apply({'params': p}, clips, return_aux=True))(params)
   ref, ref_aux = jax.jit(lambda p: full.apply({'params': p}, clips, return_aux=True))(params)
@@ -88,7 +90,7 @@ def test_precomputed_without_motion_is_refused_for_motion_prompts():
 
 def test_remat_gives_the_same_logits_and_gradients():
   model, params, clips = _model_and_params(prompt_type='motion', training_strategy='full_finetune')
-  remat = model.clone(remat=True)
+  remat = model.clone(compute=dataclasses.replace(model.compute, remat=True))
   labels = jnp.arange(3) % 4
 
   def loss(p, m):
@@ -101,13 +103,13 @@ def test_remat_gives_the_same_logits_and_gradients():
                   jax.tree.leaves(jax.grad(loss)(params, model))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   config = helpers.tiny_config(remat=True)
-  assert mpt.build_model(config.model, 3).remat
+  assert mpt.build_model(config.model, 3).compute.remat
 
 
 def test_config_fields_reach_the_model():
-  assert mpt.build_model(helpers.tiny_config().model, 3).cls_only_last
-  assert not mpt.build_model(helpers.tiny_config(cls_only_last_block=False).model, 3).cls_only_last
-  assert not mpt.build_model(helpers.tiny_config().model, 3).remat
+  assert mpt.build_model(helpers.tiny_config().model, 3).compute.cls_only_last
+  assert not mpt.build_model(helpers.tiny_config(cls_only_last_block=False).model, 3).compute.cls_only_last
+  assert not mpt.build_model(helpers.tiny_config().model, 3).compute.remat
 
 
 # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2 %); through 3 blocks of the
@@ -120,9 +122,10 @@ BF16_TOLERANCE = 0.06
 @pytest.mark.parametrize('family', ['vit', 'clip'])
 def test_bfloat16_logits_close_to_float32(family):
   model, params, clips = _model_and_params(prompt_type='motion', **FAMILIES[family])
-  bf16 = mpt.build_model(helpers.tiny_config(dtype='bfloat16', **FAMILIES[family]).model, 4).clone(
-      num_layers=3)
-  assert bf16.dtype == 'bfloat16'
+  config = helpers.tiny_config(dtype='bfloat16', **FAMILIES[family])
+  config.model.vit_num_layers = 3
+  bf16 = mpt.build_model(config.model, 4)
+  assert bf16.compute.dtype == 'bfloat16'
   # Parameters stay float32 (the same tree initialises either way).
   shapes = jax.eval_shape(bf16.init, jax.random.PRNGKey(0), clips)['params']
   assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}

@@ -11,6 +11,7 @@ from mpt_jax import figures
 from mpt_jax import loso
 from mpt_jax import paper_results
 from mpt_jax import tables
+from mpt_jax import workdir as wd
 
 
 # A verbatim copy of the published-numbers sheet (every number of the paper's Tables I-XI).
@@ -212,7 +213,7 @@ def test_bad_requests_are_user_errors(tmp_path):
   assert tables.parse_table_arg('IV') == ('main', None)
   with pytest.raises(tables.TableError, match='B_32'):
     tables.parse_pretrained(['B_32'])
-  with pytest.raises(figures.FigureError, match='results.json'):
+  with pytest.raises(wd.WorkdirError, match='results.json: missing'):
     figures.write_figures([str(tmp_path)])
 
 

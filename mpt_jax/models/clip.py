@@ -84,6 +84,10 @@ def quick_gelu(x: jnp.ndarray) -> jnp.ndarray:
   return vit.activation_fn('quick_gelu')(x)
 
 
+# CLIP's encoder: LayerNorm eps 1e-5, QuickGELU, Flax's default initialisers, a ``pre_norm``.
+CLIP_STYLE = vit.Style(ln_eps=LN_EPS, activation='quick_gelu', vit_init=False, pre_norm=True)
+
+
 class ClipBlock(vit.Encoder1DBlock):
   """CLIP's pre-LN encoder layer: :class:`vit.Encoder1DBlock` with LayerNorm eps 1e-5, QuickGELU
   and Flax's default initialisers; MPT's adapter sits on the MLP output before its residual add."""
@@ -97,10 +101,7 @@ class Encoder(vit.Encoder):
   LayerNorm after the position embedding (the prompts go in after it, so they carry neither),
   eps 1e-5, QuickGELU and Flax's default initialisers. The final ``encoder_norm`` is CLIP's
   ``post_layernorm`` (the features are its class token)."""
-  ln_eps: float = LN_EPS
-  activation: str = 'quick_gelu'
-  vit_init: bool = False
-  pre_norm: bool = True
+  style: vit.Style = CLIP_STYLE
 
 
 def embed_patches(module: nn.Module, images: jnp.ndarray, patch_size: int,

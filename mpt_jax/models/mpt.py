@@ -26,6 +26,7 @@ Parameter tree (top level): ``embedding``, ``cls``, ``Transformer`` (the checkpo
 ``encoderblock_i/adapter``), ``tokenizer`` or ``prompt``/``deep_prompt``, and ``head``.
 """
 
+import dataclasses
 import re
 from typing import Any, Dict, Optional, Tuple
 
@@ -61,16 +62,70 @@ def normalise_input(x: jnp.ndarray, mode: str) -> jnp.ndarray:
   raise ValueError(f'input_norm must be one of {INPUT_NORMS}, got {mode!r}')
 
 
-class MPT(nn.Module):
-  """Motion Prompt Tuning classifier.
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  """The backbone's shape (``vit.vit_config`` or ``clip.clip_config``, with the config's overrides).
 
   Attributes:
-    num_classes: output classes.
+    family: ``vit`` (in21k ViT) or ``clip`` (:mod:`mpt_jax.models.clip`).
     patch_size: ViT patch size.
     hidden_size: ViT width D.
     mlp_dim: ViT MLP width.
     num_heads: ViT heads.
     num_layers: ViT blocks.
+  """
+  family: str = 'vit'
+  patch_size: int = 16
+  hidden_size: int = 768
+  mlp_dim: int = 3072
+  num_heads: int = 12
+  num_layers: int = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+  """The motion tokenizer's settings (:class:`tokenizer.GaussianTokenizer`).
+
+  Attributes:
+    feature_dim: C of the per-frame conv.
+    patch_size: kernel size and stride of that conv.
+    init: the start of the centre and width heads, a key of ``tokenizer.INITS``
+      (docs/method.md §4).
+    grid: 1 (the paper's mean over the frame) or g: each frame's conv features pooled over a g x g
+      grid (``tokenizer.GaussianTokenizer.grid``).
+  """
+  feature_dim: int = 64
+  patch_size: int = 16
+  init: str = 'middle'
+  grid: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+  """How the model computes; none of these changes the parameters or (beyond rounding) the logits.
+
+  Attributes:
+    dtype: ``float32`` | ``bfloat16``: compute dtype of the backbone's, adapters' and tokenizer's
+      products (bfloat16 products accumulate in float32; parameters stay float32).
+    attention: the blocks' attention form, ``lean`` | ``xla`` | ``cudnn``
+      (:func:`mpt_jax.models.attention.attention_product`; :func:`build_model` resolves
+      ``config.model.attention``, ``auto`` included, for the device).
+    remat: recompute every encoder block in the backward pass (less memory, more time).
+    cls_only_last: the last block computes the class token alone (exact; False runs it on every
+      token, for comparisons).
+  """
+  dtype: str = 'float32'
+  attention: str = 'lean'
+  remat: bool = False
+  cls_only_last: bool = True
+
+
+class MPT(nn.Module):
+  """Motion Prompt Tuning classifier.
+
+  Attributes:
+    num_classes: output classes.
+    backbone: the ViT's family and shape (:class:`Backbone`).
     image_size: frame side length in pixels.
     input_modality: RGB-branch input (see :mod:`mpt_jax.models.dynamic_image`).
     input_norm: backbone input normalisation.
@@ -78,28 +133,12 @@ class MPT(nn.Module):
     num_prompts: K.
     adapter_type: ``group`` | ``shared`` | ``none``.
     adapter_reduction: r.
-    tokenizer_dim: C of the tokenizer's per-frame conv.
-    tokenizer_patch: kernel size and stride of that conv.
-    tokenizer_init: the tokenizer's start, a key of ``tokenizer.INITS`` (docs/method.md §4).
-    tokenizer_grid: 1 (the paper's mean over the frame) or g: the tokenizer pools each frame's
-      conv features over a g x g grid (``tokenizer.GaussianTokenizer.grid``).
+    tokenizer: the motion tokenizer's settings (:class:`Tokenizer`).
     magnifier: the (parameter-free) motion extractor.
-    backbone_family: ``vit`` (in21k ViT) or ``clip`` (:mod:`mpt_jax.models.clip`).
-    dtype: ``float32`` | ``bfloat16``: compute dtype of the backbone's, adapters' and tokenizer's
-      products (bfloat16 products accumulate in float32; parameters stay float32).
-    remat: recompute every encoder block in the backward pass (less memory, more time).
-    cls_only_last: the last block computes the class token alone (exact; False runs it on every
-      token, for comparisons).
-    attention: the blocks' attention form, ``lean`` | ``xla`` | ``cudnn``
-      (:func:`mpt_jax.models.attention.attention_product`; :func:`build_model` resolves
-      ``config.model.attention``, ``auto`` included, for the device).
+    compute: dtype, attention form, remat and the class-token-only last block (:class:`Compute`).
   """
   num_classes: int
-  patch_size: int = 16
-  hidden_size: int = 768
-  mlp_dim: int = 3072
-  num_heads: int = 12
-  num_layers: int = 12
+  backbone: Backbone = Backbone()
   image_size: int = 224
   input_modality: str = 'dynamic_image'
   input_norm: str = 'minus_one_one'
@@ -107,16 +146,9 @@ class MPT(nn.Module):
   num_prompts: int = 5
   adapter_type: str = 'group'
   adapter_reduction: int = 8
-  tokenizer_dim: int = 64
-  tokenizer_patch: int = 16
-  tokenizer_init: str = 'middle'
-  tokenizer_grid: int = 1
+  tokenizer: Tokenizer = Tokenizer()
   magnifier: Optional[magnification.Magnifier] = None
-  backbone_family: str = 'vit'
-  dtype: str = 'float32'
-  remat: bool = False
-  cls_only_last: bool = True
-  attention: str = 'lean'
+  compute: Compute = Compute()
 
   @property
   def effective_prompts(self) -> int:
@@ -176,36 +208,37 @@ class MPT(nn.Module):
     elif self.prompt_type == 'motion' and 'motion' not in precomputed:
       raise ValueError("precomputed inputs lack 'motion' (made for a model without motion "
                        'prompts?)')
-    dtype = vit.compute_dtype(self.dtype)
+    dtype = vit.compute_dtype(self.compute.dtype)
+    bb, tok = self.backbone, self.tokenizer
     aux: Dict[str, Any] = {}
     rgb = precomputed['rgb']
     b = rgb.shape[0]
     aux['rgb_input'] = rgb
-    family = clip_lib if self.backbone_family == 'clip' else vit
-    x = family.embed_patches(self, normalise_input(rgb, self.input_norm), self.patch_size,
-                             self.hidden_size)
+    family = clip_lib if bb.family == 'clip' else vit
+    x = family.embed_patches(self, normalise_input(rgb, self.input_norm), bb.patch_size,
+                             bb.hidden_size)
     k = self.effective_prompts
     prompts = deep = None
     if self.prompt_type == 'motion':
       motion = precomputed['motion']
       prompts, tok_aux = tokenizer_lib.GaussianTokenizer(
-          k, self.hidden_size, self.tokenizer_dim, self.tokenizer_patch,
-          grid=self.tokenizer_grid, centre_init=self.tokenizer_init, dtype=dtype,
+          k, bb.hidden_size, tok.feature_dim, tok.patch_size, grid=tok.grid,
+          centre_init=tok.init, dtype=dtype,
           name='tokenizer')(motion)
       aux['motion'] = motion
       aux.update(tok_aux)
     elif self.prompt_type in ('vpt_shallow', 'vpt_deep'):
       # VPT's init: uniform(-v, v) with v = sqrt(6 / (3 * p * p + D)).
-      val = float(np.sqrt(6.0 / (3 * self.patch_size ** 2 + self.hidden_size)))
+      val = float(np.sqrt(6.0 / (3 * bb.patch_size ** 2 + bb.hidden_size)))
       init = lambda key, shape: nn.initializers.uniform(2 * val)(key, shape) - val  # pylint: disable=unnecessary-lambda-assignment
-      prompt = self.param('prompt', init, (1, k, self.hidden_size))
-      prompts = jnp.broadcast_to(prompt, (b, k, self.hidden_size))
-      if self.prompt_type == 'vpt_deep' and self.num_layers > 1:
-        deep = self.param('deep_prompt', init, (self.num_layers - 1, k, self.hidden_size))
-    enc = family.Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.adapter_type,
+      prompt = self.param('prompt', init, (1, k, bb.hidden_size))
+      prompts = jnp.broadcast_to(prompt, (b, k, bb.hidden_size))
+      if self.prompt_type == 'vpt_deep' and bb.num_layers > 1:
+        deep = self.param('deep_prompt', init, (bb.num_layers - 1, k, bb.hidden_size))
+    enc = family.Encoder(bb.num_layers, bb.mlp_dim, bb.num_heads, self.adapter_type,
                          self.adapter_reduction, k, dtype=dtype,
-                         cls_only_last=self.cls_only_last, remat=self.remat,
-                         attention=self.attention, name='Transformer')(x, prompts, deep)
+                         cls_only_last=self.compute.cls_only_last, remat=self.compute.remat,
+                         attention=self.compute.attention, name='Transformer')(x, prompts, deep)
     features = enc[:, 0].astype(jnp.float32)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
                       name='head')(features)
@@ -278,19 +311,19 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int,
     raise errors.UserError(f'config.model.image_size {model_config.image_size} is not a multiple '
                            f'of the patch size {backbone.patch_size}')
   return MPT(
-      num_classes=num_classes, patch_size=backbone.patch_size, hidden_size=backbone.hidden_size,
-      mlp_dim=backbone.mlp_dim, num_heads=backbone.num_heads, num_layers=backbone.num_layers,
+      num_classes=num_classes,
+      backbone=Backbone('clip' if is_clip else 'vit', int(backbone.patch_size),
+                        int(backbone.hidden_size), int(backbone.mlp_dim),
+                        int(backbone.num_heads), int(backbone.num_layers)),
       image_size=int(model_config.image_size), input_modality=model_config.input_modality,
       input_norm=model_config.input_norm, prompt_type=prompt_type,
       num_prompts=int(model_config.num_prompts), adapter_type=adapter_type,
       adapter_reduction=int(model_config.adapter_reduction),
-      tokenizer_dim=int(model_config.tokenizer_dim),
-      tokenizer_patch=int(model_config.tokenizer_patch),
-      tokenizer_init=tokenizer_init, tokenizer_grid=tokenizer_grid,
+      tokenizer=Tokenizer(int(model_config.tokenizer_dim), int(model_config.tokenizer_patch),
+                          tokenizer_init, tokenizer_grid),
       magnifier=build_magnifier(model_config),
-      backbone_family='clip' if is_clip else 'vit', dtype=dtype,
-      remat=bool(model_config.get('remat', False)),
-      cls_only_last=bool(model_config.get('cls_only_last_block', True)), attention=attention)
+      compute=Compute(dtype, attention, bool(model_config.get('remat', False)),
+                      bool(model_config.get('cls_only_last_block', True))))
 
 
 # The leaves that the blocks' products cast to the compute dtype (Flax's Dense and DenseGeneral

@@ -25,6 +25,7 @@ attention and the late kernel transposes (:func:`mpt_jax.models.attention.lean_d
 (docs/benchmarks.md; ``benchmarks/bench_vs_peer.py`` measures the process's peak RSS).
 """
 
+import dataclasses
 import functools
 from typing import Any, Callable, Optional
 
@@ -320,11 +321,28 @@ class Encoder1DBlock(nn.Module):
     return x + y.astype(x.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class Style:
+  """What tells one backbone family's encoder from another's (the in21k ViT's by default; CLIP's in
+  :data:`mpt_jax.models.clip.CLIP_STYLE`).
+
+  Attributes:
+    ln_eps: LayerNorm epsilon (1e-6 ViT, 1e-5 CLIP).
+    activation: MLP activation (see :func:`activation_fn`).
+    vit_init: the in21k ViT's initialisers (else Flax's defaults, as CLIP).
+    pre_norm: a LayerNorm (``pre_norm``) after the position embedding, before the prompts (CLIP).
+  """
+  ln_eps: float = 1e-6
+  activation: str = 'gelu_tanh'
+  vit_init: bool = True
+  pre_norm: bool = False
+
+
 class Encoder(nn.Module):
   """The ``Transformer`` subtree: position embedding, prompt insertion, blocks, final norm.
 
   The same module serves CLIP towers (:class:`mpt_jax.models.clip.Encoder` only changes the
-  defaults: a ``pre_norm`` LayerNorm, eps 1e-5, QuickGELU, Flax's initialisers).
+  :class:`Style`: a ``pre_norm`` LayerNorm, eps 1e-5, QuickGELU, Flax's initialisers).
 
   Attributes:
     num_layers: number of encoder blocks.
@@ -338,10 +356,8 @@ class Encoder(nn.Module):
       the output then has one token.
     remat: recompute every block's activations in the backward pass (``nn.remat``): less memory
       for the strategies that train the whole backbone, about one more forward of time.
-    ln_eps: LayerNorm epsilon.
-    activation: MLP activation.
-    vit_init: the in21k ViT's initialisers.
-    pre_norm: a LayerNorm (``pre_norm``) after the position embedding, before the prompts (CLIP).
+    style: the family's LayerNorm epsilon, activation, initialisers and ``pre_norm``
+      (:class:`Style`).
     attention: the blocks' attention form, ``lean`` | ``xla`` | ``cudnn`` (see
       :func:`mpt_jax.models.attention.resolve_attention` for ``config.model.attention``).
   """
@@ -354,10 +370,7 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
   cls_only_last: bool = False
   remat: bool = False
-  ln_eps: float = 1e-6
-  activation: str = 'gelu_tanh'
-  vit_init: bool = True
-  pre_norm: bool = False
+  style: Style = Style()
   attention: str = 'lean'
 
   @nn.compact
@@ -377,8 +390,9 @@ class Encoder(nn.Module):
       with ``cls_only_last``.
     """
     x = AddPositionEmbs(name='posembed_input')(x)
-    if self.pre_norm:
-      x = nn.LayerNorm(epsilon=self.ln_eps, name='pre_norm')(x)
+    style = self.style
+    if style.pre_norm:
+      x = nn.LayerNorm(epsilon=style.ln_eps, name='pre_norm')(x)
     k = 0 if prompts is None else prompts.shape[1]
     if k != self.num_prompts:
       raise ValueError(f'Encoder built for {self.num_prompts} prompts, got {k}')
@@ -390,11 +404,11 @@ class Encoder(nn.Module):
         p = jnp.broadcast_to(deep_prompts[lyr - 1][None], (x.shape[0], k, x.shape[-1]))
         x = jnp.concatenate([x[:, :1], p.astype(x.dtype), x[:, 1 + k:]], axis=1)
       x = block_cls(self.mlp_dim, self.num_heads, self.adapter_type, self.adapter_reduction, k,
-                    ln_eps=self.ln_eps, activation=self.activation, vit_init=self.vit_init,
+                    ln_eps=style.ln_eps, activation=style.activation, vit_init=style.vit_init,
                     dtype=self.dtype,
                     cls_only=self.cls_only_last and lyr == self.num_layers - 1,
                     attention=self.attention, name=f'encoderblock_{lyr}')(x)
-    return nn.LayerNorm(epsilon=self.ln_eps, name='encoder_norm')(x)
+    return nn.LayerNorm(epsilon=style.ln_eps, name='encoder_norm')(x)
 
 
 def embed_patches(module: nn.Module, images: jnp.ndarray, patch_size: int,
