@@ -382,9 +382,12 @@ def test_motion_cache_gives_the_results_of_computing_in_the_step(setup):
   assert run_info['motion_cache'] is True
   for seed in (0, 1):
     assert_same(reference[seed], cached[seed])
-  # Two devices, two folds each: the cache is replicated like the clips.
+  # Two devices: two folds on each (the cache is replicated like the clips), and one fold split
+  # over both.
   assert_same(run(setup, 'f4d2', 4, 2, schedule='cosine')[0],
               run(setup, 'f4d2_cache', 4, 2, schedule='cosine', motion_cache='on')[0])
+  assert_same(run(setup, 'f1d2', 1, 2, schedule='cosine')[0],
+              run(setup, 'f1d2_cache', 1, 2, schedule='cosine', motion_cache='on')[0])
   # Same results, so a workdir may change it between runs (like folds_per_step).
   off = make_config(setup, 4, 1, schedule='cosine', motion_cache='off')
   off.num_seeds = 2

@@ -159,22 +159,6 @@ def test_predict_on_frame_folder_and_video(finished_run, tmp_path):
     predict.predict(workdir, str(folder), crop_face=True)
 
 
-def test_two_devices_match_one_device(data_dir, tmp_path):
-  assert jax.local_device_count() >= 2, 'tests run with 2 simulated CPU devices (conftest)'
-  histories = {}
-  for n in (1, 2):
-    config = smoke_config(data_dir, num_devices=n, num_epochs=2, eval_every_epochs=1,
-                          folds_per_step=1)  # one fold, data-parallel over n devices
-    config.data.subjects = ('p01', 'p02')
-    loso.train_and_evaluate(config, str(tmp_path / f'dev{n}'))
-    res = json.load(open(tmp_path / f'dev{n}' / 'seed_0' / 'fold_p01' / 'result.json'))
-    histories[n] = res
-  np.testing.assert_allclose(histories[1]['history']['train_loss'],
-                             histories[2]['history']['train_loss'], rtol=1e-5)
-  np.testing.assert_allclose(histories[1]['probabilities'], histories[2]['probabilities'],
-                             atol=1e-5)
-
-
 def test_subject_with_one_sample_is_a_valid_fold(data_dir, tmp_path):
   config = smoke_config(data_dir, num_epochs=1)
   data = input_pipeline.load(config)
