@@ -47,12 +47,19 @@ def test_auto_is_bfloat16_only_on_bf16_hardware_and_when_the_switch_is_on():
     assert vit.resolve_dtype(name, True, h100) == name
 
 
-def test_the_defaults_are_auto_and_float32_until_the_accuracy_study():
+def test_the_defaults_are_auto_with_bfloat16_allowed_and_smoke_runs_in_float32(monkeypatch):
   config = common.get_config()
-  assert config.model.dtype == 'auto' and config.model.bfloat16_keeps_accuracy is False
+  assert config.model.dtype == 'auto' and config.model.bfloat16_keeps_accuracy is True
+  # On a CPU with bfloat16 instructions: the full configs compute in bfloat16, :smoke in float32.
+  monkeypatch.setattr(vit, 'cpu_flags', lambda path='/proc/cpuinfo': frozenset({'avx512_bf16'}))
+  full = helpers.tiny_config()
+  full.model.bfloat16_keeps_accuracy = config.model.bfloat16_keeps_accuracy
+  assert mpt.build_model(full.model, 3).compute.dtype == 'bfloat16'
+  assert helpers.tiny_config().model.bfloat16_keeps_accuracy is False
   assert mpt.build_model(helpers.tiny_config().model, 3).compute.dtype == 'float32'
-  model = mpt.build_model(helpers.tiny_config(bfloat16_keeps_accuracy=True).model, 3)
-  assert model.compute.dtype == ('bfloat16' if vit.hardware_has_bfloat16(jax.devices()[0]) else 'float32')
+  # Without them, float32 either way.
+  monkeypatch.setattr(vit, 'cpu_flags', lambda path='/proc/cpuinfo': frozenset({'avx2'}))
+  assert mpt.build_model(full.model, 3).compute.dtype == 'float32'
 
 
 def test_unknown_dtype_is_one_line_user_error():
