@@ -132,7 +132,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> str:
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                             jax.ShapeDtypeStruct((1,) + mpt_lib.input_shape(config.model),
                                                  jax.numpy.float32))['params']
-    pretrained.load_backbone(config.model.pretrained_path, shapes, model.num_heads)
+    pretrained.load_backbone(config.model.pretrained_path, shapes, model.backbone.num_heads)
   return workdir
 
 
