@@ -7,6 +7,7 @@ probabilities must agree. Interrupted groups resume fold by fold, and the progra
 per run.
 """
 
+import functools
 import json
 import os
 
@@ -174,8 +175,8 @@ def reference_fold(config, data, subject, seed=0):
       count += b.mask.sum()
       steps += 1
     losses.append(total / count)
-  logits = model.apply({'params': params}, jnp.asarray(data.clips[test_idx], jnp.float32),
-                       jnp.asarray(data.apex[test_idx]))
+  logits = jax.jit(model.apply)({'params': params}, jnp.asarray(data.clips[test_idx], jnp.float32),
+                                jnp.asarray(data.apex[test_idx]))
   return losses, np.asarray(jax.nn.softmax(logits)), steps
 
 
@@ -406,11 +407,11 @@ def test_motion_cache_cache_matches_precompute_of_flipped_clips(setup):
   assert cache['rgb'].shape == (2, 32) + cache['rgb'].shape[2:]  # 30 clips in chunks of 4
   assert cache['motion'].shape == (2, 32, 8, 32, 32, 3)
   assert train_lib.motion_cache_bytes(model, 32, 8, 32, 2) == sum(v.nbytes for v in cache.values())
+  precompute = jax.jit(functools.partial(model.apply, {}, method=mpt.MPT.precompute))
   for i in (0, 29):
     clip = np.asarray(data.clips[i:i + 1], np.float32)
     for f, c in ((0, clip), (1, clip[:, :, :, ::-1].copy())):
-      ref = model.apply({}, jnp.asarray(c), jnp.asarray(data.apex[i:i + 1]),
-                        method=mpt.MPT.precompute)
+      ref = precompute(jnp.asarray(c), jnp.asarray(data.apex[i:i + 1]))
       for k in ('rgb', 'motion'):
         np.testing.assert_allclose(np.asarray(cache[k][f, i]), np.asarray(ref[k][0]), atol=1e-5,
                                    err_msg=f'{k} clip {i} flip {f}')
@@ -441,7 +442,7 @@ def test_held_out_evaluation_reads_the_motion_cache_while_it_exists(setup):
   # It is the cache that is read: with its motion zeroed, the logits are those of zero motion.
   zero = {'rgb': cache['rgb'], 'motion': cache['motion'] * 0}
   on_device._cache = zero  # pylint: disable=protected-access
-  reference = plan.model.apply({'params': params}, None, precomputed={
+  reference = jax.jit(plan.model.apply)({'params': params}, None, precomputed={
       k: jnp.asarray(np.asarray(v)[0, idx]) for k, v in zero.items()})
   zeroed = predict(params)
   np.testing.assert_allclose(zeroed, np.asarray(reference), atol=1e-5)
@@ -508,9 +509,9 @@ def test_predict_puts_only_the_trainable_leaves_on_the_devices(setup, monkeypatc
   _, state = ckpt.restore(train_lib.state_template(plan.config, init.params), plan.strategy)
   ckpt.close()
   _, test_idx = input_pipeline.split_for_subject(data, 'p02')
-  reference = plan.model.apply({'params': state.params}, jnp.asarray(data.clips[test_idx],
-                                                                    jnp.float32),
-                              jnp.asarray(data.apex[test_idx]))
+  reference = jax.jit(plan.model.apply)({'params': state.params},
+                                        jnp.asarray(data.clips[test_idx], jnp.float32),
+                                        jnp.asarray(data.apex[test_idx]))
 
   def no_optimizer_state(*args, **kwargs):
     raise AssertionError('predict built an optimizer state')

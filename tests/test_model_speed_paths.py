@@ -3,6 +3,7 @@ the motion cache (:meth:`MPT.precompute`), per-block remat, and bfloat16 compute
 documented tolerance)."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -129,8 +130,8 @@ def test_bfloat16_logits_close_to_float32(family):
   # Parameters stay float32 (the same tree initialises either way).
   shapes = jax.eval_shape(bf16.init, jax.random.PRNGKey(0), clips)['params']
   assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
-  ref = np.asarray(model.apply({'params': params}, clips))
-  out, aux = bf16.apply({'params': params}, clips, return_aux=True)
+  ref = np.asarray(jax.jit(model.apply)({'params': params}, clips))
+  out, aux = jax.jit(functools.partial(bf16.apply, return_aux=True))({'params': params}, clips)
   assert out.dtype == jnp.float32 and aux['rgb_input'].dtype == jnp.float32
   assert aux['motion'].dtype == jnp.float32
   err = float(np.abs(np.asarray(out) - ref).max())
