@@ -133,7 +133,7 @@ def _need_workdir():
 
 
 def _run_config(workdir):
-  """eval/predict: the run's recorded config; only keys given as ``--config.<key>=`` replace it.
+  """eval/predict/config: the run's recorded config; only ``--config.<key>=`` flags replace it.
 
   A ``--config`` file's own values (e.g. ``data.data_dir`` or ``pretrained_path`` defaults) never
   replace what the run recorded; one line says which keys the command line did replace.
@@ -215,8 +215,10 @@ def _run(mode):
                       f'{", ".join(list(tables.TABLES) + list(tables.MAIN_ALIASES))}')
     print(tables.run_table(FLAGS.table, _need_config(), _need_workdir(),
                            tables.parse_pretrained(FLAGS.pretrained)))
-  elif mode == 'config':
-    print(_need_config(), end='')
+  elif mode == 'config':  # the --workdir's run, as eval and predict read it, if it holds one
+    from mpt_jax import workdir as wd
+    recorded = FLAGS.workdir and os.path.exists(wd.config_path(_need_workdir()))
+    print(_run_config(_need_workdir()) if recorded else _need_config(), end='')
   elif mode == 'study':
     from mpt_jax import study
     if not FLAGS.study:

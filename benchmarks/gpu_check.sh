@@ -21,7 +21,7 @@
 # --profile_md=$OUT/profile.md writes the kernel tables as markdown).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PY="${PYTHON:-python3}"
+PY="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"  # the project venv (make venv) if there is one
 export PYTHONUNBUFFERED=1
 if ! "$PY" -c 'import ml_collections' 2>/dev/null; then
   shopt -s nullglob

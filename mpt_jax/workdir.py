@@ -181,6 +181,8 @@ def compare_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
                 if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS)
   if diff:
     details = '; '.join(f'{k}: workdir {saved.get(k)!r} vs now {now.get(k)!r}' for k in diff[:8])
+    if len(diff) > 8:
+      details += f'; and {len(diff) - 8} more: {", ".join(diff[8:])}'
     raise RunError(f'{workdir} was created with a different config ({details}). Use another '
                    '--workdir or the original config.')
   return True
@@ -198,15 +200,16 @@ def load_run_config(workdir: str, given: Optional[ml_collections.ConfigDict] = N
 
   Args:
     workdir: the run directory.
-    given: a config from the caller or the command line, or None. It must equal the run's config
-      except in :data:`RESUMABLE_KEYS` (e.g. a moved ``model.pretrained_path``).
+    given: a config from the caller or the command line, or None.
     overridden: which keys of ``given`` replace the run's recorded values (the command line's
-      ``--config.<key>=`` flags); every other key keeps the recorded value, so a config file's
-      defaults (its ``data_dir``, its ``pretrained_path``) never silently replace the run's. None:
-      ``given`` is used as it is (a caller's own, complete config).
+      ``--config.<key>=`` flags); every other value of ``given`` is ignored, so a config file's
+      values (its ``data_dir``, its ``pretrained_path``, its model) never replace the run's. A
+      named key outside :data:`RESUMABLE_KEYS` must hold the recorded value. None: ``given`` is
+      used as it is (a caller's own, complete config), and it must equal the run's config except
+      in :data:`RESUMABLE_KEYS` (e.g. a moved ``model.pretrained_path``).
 
   Raises:
-    RunError: when the workdir holds no run or ``given`` differs in other keys.
+    RunError: when the workdir holds no run or ``given`` differs where it may not.
   """
   if not os.path.isdir(workdir):
     raise WorkdirError(f'--workdir {workdir} does not exist; train first with python main.py '
@@ -217,9 +220,18 @@ def load_run_config(workdir: str, given: Optional[ml_collections.ConfigDict] = N
   recorded = ml_collections.ConfigDict(read_json(config_path(workdir)))
   if given is None:
     return recorded
-  compare_config(given, workdir)
   if overridden is None:
+    compare_config(given, workdir)
     return given
+  # Only the named keys come from ``given``; a non-resumable one must hold the recorded value.
+  saved = {**ADDED_KEYS, **_flat(recorded.to_dict())}
+  now = _flat(json.loads(given.to_json()))
+  differ = [k for k in overridden if k not in RESUMABLE_KEYS and now.get(k) != saved.get(k)]
+  if differ:
+    details = '; '.join(f'{k}: workdir {saved.get(k)!r} vs command line {now.get(k)!r}'
+                        for k in differ)
+    raise RunError(f'{workdir} was trained with other values ({details}); eval and predict take '
+                   f'only {", ".join(RESUMABLE_KEYS)} from the command line')
   for key in overridden:
     *parents, leaf = key.split('.')
     source, target = given, recorded

@@ -481,6 +481,17 @@ def test_eval_and_predict_with_a_config_file_use_the_runs_data_and_weights(ctx, 
                '--json')
   assert r.returncode == 0, r.stderr
   assert json.loads(r.stdout.strip().splitlines()[-1])['folds'] == 3
+  # Another config file (the full demo: another model, frame size, data) is not applied either.
+  full = f'--config={REPO}/configs/synthetic.py'
+  r = run_main('--mode=eval', full, f'--workdir={path}')
+  assert r.returncode == 0, r.stderr
+  assert 'identical to the training run' in r.stdout
+  os.remove(os.path.join(path, 'results_eval.json'))
+  r = run_main('--mode=config', full, f'--workdir={path}')
+  assert r.returncode == 0 and 'image_size: 32' in r.stdout and 'image_size: 64' not in r.stdout
+  # A flag that would change the trained model is refused, naming the key.
+  r = run_main('--mode=eval', full, f'--workdir={path}', '--config.model.image_size=64')
+  assert_one_line_error(r, 'model.image_size: workdir 32 vs command line 64')
   # An explicit override wins, and is named.
   r = run_main('--mode=eval', SMOKE, f'--workdir={path}', epochs,
                f'--config.data.data_dir={ctx["empty_data"]}')

@@ -23,3 +23,15 @@ def test_a_run_recorded_before_a_key_existed_compares_as_its_old_value(tmp_path)
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   with pytest.raises(wd.RunError, match='model.tokenizer_grid: workdir 2 vs now 1'):
     wd.compare_config(config, str(tmp_path))
+
+
+def test_a_refusal_names_every_differing_key(tmp_path):
+  (tmp_path / 'config.json').write_text(synthetic.get_config('smoke').to_json())
+  with pytest.raises(wd.RunError) as e:
+    wd.compare_config(synthetic.get_config(), str(tmp_path))  # the full demo: 15 keys differ
+  message = str(e.value)
+  assert message.count(' vs now ') == 8 and 'more: ' in message
+  named = message.split('more: ', 1)[1]
+  for key in ('model.vit', 'train.num_epochs'):  # past the first 8, still named
+    assert key in message
+  assert named.count(',') >= 1
