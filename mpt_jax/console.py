@@ -143,8 +143,12 @@ def preparation_line(name: str, config_name: Optional[str], manual_dir: Optional
 
 
 def announce_preparation(builder, manual_dir: Optional[str], out: Optional[TextIO] = None) -> None:
-  """Prints the one preparation line and silences TFDS's own banner (call before preparing)."""
+  """Prints the one preparation line and silences TFDS's own banner (call before preparing);
+  without a terminal on stderr (a log file, CI) TFDS's progress bars are off too."""
   _quiet_tfds_banner()
+  if not (getattr(sys.stderr, 'isatty', None) and sys.stderr.isatty()):
+    from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+    tqdm_utils.disable_progress_bar()
   line = preparation_line(builder.name, builder.builder_config.name if builder.builder_config
                           else None, os.path.expanduser(manual_dir) if manual_dir else None,
                           builder.data_dir,

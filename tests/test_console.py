@@ -40,6 +40,8 @@ NOISE = (
     'dataset_info.py',  # TFDS INFO 'Load dataset info from ...'
     'logging_writer.py',  # clu's echo of the TensorBoard scalars
     'train_loss=',
+    'Generating splits',  # TFDS's progress bars (off without a terminal)
+    'Shuffling ',
 )
 ABSL_INFO_LINE = re.compile(r'^I\d{4} \d\d:\d\d:\d\d', re.M)  # absl / C++ INFO record prefix
 FOLD_LINE = re.compile(r'^fold [1-3]/3  subject p0[1-3]  accuracy +\d+\.\d % \(\d+/10\)  in \d+ s',
