@@ -217,8 +217,9 @@ def _run(mode):
                            tables.parse_pretrained(FLAGS.pretrained)))
   elif mode == 'config':  # the --workdir's run, as eval and predict read it, if it holds one
     from mpt_jax import workdir as wd
-    recorded = FLAGS.workdir and os.path.exists(wd.config_path(_need_workdir()))
-    print(_run_config(_need_workdir()) if recorded else _need_config(), end='')
+    workdir = _need_workdir() if FLAGS.workdir else None
+    recorded = workdir and os.path.exists(wd.config_path(workdir))
+    print(_run_config(workdir) if recorded else _need_config(), end='')
   elif mode == 'study':
     from mpt_jax import study
     if not FLAGS.study:

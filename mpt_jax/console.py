@@ -146,7 +146,7 @@ def announce_preparation(builder, manual_dir: Optional[str], out: Optional[TextI
   """Prints the one preparation line and silences TFDS's own banner (call before preparing);
   without a terminal on stderr (a log file, CI) TFDS's progress bars are off too."""
   _quiet_tfds_banner()
-  if not (getattr(sys.stderr, 'isatty', None) and sys.stderr.isatty()):
+  if not _is_terminal(sys.stderr):
     from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
     tqdm_utils.disable_progress_bar()
   line = preparation_line(builder.name, builder.builder_config.name if builder.builder_config

@@ -175,10 +175,7 @@ def compare_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
   path = config_path(workdir)
   if not os.path.exists(path):
     return False
-  saved = {**ADDED_KEYS, **_flat(read_json(path))}
-  now = _flat(json.loads(config.to_json()))
-  diff = sorted(k for k in set(saved) | set(now)
-                if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS)
+  diff, saved, now = _differences(read_json(path), config)
   if diff:
     details = '; '.join(f'{k}: workdir {saved.get(k)!r} vs now {now.get(k)!r}' for k in diff[:8])
     if len(diff) > 8:
@@ -186,6 +183,18 @@ def compare_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
     raise RunError(f'{workdir} was created with a different config ({details}). Use another '
                    '--workdir or the original config.')
   return True
+
+
+def _differences(recorded: Dict[str, Any], config: ml_collections.ConfigDict,
+                 keys: Optional[Sequence[str]] = None):
+  """The keys (of ``keys``, default all) outside :data:`RESUMABLE_KEYS` where ``config`` differs
+  from the ``recorded`` config dict, sorted, and both flattened (the record with
+  :data:`ADDED_KEYS` filled in)."""
+  saved = {**ADDED_KEYS, **_flat(recorded)}
+  now = _flat(json.loads(config.to_json()))
+  keys = set(saved) | set(now) if keys is None else keys
+  return (sorted(k for k in keys if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS),
+          saved, now)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -224,9 +233,7 @@ def load_run_config(workdir: str, given: Optional[ml_collections.ConfigDict] = N
     compare_config(given, workdir)
     return given
   # Only the named keys come from ``given``; a non-resumable one must hold the recorded value.
-  saved = {**ADDED_KEYS, **_flat(recorded.to_dict())}
-  now = _flat(json.loads(given.to_json()))
-  differ = [k for k in overridden if k not in RESUMABLE_KEYS and now.get(k) != saved.get(k)]
+  differ, saved, now = _differences(recorded.to_dict(), given, overridden)
   if differ:
     details = '; '.join(f'{k}: workdir {saved.get(k)!r} vs command line {now.get(k)!r}'
                         for k in differ)
@@ -257,7 +264,6 @@ def read_run_info(workdir: str, required: bool = True) -> Dict[str, Any]:
   return read_json(path)
 
 
-
 def results_path(workdir: str) -> str:
   return os.path.join(workdir, 'results.json')
 
@@ -273,7 +279,9 @@ def read_results(workdir: str) -> Dict[str, Any]:
 
 def finished_results(workdir: str, seed: int, subjects: List[str]) -> List[Dict[str, Any]]:
   """The ``result.json`` of each finished fold of ``seed``, in the order of ``subjects``."""
-  return [read_json(result_path(workdir, seed, s)) for s in finished_subjects(workdir, seed, subjects)]
+  return [read_json(result_path(workdir, seed, s))
+          for s in finished_subjects(workdir, seed, subjects)]
+
 
 def _git_commit() -> str:
   """The mpt_jax checkout's commit (``+dirty`` with uncommitted changes), or ``unknown``."""

@@ -30,8 +30,7 @@ def test_a_refusal_names_every_differing_key(tmp_path):
   with pytest.raises(wd.RunError) as e:
     wd.compare_config(synthetic.get_config(), str(tmp_path))  # the full demo: 15 keys differ
   message = str(e.value)
-  assert message.count(' vs now ') == 8 and 'more: ' in message
+  assert message.count(' vs now ') == 8 and '; and 7 more: ' in message
   named = message.split('more: ', 1)[1]
   for key in ('model.vit', 'train.num_epochs'):  # past the first 8, still named
-    assert key in message
-  assert named.count(',') >= 1
+    assert key in named
