@@ -83,8 +83,10 @@ def profile(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     parts['prompt_tokens'] += no_adapter - with_tokens  # replacing the prompts at every block
   if model.prompt_type == 'motion':
     magnifier = mpt_lib.build_magnifier(mc)
-    tok = tokenizer_lib.GaussianTokenizer(int(mc.num_prompts), model.backbone.hidden_size,
-                                          int(mc.tokenizer_dim), int(mc.tokenizer_patch))
+    spec = model.tokenizer  # the model's own tokenizer settings (its grid included)
+    tok = tokenizer_lib.GaussianTokenizer(model.num_prompts, model.backbone.hidden_size,
+                                          spec.feature_dim, spec.patch_size, grid=spec.grid,
+                                          centre_init=spec.init)
     tok_params = jax.eval_shape(tok.init, jax.random.PRNGKey(0), clip)
     parts['magnification'] = _flops(magnifier, clip)
     parts['tokenizer'] = _flops(lambda p, m: tok.apply(p, m)[0], tok_params, clip)

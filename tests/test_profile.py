@@ -37,3 +37,15 @@ def test_profile_without_prompts_counts_two_branches_per_block():
   assert 'prompt_tokens' not in out['gmacs_by_part'] and 'tokenizer' not in out['gmacs_by_part']
   assert abs(sum(out['gmacs_by_part'].values()) - out['gmacs']) < 0.01
   assert 'prompt=none adapter=group' in out['config']
+
+
+def test_tokenizer_part_is_the_models_own_tokenizer():
+  """The tokenizer's count follows the model's tokenizer settings: a 4 x 4 grid of cell means
+  feeds 16x wider frame features to the centre, width and output heads."""
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
+  macs = {}
+  for grid in (1, 4):  # the demo's model (its :smoke tokenizer rounds to the same 4 decimals)
+    config = synthetic.get_config()
+    config.model.tokenizer_grid = grid
+    macs[grid] = profile.profile(config)['gmacs_by_part']['tokenizer']
+  assert macs[4] > macs[1], macs
