@@ -91,9 +91,9 @@ CLIP_STYLE = vit.Style(ln_eps=LN_EPS, activation='quick_gelu', vit_init=False, p
 class ClipBlock(vit.Encoder1DBlock):
   """CLIP's pre-LN encoder layer: :class:`vit.Encoder1DBlock` with LayerNorm eps 1e-5, QuickGELU
   and Flax's default initialisers; MPT's adapter sits on the MLP output before its residual add."""
-  ln_eps: float = LN_EPS
-  activation: str = 'quick_gelu'
-  vit_init: bool = False
+  ln_eps: float = CLIP_STYLE.ln_eps
+  activation: str = CLIP_STYLE.activation
+  vit_init: bool = CLIP_STYLE.vit_init
 
 
 class Encoder(vit.Encoder):
