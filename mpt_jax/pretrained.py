@@ -244,12 +244,18 @@ def check_backbone_source(model_config) -> None:
         'run on purpose with a random frozen backbone).')
 
 
+# The model's initialiser, compiled once per model and input shape in a process: a model is a
+# static argument (Flax modules hash and compare by their fields), so the seeds of a run and runs of
+# the same model (a study's variants, a table's rows) reuse the program instead of tracing again.
+_init = jax.jit(lambda model, rng, clip: model.init(rng, clip)['params'], static_argnums=0)
+
+
 def init_params(model: mpt_lib.MPT, model_config, rng: jax.Array) -> Any:
   """Initialises the model and loads the pretrained backbone when ``pretrained_path`` is set."""
   check_backbone_source(model_config)
   strategy = model_config.training_strategy
   clip = jnp.zeros((1,) + mpt_lib.input_shape(model_config), jnp.float32)
-  params = jax.jit(model.init)(rng, clip)['params']
+  params = _init(model, rng, clip)
   if model_config.pretrained_path and strategy != 'scratch':
     params = load_backbone(model_config.pretrained_path, params, model.backbone.num_heads)
   # Drawing ViT-B/16's random init (and reading the file) leaves freed heap behind.

@@ -20,7 +20,6 @@ import ml_collections
 from mpt_jax import partition
 from mpt_jax.models import dynamic_image
 from mpt_jax.models import mpt as mpt_lib
-from mpt_jax.models import tokenizer as tokenizer_lib
 
 
 def _flops(fn, *args) -> float:
@@ -83,10 +82,7 @@ def profile(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     parts['prompt_tokens'] += no_adapter - with_tokens  # replacing the prompts at every block
   if model.prompt_type == 'motion':
     magnifier = mpt_lib.build_magnifier(mc)
-    spec = model.tokenizer  # the model's own tokenizer settings (its grid included)
-    tok = tokenizer_lib.GaussianTokenizer(model.num_prompts, model.backbone.hidden_size,
-                                          spec.feature_dim, spec.patch_size, grid=spec.grid,
-                                          centre_init=spec.init)
+    tok = mpt_lib.motion_tokenizer(model)  # the model's own tokenizer (its grid included)
     tok_params = jax.eval_shape(tok.init, jax.random.PRNGKey(0), clip)
     parts['magnification'] = _flops(magnifier, clip)
     parts['tokenizer'] = _flops(lambda p, m: tok.apply(p, m)[0], tok_params, clip)

@@ -10,10 +10,11 @@ and for a few clips the dynamic image, the magnified motion and the learned temp
 import os
 from typing import Any, Dict, List, Optional
 
-import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
+
+from mpt_jax.models import mpt as mpt_lib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -116,11 +117,9 @@ def plot_motion(example: Dict[str, Any], path: str) -> None:
     example: ``model``, ``params``, ``clips`` (N, T, S, S, 3), ``apex`` (N,), ``names`` (N,).
     path: the PNG to write.
   """
-  model = example['model']
   clips = jnp.asarray(example['clips'], jnp.float32)
   apex = jnp.asarray(example['apex'])
-  _, aux = jax.jit(lambda p, x, a: model.apply({'params': p}, x, a, return_aux=True))(
-      example['params'], clips, apex)
+  aux = mpt_lib.motion_inputs(example['model'], example['params'], clips, apex)
   n = len(clips)
   fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False)
   for i in range(n):

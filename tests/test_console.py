@@ -20,6 +20,7 @@ from PIL import Image
 
 from mpt_jax import console
 from mpt_jax import metric_writers
+from tests import helpers
 from tfds_builders import me_builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,8 +51,11 @@ FOLD_LINE = re.compile(r'^fold [1-3]/3  subject p0[1-3]  accuracy +\d+\.\d % \(\
 
 def _env():
   env = dict(os.environ)
-  for key in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS', 'XLA_FLAGS', 'GRPC_VERBOSITY'):
+  for key in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS', 'GRPC_VERBOSITY'):
     env.pop(key, None)
+  # One CPU device, as a user's run has, compiled with the tests' fast options (which print
+  # nothing).
+  env['XLA_FLAGS'] = helpers.FAST_COMPILE
   return env
 
 

@@ -344,6 +344,23 @@ def test_prompts_follow_the_class_token_without_position_embedding():
   np.testing.assert_allclose(first[:, 1 + k:], patches + pos[1:], atol=1e-4)
 
 
+@pytest.mark.parametrize('overrides', [{'tokenizer_grid': 2, 'tokenizer_init': 'spread'},
+                                       {'prompt_type': 'none'}])
+def test_motion_inputs_are_the_forward_passes_aux(overrides):
+  """The report's motion figure reads ``mpt.motion_inputs``: the forward pass's ``return_aux``
+  entries of the RGB branch and the tokenizer, computed without the backbone."""
+  config = helpers.tiny_config(**overrides)
+  clips, apex = helpers.random_clips(), jnp.asarray([2, 5])
+  model = mpt.build_model(config.model, 5)
+  params = helpers.randomised(jax.jit(model.init)(jax.random.PRNGKey(0), clips)['params'])
+  _, aux = jax.jit(lambda p: model.apply({'params': p}, clips, apex, return_aux=True))(params)
+  got = mpt.motion_inputs(model, params, clips, apex)
+  motion = model.prompt_type == 'motion'
+  assert set(got) == {'rgb_input'} | ({'motion', 'mu', 'sigma', 'weights'} if motion else set())
+  for key, value in got.items():
+    np.testing.assert_allclose(np.asarray(value), np.asarray(aux[key]), atol=1e-5, err_msg=key)
+
+
 @pytest.mark.parametrize('prompt_type', ['vpt_deep', 'vpt_shallow'])
 def test_vpt_deep_replaces_the_prompts_at_every_block(prompt_type):
   config = helpers.tiny_config(prompt_type=prompt_type)

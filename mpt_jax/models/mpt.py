@@ -209,7 +209,7 @@ class MPT(nn.Module):
       raise ValueError("precomputed inputs lack 'motion' (made for a model without motion "
                        'prompts?)')
     dtype = vit.compute_dtype(self.compute.dtype)
-    bb, tok = self.backbone, self.tokenizer
+    bb = self.backbone
     aux: Dict[str, Any] = {}
     rgb = precomputed['rgb']
     b = rgb.shape[0]
@@ -221,10 +221,7 @@ class MPT(nn.Module):
     prompts = deep = None
     if self.prompt_type == 'motion':
       motion = precomputed['motion']
-      prompts, tok_aux = tokenizer_lib.GaussianTokenizer(
-          k, bb.hidden_size, tok.feature_dim, tok.patch_size, grid=tok.grid,
-          centre_init=tok.init, dtype=dtype,
-          name='tokenizer')(motion)
+      prompts, tok_aux = motion_tokenizer(self, name='tokenizer')(motion)
       aux['motion'] = motion
       aux.update(tok_aux)
     elif self.prompt_type in ('vpt_shallow', 'vpt_deep'):
@@ -246,6 +243,46 @@ class MPT(nn.Module):
       aux['features'] = features
       return logits, aux
     return logits
+
+
+def motion_tokenizer(model: MPT, name: Optional[str] = None) -> tokenizer_lib.GaussianTokenizer:
+  """The temporal Gaussian tokenizer of ``model`` (its settings, prompt count and compute dtype).
+
+  :meth:`MPT.__call__` builds it as its ``tokenizer`` submodule; on its own it takes the model's
+  ``params['tokenizer']``.
+  """
+  bb, tok = model.backbone, model.tokenizer
+  return tokenizer_lib.GaussianTokenizer(
+      model.num_prompts, bb.hidden_size, tok.feature_dim, tok.patch_size, grid=tok.grid,
+      centre_init=tok.init, dtype=vit.compute_dtype(model.compute.dtype), name=name)
+
+
+def motion_inputs(model: MPT, params: Any, clips: jnp.ndarray,
+                  apex_index: jnp.ndarray) -> Dict[str, jnp.ndarray]:
+  """The inputs the model builds before its backbone, for figures: the forward pass's
+  ``return_aux`` entries ``rgb_input`` and, with motion prompts, ``motion`` and the tokenizer's
+  ``mu``, ``sigma`` and ``weights`` (B, K, T), without running the backbone.
+
+  Args:
+    model: the model.
+    params: its parameters (only ``params['tokenizer']`` is read).
+    clips: (B, T, H, W, 3) float frames in [0, 1].
+    apex_index: (B,) apex positions.
+  """
+  inputs = _precompute(model, clips, apex_index)
+  out = {'rgb_input': inputs['rgb']}
+  if model.prompt_type == 'motion':
+    _, tok_aux = _tokenize(model, params['tokenizer'], inputs['motion'])
+    out.update(motion=inputs['motion'], **tok_aux)
+  return out
+
+
+# Compiled once per model and shapes in a process (the model is a static argument: Flax modules
+# hash and compare by their fields).
+_precompute = jax.jit(lambda model, c, a: model.apply({}, c, a, method=MPT.precompute),
+                      static_argnums=0)
+_tokenize = jax.jit(lambda model, p, m: motion_tokenizer(model).apply({'params': p}, m),
+                    static_argnums=0)
 
 
 def build_magnifier(model_config: ml_collections.ConfigDict) -> magnification.Magnifier:
