@@ -44,9 +44,18 @@ def _model_flops(model_config: ml_collections.ConfigDict, num_classes: int, **ov
   for k, v in overrides.items():
     cfg[k] = v
   model = mpt_lib.build_model(cfg, num_classes)
-  clip = jax.ShapeDtypeStruct((1,) + mpt_lib.input_shape(cfg), jnp.float32)
-  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), clip)['params']
-  return _flops(lambda p, x: model.apply({'params': p}, x), params, clip)
+  shape = (1,) + mpt_lib.input_shape(cfg)
+  if (model, shape) not in _MODEL_FLOPS:
+    clip = jax.ShapeDtypeStruct(shape, jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), clip)['params']
+    _MODEL_FLOPS[model, shape] = _flops(lambda p, x: model.apply({'params': p}, x), params, clip)
+  return _MODEL_FLOPS[model, shape]
+
+
+# Forward flops by (model, clip shape), a pure function of the two (Flax modules hash and compare
+# by their fields): the parts of one profile and the rows of a table share variants (the plain
+# backbone, the model without adapters), each traced once per process.
+_MODEL_FLOPS: Dict[Any, float] = {}
 
 
 def dead_adapter_params(params: Any) -> int:
