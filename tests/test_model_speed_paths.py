@@ -40,19 +40,23 @@ def test_class_token_only_last_block_equals_full_block(family, prompt_type, adap
                                            **FAMILIES[family])
   assert model.compute.cls_only_last  # the default
   full = model.clone(compute=dataclasses.replace(model.compute, cls_only_last=False))
-  # Jitted (one compilation each) rather than op by op: the same operations, far less time.
-  fast, aux = jax.jit(lambda p: model.apply({'params': p}, clips, return_aux=True))(params)
-  ref, ref_aux = jax.jit(lambda p: full.apply({'params': p}, clips, return_aux=True))(params)
+
+  def outputs(m):
+    """Logits, class-token features and the loss's gradients, in one jitted program (one
+    compilation rather than an op-by-op forward and backward)."""
+    def loss(p):
+      logits, aux = m.apply({'params': p}, clips, return_aux=True)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(3) % 4).mean()
+      return ce, (logits, aux['features'])
+    (_, (logits, features)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return logits, features, grads
+
+  fast, features, g_fast = outputs(model)
+  ref, ref_features, g_ref = outputs(full)
   assert float(jnp.abs(ref).max()) > 1.0  # the head and adapters carry real weights
   np.testing.assert_allclose(np.asarray(fast), np.asarray(ref), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(aux['features']), np.asarray(ref_aux['features']),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(features), np.asarray(ref_features), rtol=1e-5, atol=1e-5)
   # The gradients of what trains are those of the full block too.
-  def loss(p, m):
-    return optax.softmax_cross_entropy_with_integer_labels(
-        m.apply({'params': p}, clips), jnp.arange(3) % 4).mean()
-  g_fast = jax.jit(jax.grad(lambda p: loss(p, model)))(params)
-  g_ref = jax.jit(jax.grad(lambda p: loss(p, full)))(params)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
@@ -65,26 +69,27 @@ def test_precomputed_inputs_give_identical_logits(prompt_type, modality):
   apex = jnp.array([1, 4, 6])
   variables = {'params': params}
   direct = jax.jit(lambda v, c, a: model.apply(v, c, a))(variables, clips, apex)
-  inputs = jax.jit(lambda c, a: model.apply({}, c, a, method=mpt.MPT.precompute))(clips, apex)
+  precompute = jax.jit(lambda c, a: model.apply({}, c, a, method=mpt.MPT.precompute))
+  inputs = precompute(clips, apex)
   assert set(inputs) == ({'rgb', 'motion'} if prompt_type == 'motion' else {'rgb'})
   assert inputs['rgb'].shape == (3, 32, 32, 3) and inputs['rgb'].dtype == jnp.float32
   if prompt_type == 'motion':
     assert inputs['motion'].shape == clips.shape and inputs['motion'].dtype == jnp.float32
-  cached = jax.jit(lambda v, i: model.apply(v, None, precomputed=i))(variables, inputs)
+  from_inputs = jax.jit(lambda v, i: model.apply(v, None, precomputed=i))
+  cached = from_inputs(variables, inputs)
   # The same operations compiled in two programs: equal up to float32 summation order (logits of
   # magnitude up to ~5 here agree to 2e-6).
   np.testing.assert_allclose(np.asarray(cached), np.asarray(direct), rtol=1e-5, atol=1e-5)
   # The cache depends on the clip: another clip gives other logits.
-  other = model.apply({}, clips[::-1], apex, method=mpt.MPT.precompute)
-  assert not np.allclose(np.asarray(model.apply(variables, None, precomputed=other)),
-                         np.asarray(direct), atol=1e-4)
+  other = precompute(clips[::-1], apex)  # the same programs, other inputs
+  assert not np.allclose(np.asarray(from_inputs(variables, other)), np.asarray(direct), atol=1e-4)
 
 
 def test_precomputed_without_motion_is_refused_for_motion_prompts():
   model, params, clips = _model_and_params(prompt_type='motion')
-  inputs = model.apply({}, clips, method=mpt.MPT.precompute)
-  with pytest.raises(ValueError, match="lack 'motion'"):
-    model.apply({'params': params}, None, precomputed={'rgb': inputs['rgb']})
+  with pytest.raises(ValueError, match="lack 'motion'"):  # refused before anything is computed
+    model.apply({'params': params}, None, precomputed={'rgb': jnp.zeros(clips.shape[:1] +
+                                                                        clips.shape[2:])})
   with pytest.raises(ValueError, match='clips or precomputed'):
     model.apply({'params': params}, None)
 
@@ -94,14 +99,16 @@ def test_remat_gives_the_same_logits_and_gradients():
   remat = model.clone(compute=dataclasses.replace(model.compute, remat=True))
   labels = jnp.arange(3) % 4
 
-  def loss(p, m):
-    return optax.softmax_cross_entropy_with_integer_labels(m.apply({'params': p}, clips),
-                                                           labels).mean()
-  np.testing.assert_allclose(np.asarray(remat.apply({'params': params}, clips)),
-                             np.asarray(model.apply({'params': params}, clips)), rtol=1e-6,
-                             atol=1e-6)
-  for a, b in zip(jax.tree.leaves(jax.grad(loss)(params, remat)),
-                  jax.tree.leaves(jax.grad(loss)(params, model))):
+  def outputs(m):  # logits and gradients in one jitted program
+    def loss(p):
+      logits = m.apply({'params': p}, clips)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return logits, grads
+
+  (logits, grads), (ref_logits, ref_grads) = outputs(remat), outputs(model)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), rtol=1e-6, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   config = helpers.tiny_config(remat=True)
   assert mpt.build_model(config.model, 3).compute.remat
