@@ -1,5 +1,7 @@
 """The MPT model end to end: parameter counts, identity at init, gradients and freezing."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -187,8 +189,9 @@ def test_zero_adapters_no_prompts_equal_plain_backbone():
   np.testing.assert_array_equal(np.asarray(aux['features']), np.asarray(ref))
 
 
-def _train_steps(strategy, steps, overrides=None):
-  config = helpers.tiny_config(training_strategy=strategy, **(overrides or {}))
+@functools.lru_cache(maxsize=None)  # the tests read the same training (they change nothing)
+def _train_steps(strategy, steps):
+  config = helpers.tiny_config(training_strategy=strategy)
   model = mpt.build_model(config.model, 5)
   clips = helpers.random_clips(batch=4)
   labels = jnp.array([0, 1, 2, 3])
