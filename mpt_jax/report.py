@@ -39,7 +39,8 @@ def provenance_lines(info: Dict[str, Any], num_clips: int, num_subjects: int) ->
           f'| clips, subjects | {num_clips}, {num_subjects} |',
           f'| backbone | {p["backbone"]} ({p["training_strategy"]}) |',
           f'| weights | {weights} |',
-          f'| epochs, seeds | {p["epochs"]}, {", ".join(map(str, seeds))} |',
+          f'| epochs | {p["epochs"]} |',
+          f'| seed{"" if len(seeds) == 1 else "s"} | {", ".join(map(str, seeds))} |',
           f'| mpt_jax commit | {p["commit"]} |', f'| date | {p["date"]} |', '']
 
 
