@@ -72,8 +72,20 @@ def fakes():
   return videos
 
 
+_FEATURES = {}
+
+
+def _features(fakes, config):
+  """The fakes' per-frame features, computed once per ``config.spot.learned`` (the fakes and the
+  preset are the module's)."""
+  key = str(config.spot.learned)
+  if key not in _FEATURES:
+    _FEATURES[key] = {k: learned.frame_features(f, PRESET, config) for k, (f, _) in fakes.items()}
+  return _FEATURES[key]
+
+
 def _loso(fakes, config, truth=None):
-  feats = {k: learned.frame_features(f, PRESET, config) for k, (f, _) in fakes.items()}
+  feats = _features(fakes, config)
   nums = {k: np.arange(1, len(f) + 1) for k, (f, _) in fakes.items()}
   truth = truth or {k: pv.ground_truth(ev) for k, (_, ev) in fakes.items()}
   subject_of = {k: k[0] for k in fakes}
