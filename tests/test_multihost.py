@@ -29,7 +29,8 @@ def _child(process_id: int, num_processes: int, port: int, data_dir: str, workdi
   os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count=1 {helpers.FAST_COMPILE}'
   import main  # pylint: disable=g-import-not-at-top
   # As main.py starts: the builders handed to mpt_jax and the session's compilation cache, so the
-  # two-process run reuses the programs the one-process run compiled (same shapes and flags).
+  # processes reuse the programs the one-process run compiled in the test's own process (the same
+  # shapes and compile options; JAX leaves the simulated device count out of the cache key).
   main.configure_jax(None)
   import jax  # pylint: disable=g-import-not-at-top
   if num_processes > 1:
